@@ -7,6 +7,10 @@ and router weights each token selected. Tokens of all steps are stacked along on
     weights  float32 [N, L, k]   router weight of that choice (renormalised over k)
     step_offsets int64 [S + 1]   tokens of step s are rows step_offsets[s]:step_offsets[s+1]
     phase    int8    [S]         0 = prefill, 1 = decode
+    computed bool    [N, L]      False where the source engine skipped a (token, layer): llama.cpp
+                                 runs the last layer of a prefill batch only for the output token.
+                                 Such rows hold ids 0..k-1 with weight 0 and must not be counted.
+                                 All True unless a file says otherwise.
 
 File formats (route_trace v1 CSV, native .npz) and the synthetic generator live in traces.py.
 """
@@ -32,6 +36,8 @@ class RouteTrace:
     model: str = ""
     # Bytes of one expert per layer, as the source recorded them (0 when unknown).
     expert_bytes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # [N, L] bool; empty means every (token, layer) was computed.
+    computed: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool))
 
     def __post_init__(self) -> None:
         self.ids = np.ascontiguousarray(self.ids, dtype=np.int32)
@@ -41,6 +47,9 @@ class RouteTrace:
         if self.expert_bytes.size == 0:
             self.expert_bytes = np.zeros(self.n_layer, dtype=np.int64)
         self.expert_bytes = np.ascontiguousarray(self.expert_bytes, dtype=np.int64)
+        if self.computed.size == 0:
+            self.computed = np.ones(self.ids.shape[:2], dtype=bool)
+        self.computed = np.ascontiguousarray(self.computed, dtype=bool)
         self.validate()
 
     @property
@@ -89,3 +98,6 @@ class RouteTrace:
         if self.expert_bytes.shape != (self.n_layer,):
             raise ValueError(f"expert_bytes must have {self.n_layer} entries, got "
                              f"{self.expert_bytes.shape[0]}")
+        if self.computed.shape != self.ids.shape[:2]:
+            raise ValueError(f"computed must have shape [N, {self.n_layer}] = "
+                             f"{list(self.ids.shape[:2])}, got {list(self.computed.shape)}")
