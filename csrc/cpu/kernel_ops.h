@@ -1,0 +1,57 @@
+// [NOTE] The per-ISA building blocks of the CPU expert kernel (moe_cpu.cpp drives them).
+//
+// A "group" is the n_tok tokens that share one expert. Their activations (n values each, fp32 in)
+// are packed once into a variant-specific buffer, then every weight row is dotted with all n_tok
+// packed activations. Packed encodings (all padded so that a block never straddles tokens):
+//   generic bf16: fp32 values, token-major [n_tok][n]                      (exact)
+//   avx512  bf16: bf16 values, token-major [n_tok][n rounded up to 32], zero padding (vdpbf16ps)
+//   amx     bf16: the avx512 buffer, then (n % 32 == 0 and n_tok >= kAmxMinTokens) a copy in AMX
+//                 VNNI order [n/2][n_tok rounded up to 16][2] for TDPBF16PS
+//   all     q8_0: per token n/32 blocks of {float d; int8 q[32]} (QuantBlockQ8, 36 bytes),
+//                 the value is d*q, q = round(x/d) in [-127, 127], d = max|x|/127 (llama.cpp's
+//                 activation quantisation); amx adds [n/4][n_tok16][4] int8 + [n/32][n_tok16] d.
+// pack() writes the part of the buffer for values [k0, k1); k0 and k1 are multiples of 32 (or k1 =
+// n), so tasks that own disjoint value ranges can pack disjoint parts concurrently.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "core/weight_format.h"
+#include "cpu/isa.h"
+
+namespace hm::cpu {
+
+struct QuantBlockQ8 {
+  float d;
+  int8_t q[kQ8BlockSize];
+};
+static_assert(sizeof(QuantBlockQ8) == 36, "activation Q8 block is 36 bytes");
+
+// Group size from which the AMX variant uses tiles (below it, its AVX512 code).
+inline constexpr int kAmxMinTokens = 8;
+
+struct KernelOps {
+  Isa isa;
+  // Bytes of the packed buffer for n_tok tokens of n values.
+  std::size_t (*packed_bytes)(WeightFormat f, int n_tok, int64_t n);
+  // src[t][j] is value k0 + j of token t (j < k1 - k0). Writes the buffer's part for [k0, k1).
+  void (*pack)(WeightFormat f, int n_tok, int64_t n, int64_t k0, int64_t k1,
+               const float* const* src, uint8_t* packed);
+  // y[t * ldy + r] = <row r of w, activation t> for r < rows, t < n_tok. Rows are n_in values in
+  // format f, row r at w + r * row_stride (the GGUF layout: row_stride = row_bytes(f, n_in)).
+  void (*dot_rows)(WeightFormat f, const uint8_t* w, std::size_t row_stride, int64_t rows,
+                   int64_t n_in, const uint8_t* packed, int n_tok, float* y, int64_t ldy);
+};
+
+const KernelOps& generic_ops();
+#if HYBRID_MOE_HAVE_AVX512
+const KernelOps& avx512_ops();
+#endif
+#if HYBRID_MOE_HAVE_AMX
+const KernelOps& amx_ops();
+#endif
+// The ops of variant `isa` (which the machine must be able to run).
+const KernelOps& kernel_ops(Isa isa);
+
+}  // namespace hm::cpu

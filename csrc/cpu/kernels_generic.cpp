@@ -1,0 +1,99 @@
+// [NOTE] Portable C++ variant of the expert kernel building blocks (kernel_ops.h): correct on any
+// CPU, and the reference the SIMD variants are tested against. BF16 keeps activations in fp32
+// (exact products); Q8_0 quantises activations per 32-block like the SIMD variants and sums the
+// int8 x int8 products of a block exactly in int32 before scaling by d_w * d_x.
+#include <vector>
+
+#include "core/check.h"
+#include "cpu/kernel_ops.h"
+#include "cpu/numeric.h"
+
+namespace hm::cpu {
+namespace {
+
+std::size_t generic_packed_bytes(WeightFormat f, int n_tok, int64_t n) {
+  if (f == WeightFormat::kBF16) return static_cast<std::size_t>(n_tok) * n * sizeof(float);
+  return static_cast<std::size_t>(n_tok) * (n / kQ8BlockSize) * sizeof(QuantBlockQ8);
+}
+
+void generic_pack(WeightFormat f, int n_tok, int64_t n, int64_t k0, int64_t k1,
+                  const float* const* src, uint8_t* packed) {
+  for (int t = 0; t < n_tok; ++t) {
+    if (f == WeightFormat::kBF16) {
+      float* dst = reinterpret_cast<float*>(packed) + t * n + k0;
+      for (int64_t k = k0; k < k1; ++k) dst[k - k0] = src[t][k - k0];
+    } else {
+      auto* blocks = reinterpret_cast<QuantBlockQ8*>(packed) + t * (n / kQ8BlockSize);
+      for (int64_t k = k0; k < k1; k += kQ8BlockSize)
+        quantize_block_q8(src[t] + (k - k0), &blocks[k / kQ8BlockSize]);
+    }
+  }
+}
+
+void generic_dot_rows(WeightFormat f, const uint8_t* w, std::size_t row_stride, int64_t rows,
+                      int64_t n_in, const uint8_t* packed, int n_tok, float* y, int64_t ldy) {
+  if (f == WeightFormat::kBF16) {
+    thread_local std::vector<float> wrow;
+    wrow.resize(n_in);
+    const float* acts = reinterpret_cast<const float*>(packed);
+    for (int64_t r = 0; r < rows; ++r) {
+      const auto* src = reinterpret_cast<const uint16_t*>(w + r * row_stride);
+      for (int64_t k = 0; k < n_in; ++k) wrow[k] = bf16_to_f32(src[k]);
+      for (int t = 0; t < n_tok; ++t) {
+        const float* a = acts + t * n_in;
+        float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+        int64_t k = 0;
+        for (; k + 4 <= n_in; k += 4) {
+          s0 += wrow[k] * a[k];
+          s1 += wrow[k + 1] * a[k + 1];
+          s2 += wrow[k + 2] * a[k + 2];
+          s3 += wrow[k + 3] * a[k + 3];
+        }
+        for (; k < n_in; ++k) s0 += wrow[k] * a[k];
+        y[t * ldy + r] = (s0 + s1) + (s2 + s3);
+      }
+    }
+    return;
+  }
+  const int64_t nb = n_in / kQ8BlockSize;
+  const auto* acts = reinterpret_cast<const QuantBlockQ8*>(packed);
+  for (int64_t r = 0; r < rows; ++r) {
+    const auto* wb = reinterpret_cast<const BlockQ8_0*>(w + r * row_stride);
+    for (int t = 0; t < n_tok; ++t) {
+      const QuantBlockQ8* a = acts + t * nb;
+      float sum = 0.f;
+      for (int64_t b = 0; b < nb; ++b) {
+        int32_t isum = 0;
+        for (int i = 0; i < kQ8BlockSize; ++i) isum += int32_t(wb[b].qs[i]) * int32_t(a[b].q[i]);
+        sum += static_cast<float>(isum) * (f16_to_f32(wb[b].d) * a[b].d);
+      }
+      y[t * ldy + r] = sum;
+    }
+  }
+}
+
+}  // namespace
+
+const KernelOps& generic_ops() {
+  static const KernelOps ops{Isa::kGeneric, generic_packed_bytes, generic_pack, generic_dot_rows};
+  return ops;
+}
+
+const KernelOps& kernel_ops(Isa isa) {
+#if HYBRID_MOE_HAVE_AMX
+  if (isa == Isa::kAmx) {
+    HM_CHECK(amx_usable(), "CPU ISA amx requested but this machine cannot run it");
+    return amx_ops();
+  }
+#endif
+#if HYBRID_MOE_HAVE_AVX512
+  if (isa == Isa::kAvx512 || isa == Isa::kAmx) {
+    HM_CHECK(avx512_usable(), "CPU ISA avx512 requested but this machine cannot run it");
+    return avx512_ops();
+  }
+#endif
+  HM_CHECK(isa == Isa::kGeneric, "CPU ISA ", isa_name(isa), " is not built into this library");
+  return generic_ops();
+}
+
+}  // namespace hm::cpu

@@ -1,0 +1,229 @@
+#include "cpu/moe_cpu.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "core/check.h"
+#include "cpu/kernel_ops.h"
+#include "cpu/numeric.h"
+
+namespace hm::cpu {
+namespace {
+
+constexpr int64_t kRowsPhase1 = 32;  // rows of I per item (multiple of 32: Q8 blocks of h)
+constexpr int64_t kRowsPhase2 = 16;  // rows of H per item (one AMX tile of rows)
+constexpr std::size_t kScratchAlign = 64;
+
+// Reused scratch buffers: fresh multi-MB allocations would page-fault on every layer.
+class ScratchCache {
+ public:
+  struct Deleter {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  using Buffer = std::unique_ptr<uint8_t, Deleter>;
+
+  static ScratchCache& instance() {
+    static auto* c = new ScratchCache();  // never destroyed: buffers may return at exit
+    return *c;
+  }
+  std::pair<Buffer, std::size_t> acquire(std::size_t bytes) {
+    bytes = align_up(std::max<std::size_t>(bytes, 1), 4096);
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      for (auto it = free_.begin(); it != free_.end(); ++it)
+        if (it->second >= bytes) {
+          auto out = std::move(*it);
+          free_.erase(it);
+          return out;
+        }
+    }
+    auto* p = static_cast<uint8_t*>(std::aligned_alloc(4096, bytes));
+    HM_CHECK_RT(p != nullptr, "out of memory allocating ", bytes, " bytes of kernel scratch");
+    return {Buffer(p), bytes};
+  }
+  void release(std::pair<Buffer, std::size_t> b) {
+    std::lock_guard<std::mutex> lk(m_);
+    free_.push_back(std::move(b));
+    if (free_.size() > 4) {  // keep the 4 largest
+      std::sort(free_.begin(), free_.end(),
+                [](const auto& a, const auto& b) { return a.second > b.second; });
+      free_.resize(4);
+    }
+  }
+
+ private:
+  std::mutex m_;
+  std::vector<std::pair<Buffer, std::size_t>> free_;
+};
+
+struct Group {
+  int32_t expert;
+  int64_t slot0;  // first slot (index into slot_token / slot_weight)
+  int n_tok;
+  std::size_t x_off, h_off;  // packed activation offsets in scratch
+};
+
+class MoeJob final : public Job {
+ public:
+  MoeJob(const MoeLayerArgs& a, const KernelOps& ops) : args_(a), ops_(ops) {
+    const auto& L = a.layout;
+    experts_.assign(a.experts, a.experts + a.n_experts);
+    args_.experts = experts_.data();
+    // Group the assignments by expert (counting sort keeps token order inside a group).
+    std::vector<int64_t> count(a.n_experts + 1, 0);
+    for (int64_t i = 0; i < a.n_assignments; ++i) ++count[a.assignments[i].expert + 1];
+    for (int64_t e = 0; e < a.n_experts; ++e) count[e + 1] += count[e];
+    slot_token_.resize(a.n_assignments);
+    slot_weight_.resize(a.n_assignments);
+    std::vector<int64_t> pos(count.begin(), count.end() - 1);
+    for (int64_t i = 0; i < a.n_assignments; ++i) {
+      const auto& s = a.assignments[i];
+      const int64_t p = pos[s.expert]++;
+      slot_token_[p] = s.token;
+      slot_weight_[p] = s.weight;
+    }
+    std::size_t off = 0;
+    for (int64_t e = 0; e < a.n_experts; ++e) {
+      const int64_t n = count[e + 1] - count[e];
+      if (n == 0) continue;
+      Group g{static_cast<int32_t>(e), count[e], static_cast<int>(n), 0, 0};
+      g.x_off = off;
+      off += align_up(ops.packed_bytes(L.format, g.n_tok, L.hidden), kScratchAlign);
+      g.h_off = off;
+      off += align_up(ops.packed_bytes(L.format, g.n_tok, L.intermediate), kScratchAlign);
+      groups_.push_back(g);
+    }
+    const int64_t blocks1 = (L.intermediate + kRowsPhase1 - 1) / kRowsPhase1;
+    n_items1_ = static_cast<int64_t>(groups_.size()) * blocks1;
+    blocks1_ = blocks1;
+    n_items2_ = groups_.empty() ? 0 : (L.hidden + kRowsPhase2 - 1) / kRowsPhase2;
+    if (!groups_.empty()) scratch_ = ScratchCache::instance().acquire(off);
+  }
+  ~MoeJob() override {
+    if (scratch_.first) ScratchCache::instance().release(std::move(scratch_));
+  }
+
+  int phases() const override { return 3; }
+  int64_t items(int p) const override {
+    return p == 0 ? static_cast<int64_t>(groups_.size()) : p == 1 ? n_items1_ : n_items2_;
+  }
+  void run(int p, int64_t item) override {
+    if (p == 0) pack_inputs(groups_[item]);
+    else if (p == 1) gate_up(groups_[item / blocks1_], item % blocks1_);
+    else down(item);
+  }
+
+ private:
+  uint8_t* scratch() const { return scratch_.first.get(); }
+
+  void pack_inputs(const Group& g) {
+    const auto& L = args_.layout;
+    thread_local std::vector<const float*> src;
+    src.resize(g.n_tok);
+    for (int t = 0; t < g.n_tok; ++t) src[t] = args_.x + slot_token_[g.slot0 + t] * L.hidden;
+    ops_.pack(L.format, g.n_tok, L.hidden, 0, L.hidden, src.data(), scratch() + g.x_off);
+  }
+
+  void gate_up(const Group& g, int64_t block) {
+    const auto& L = args_.layout;
+    const int64_t r0 = block * kRowsPhase1, rows = std::min(kRowsPhase1, L.intermediate - r0);
+    const std::size_t stride = row_bytes(L.format, L.hidden);
+    const uint8_t* base = args_.experts[g.expert];
+    thread_local std::vector<float> yg, yu;
+    thread_local std::vector<const float*> src;
+    yg.resize(static_cast<std::size_t>(g.n_tok) * rows);
+    yu.resize(yg.size());
+    src.resize(g.n_tok);
+    const uint8_t* xp = scratch() + g.x_off;
+    ops_.dot_rows(L.format, base + L.gate_offset + r0 * stride, stride, rows, L.hidden, xp, g.n_tok,
+                  yg.data(), rows);
+    ops_.dot_rows(L.format, base + L.up_offset + r0 * stride, stride, rows, L.hidden, xp, g.n_tok,
+                  yu.data(), rows);
+    for (std::size_t i = 0; i < yg.size(); ++i) yg[i] = silu(yg[i]) * yu[i];
+    for (int t = 0; t < g.n_tok; ++t) src[t] = yg.data() + t * rows;
+    ops_.pack(L.format, g.n_tok, L.intermediate, r0, r0 + rows, src.data(), scratch() + g.h_off);
+  }
+
+  void down(int64_t item) {
+    const auto& L = args_.layout;
+    const int64_t r0 = item * kRowsPhase2, rows = std::min(kRowsPhase2, L.hidden - r0);
+    const std::size_t stride = row_bytes(L.format, L.intermediate);
+    thread_local std::vector<float> y;
+    for (const Group& g : groups_) {
+      y.resize(static_cast<std::size_t>(g.n_tok) * rows);
+      ops_.dot_rows(L.format, args_.experts[g.expert] + L.down_offset + r0 * stride, stride, rows,
+                    L.intermediate, scratch() + g.h_off, g.n_tok, y.data(), rows);
+      for (int t = 0; t < g.n_tok; ++t) {
+        const float w = slot_weight_[g.slot0 + t];
+        float* o = args_.out + slot_token_[g.slot0 + t] * L.hidden + r0;
+        const float* yt = y.data() + t * rows;
+        for (int64_t j = 0; j < rows; ++j) o[j] += w * yt[j];
+      }
+    }
+  }
+
+  MoeLayerArgs args_;
+  const KernelOps& ops_;
+  std::vector<const uint8_t*> experts_;
+  std::vector<int64_t> slot_token_;
+  std::vector<float> slot_weight_;
+  std::vector<Group> groups_;
+  int64_t blocks1_ = 1, n_items1_ = 0, n_items2_ = 0;
+  std::pair<ScratchCache::Buffer, std::size_t> scratch_;
+};
+
+void validate(const MoeLayerArgs& a) {
+  const auto& L = a.layout;
+  HM_CHECK(L.hidden > 0 && L.intermediate > 0, "layout must come from make_expert_layout, got H=",
+           L.hidden, " I=", L.intermediate);
+  const ExpertLayout ref = make_expert_layout(L.format, L.hidden, L.intermediate);
+  HM_CHECK(ref.gate_offset == L.gate_offset && ref.up_offset == L.up_offset &&
+               ref.down_offset == L.down_offset,
+           "layout offsets differ from make_expert_layout(", format_name(L.format), ", ", L.hidden,
+           ", ", L.intermediate, ")");
+  HM_CHECK(a.tokens >= 0, "tokens must be >= 0, got ", a.tokens);
+  HM_CHECK(a.n_assignments >= 0, "n_assignments must be >= 0, got ", a.n_assignments);
+  HM_CHECK(a.n_experts >= 0 && a.n_experts < (int64_t(1) << 31), "n_experts out of range: ",
+           a.n_experts);
+  if (a.n_assignments == 0) return;
+  HM_CHECK(a.assignments != nullptr, "assignments must not be null");
+  HM_CHECK(a.experts != nullptr, "experts (pointer array) must not be null");
+  HM_CHECK(a.x != nullptr, "x must not be null");
+  HM_CHECK(a.out != nullptr, "out must not be null");
+  for (int64_t i = 0; i < a.n_assignments; ++i) {
+    const auto& s = a.assignments[i];
+    HM_CHECK(s.token >= 0 && s.token < a.tokens, "assignments[", i, "].token = ", s.token,
+             ": expected in [0, ", a.tokens, ")");
+    HM_CHECK(s.expert >= 0 && s.expert < a.n_experts, "assignments[", i, "].expert = ", s.expert,
+             ": expected in [0, ", a.n_experts, ")");
+    HM_CHECK(std::isfinite(s.weight), "assignments[", i, "].weight must be finite, got ",
+             s.weight);
+    HM_CHECK(a.experts[s.expert] != nullptr, "experts[", s.expert,
+             "] is null but assignment ", i, " uses it");
+  }
+}
+
+}  // namespace
+
+JobHandle submit_moe_layer(ThreadPool& pool, const MoeLayerArgs& args, Isa isa) {
+  validate(args);
+  return pool.submit(std::make_shared<MoeJob>(args, kernel_ops(isa)));
+}
+
+JobHandle submit_moe_layer(ThreadPool& pool, const MoeLayerArgs& args) {
+  return submit_moe_layer(pool, args, current_isa().isa);
+}
+
+void run_moe_layer(ThreadPool& pool, const MoeLayerArgs& args, Isa isa) {
+  submit_moe_layer(pool, args, isa).wait();
+}
+
+void run_moe_layer(ThreadPool& pool, const MoeLayerArgs& args) {
+  submit_moe_layer(pool, args).wait();
+}
+
+}  // namespace hm::cpu

@@ -1,0 +1,53 @@
+// [NOTE] One MoE layer's experts on the CPU: the C++ API the runtime calls.
+//
+// For every assignment (token t, expert e, router weight w):
+//     out[t] += w * down_e( silu(gate_e(x_t)) * up_e(x_t) )
+// with weights in BF16 or Q8_0 (core/weight_format.h), fp32 accumulation, x and out fp32.
+//
+// Work split (so that every core streams DRAM even at T = 1 with 8 experts):
+//   phase 0: per expert group (tokens sharing an expert), pack the tokens' activations once
+//            (bf16 / Q8 blocks / AMX VNNI order, per ISA; see kernel_ops.h);
+//   phase 1: items = (expert, 32 rows of I): gate and up rows for all the group's tokens, then
+//            h = silu(gate) * up, packed for the down projection;  [barrier]
+//   phase 2: items = 16 rows of H: the down rows of every expert for those output rows, scaled by
+//            the router weight and added to out; each item owns its rows of out, so no atomics.
+// Scratch (packed activations, 2 x T x k x (H + I) bytes for bf16) comes from a small reused cache.
+//
+// Non-blocking use (runtime host function): `auto h = submit_moe_layer(pool, args);` ... later
+// `h.wait();` (joins, rethrows). x, out and the expert bytes are borrowed until wait() returns;
+// the assignment list and the expert pointer array are copied at submit.
+#pragma once
+
+#include <cstdint>
+
+#include "core/weight_format.h"
+#include "cpu/isa.h"
+#include "cpu/thread_pool.h"
+
+namespace hm::cpu {
+
+struct ExpertAssignment {
+  int32_t token;   // row of x / out, in [0, tokens)
+  int32_t expert;  // index into experts[], in [0, n_experts)
+  float weight;    // router weight (finite)
+};
+
+struct MoeLayerArgs {
+  ExpertLayout layout;                       // make_expert_layout(format, H, I)
+  const uint8_t* const* experts = nullptr;   // [n_experts] base of each expert's byte range
+  int64_t n_experts = 0;
+  const float* x = nullptr;                  // [tokens, H] fp32, row-major, contiguous
+  int64_t tokens = 0;
+  const ExpertAssignment* assignments = nullptr;  // [n_assignments], any order, any repeats
+  int64_t n_assignments = 0;
+  float* out = nullptr;                      // [tokens, H] fp32, accumulated into
+};
+
+// Validates args (hm::ValueError naming the bad field), then queues the layer on the pool.
+JobHandle submit_moe_layer(ThreadPool& pool, const MoeLayerArgs& args);
+JobHandle submit_moe_layer(ThreadPool& pool, const MoeLayerArgs& args, Isa isa);
+// Blocking form: submit + wait.
+void run_moe_layer(ThreadPool& pool, const MoeLayerArgs& args);
+void run_moe_layer(ThreadPool& pool, const MoeLayerArgs& args, Isa isa);
+
+}  // namespace hm::cpu

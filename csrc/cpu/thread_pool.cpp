@@ -1,0 +1,250 @@
+#include "cpu/thread_pool.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <set>
+#include <string>
+#include <utility>
+
+#include "core/check.h"
+#include "cpu/isa.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define HM_PAUSE() _mm_pause()
+#else
+#define HM_PAUSE() std::this_thread::yield()
+#endif
+#if defined(__linux__)
+#include <pthread.h>
+#include <sched.h>
+#endif
+
+namespace hm::cpu {
+namespace {
+
+int env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return fallback;
+  char* end = nullptr;
+  const long n = std::strtol(v, &end, 10);
+  HM_CHECK(end && *end == '\0', "environment variable ", name, "='", v, "' is not an integer");
+  return static_cast<int>(n);
+}
+
+// One logical CPU per physical core among those this process may use, in CPU order.
+std::vector<int> one_cpu_per_core() {
+  std::vector<int> cpus;
+#if defined(__linux__)
+  cpu_set_t mask;
+  CPU_ZERO(&mask);
+  if (sched_getaffinity(0, sizeof(mask), &mask) != 0) return cpus;
+  std::set<std::pair<int, int>> seen;
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (!CPU_ISSET(cpu, &mask)) continue;
+    const std::string base = "/sys/devices/system/cpu/cpu" + std::to_string(cpu) + "/topology/";
+    std::ifstream core_f(base + "core_id"), pkg_f(base + "physical_package_id");
+    int core = cpu, pkg = 0;
+    if (!(core_f >> core) || !(pkg_f >> pkg)) core = cpu, pkg = 0;
+    if (seen.emplace(pkg, core).second) cpus.push_back(cpu);
+  }
+#endif
+  return cpus;
+}
+
+bool pin_to(std::thread& t, int cpu) {
+#if defined(__linux__)
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  return pthread_setaffinity_np(t.native_handle(), sizeof(set), &set) == 0;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+int default_threads() {
+  const int n = env_int("HYBRID_MOE_THREADS", 0);
+  HM_CHECK(n >= 0, "HYBRID_MOE_THREADS must be >= 1, got ", n);
+  return n > 0 ? n : physical_cores();
+}
+
+void JobHandle::wait() {
+  HM_CHECK(job_ != nullptr, "JobHandle::wait on an empty handle");
+  // Spin briefly: the runtime's join usually arrives when the job is nearly done.
+  for (int i = 0; i < 2000 && !job_->finished_.load(std::memory_order_acquire); ++i) HM_PAUSE();
+  if (!job_->finished_.load(std::memory_order_acquire)) {
+    std::unique_lock<std::mutex> lk(job_->m_);
+    job_->cv_.wait(lk, [&] { return job_->finished_.load(std::memory_order_acquire); });
+  }
+  if (job_->error_) std::rethrow_exception(job_->error_);
+}
+
+ThreadPool::ThreadPool(int threads, bool pin) {
+  if (threads <= 0) threads = default_threads();
+  HM_CHECK(threads >= 1 && threads <= 1024, "threads must be in [1, 1024], got ", threads);
+  spin_us_ = std::max(0, env_int("HYBRID_MOE_SPIN_US", 100));
+  const std::vector<int> cpus = pin ? one_cpu_per_core() : std::vector<int>{};
+  // Pin only when every worker gets its own core; otherwise let the OS balance.
+  pinned_ = pin && !cpus.empty() && static_cast<int>(cpus.size()) >= threads;
+  workers_.reserve(threads);
+  for (int i = 0; i < threads; ++i) {
+    workers_.emplace_back([this, i] { worker_loop(i); });
+    if (pinned_ && !pin_to(workers_.back(), cpus[i])) pinned_ = false;
+  }
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    stop_ = true;
+    epoch_.fetch_add(1);
+  }
+  cv_.notify_all();
+  for (auto& t : workers_) t.join();
+  // Jobs still queued (their handles may live on) are failed so that wait() returns.
+  for (auto& job : queue_) {
+    std::lock_guard<std::mutex> lk(job->m_);
+    if (!job->error_)
+      job->error_ = std::make_exception_ptr(RuntimeError("thread pool destroyed before job ran"));
+    job->finished_.store(true, std::memory_order_release);
+    job->cv_.notify_all();
+  }
+}
+
+JobHandle ThreadPool::submit(std::shared_ptr<Job> job) {
+  HM_CHECK(job != nullptr, "ThreadPool::submit: job must not be null");
+  const int phases = job->phases();
+  HM_CHECK(phases >= 0, "job phases must be >= 0, got ", phases);
+  job->phase_end_.assign(phases, 0);
+  int64_t total = 0;
+  for (int p = 0; p < phases; ++p) {
+    const int64_t n = job->items(p);
+    HM_CHECK(n >= 0, "job phase ", p, " has a negative item count ", n);
+    total += n;
+    job->phase_end_[p] = total;
+  }
+  job->total_ = total;
+  if (total == 0) {
+    job->finished_.store(true, std::memory_order_release);
+    return JobHandle(std::move(job));
+  }
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    HM_CHECK_RT(!stop_, "ThreadPool::submit after shutdown");
+    job->id_ = next_id_++;
+    queue_.push_back(job);
+    epoch_.fetch_add(1, std::memory_order_release);
+  }
+  cv_.notify_all();
+  return JobHandle(std::move(job));
+}
+
+void ThreadPool::parallel_for(int64_t n, std::function<void(int64_t)> fn) {
+  struct ForJob final : Job {
+    int64_t n;
+    std::function<void(int64_t)> fn;
+    int phases() const override { return 1; }
+    int64_t items(int) const override { return n; }
+    void run(int, int64_t i) override { fn(i); }
+  };
+  auto job = std::make_shared<ForJob>();
+  job->n = n;
+  job->fn = std::move(fn);
+  run(job);
+}
+
+void ThreadPool::worker_loop(int) {
+  uint64_t last_id = 0;
+  for (;;) {
+    std::shared_ptr<Job> job;
+    {
+      std::unique_lock<std::mutex> lk(m_);
+      for (;;) {
+        if (stop_) return;
+        for (auto& q : queue_)
+          if (q->id_ > last_id) {
+            job = q;
+            break;
+          }
+        if (job) break;
+        const uint64_t seen = epoch_.load(std::memory_order_acquire);
+        lk.unlock();
+        // Spin a little before sleeping: decode layers arrive every few hundred microseconds.
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us_);
+        while (epoch_.load(std::memory_order_acquire) == seen) {
+          for (int i = 0; i < 64; ++i) HM_PAUSE();
+          if (std::chrono::steady_clock::now() > deadline) break;
+        }
+        lk.lock();
+        cv_.wait(lk, [&] { return stop_ || epoch_.load(std::memory_order_acquire) != seen; });
+      }
+    }
+    last_id = job->id_;
+    work_on(*job);
+  }
+}
+
+void ThreadPool::work_on(Job& job) {
+  for (;;) {
+    const int64_t ticket = job.next_.fetch_add(1, std::memory_order_relaxed);
+    if (ticket >= job.total_) return;
+    int p = 0;
+    while (ticket >= job.phase_end_[p]) ++p;
+    const int64_t start = p > 0 ? job.phase_end_[p - 1] : 0;
+    // Phase barrier: tickets are handed out in order, so waiting for the count of finished items
+    // to reach this phase's start waits exactly for all earlier phases.
+    for (int spins = 0; job.done_.load(std::memory_order_acquire) < start; ++spins) {
+      if (spins < 4096) {
+        HM_PAUSE();
+      } else {
+        std::this_thread::yield();
+      }
+    }
+    if (!job.failed_.load(std::memory_order_relaxed)) {
+      try {
+        job.run(p, ticket - start);
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(job.m_);
+        if (!job.error_) job.error_ = std::current_exception();
+        job.failed_.store(true, std::memory_order_relaxed);
+      }
+    }
+    if (job.done_.fetch_add(1, std::memory_order_acq_rel) + 1 == job.total_) finish(job);
+  }
+}
+
+void ThreadPool::finish(Job& job) {
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    for (auto it = queue_.begin(); it != queue_.end(); ++it)
+      if (it->get() == &job) {
+        queue_.erase(it);
+        break;
+      }
+    epoch_.fetch_add(1, std::memory_order_release);
+  }
+  {
+    std::lock_guard<std::mutex> lk(job.m_);
+    job.finished_.store(true, std::memory_order_release);
+  }
+  job.cv_.notify_all();
+}
+
+ThreadPool& shared_pool(int threads) {
+  if (threads <= 0) threads = default_threads();
+  static std::mutex m;
+  // Never destroyed: workers may still sleep in the pool when the process exits.
+  static auto* pools = new std::map<int, std::unique_ptr<ThreadPool>>();
+  std::lock_guard<std::mutex> lk(m);
+  auto& p = (*pools)[threads];
+  if (!p) p = std::make_unique<ThreadPool>(threads, true);
+  return *p;
+}
+
+}  // namespace hm::cpu

@@ -1,0 +1,105 @@
+// [NOTE] Persistent worker pool for the CPU expert kernels.
+//
+// A job is a short list of phases; each phase has a fixed number of independent items. Workers
+// take items from one global ticket counter, so phases run in order with an implicit barrier: a
+// ticket of phase p+1 waits until every item of phase p has finished (done counter). This gives
+// "all gate/up rows of all experts, barrier, all down rows" without a second synchronisation tool.
+//
+// - Workers are created once, spin briefly (HYBRID_MOE_SPIN_US, default 100 us) when idle, then
+//   sleep on a condition variable; they are pinned one per physical core when Linux allows it.
+// - submit() returns a JobHandle at once (non-blocking); JobHandle::wait() joins and rethrows the
+//   first exception any item threw (later items of a failed job are skipped, not run).
+// - Jobs are owned by shared_ptr: the pool holds one until its last item ends, the handle holds
+//   one until it is dropped, so no per-call state outlives both (no leaks, no dangling callbacks).
+// - Jobs run one after another in submission order (FIFO); the caller's thread never computes.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace hm::cpu {
+
+// Work of one job. items(p) is fixed when the job is submitted; run(p, i) may throw.
+class Job {
+ public:
+  virtual ~Job() = default;
+  virtual int phases() const = 0;
+  virtual int64_t items(int phase) const = 0;
+  virtual void run(int phase, int64_t item) = 0;
+
+ private:
+  friend class ThreadPool;
+  friend class JobHandle;
+  // Pool bookkeeping, set by ThreadPool::submit.
+  std::vector<int64_t> phase_end_;  // cumulative item counts: phase p owns [end[p-1], end[p])
+  int64_t total_ = 0;
+  uint64_t id_ = 0;
+  std::atomic<int64_t> next_{0}, done_{0};
+  std::atomic<bool> failed_{false};
+  std::exception_ptr error_;
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::atomic<bool> finished_{false};
+};
+
+// Returned by submit(): wait() blocks until the job has finished and rethrows its first error.
+class JobHandle {
+ public:
+  JobHandle() = default;
+  explicit JobHandle(std::shared_ptr<Job> job) : job_(std::move(job)) {}
+  bool valid() const { return job_ != nullptr; }
+  bool done() const { return !job_ || job_->finished_.load(std::memory_order_acquire); }
+  void wait();  // joins; rethrows; the handle stays valid (a second wait() rethrows again)
+  Job* job() const { return job_.get(); }
+
+ private:
+  std::shared_ptr<Job> job_;
+};
+
+class ThreadPool {
+ public:
+  // threads <= 0: physical cores (HYBRID_MOE_THREADS overrides). pin: one worker per core.
+  explicit ThreadPool(int threads = 0, bool pin = true);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int size() const { return static_cast<int>(workers_.size()); }
+  bool pinned() const { return pinned_; }
+
+  JobHandle submit(std::shared_ptr<Job> job);
+  void run(std::shared_ptr<Job> job) { submit(std::move(job)).wait(); }
+  // Convenience: fn(i) for i in [0, n) on the workers; blocks; rethrows.
+  void parallel_for(int64_t n, std::function<void(int64_t)> fn);
+
+ private:
+  void worker_loop(int index);
+  void work_on(Job& job);
+  void finish(Job& job);
+
+  std::vector<std::thread> workers_;
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::deque<std::shared_ptr<Job>> queue_;
+  std::atomic<uint64_t> epoch_{0};  // bumped on every queue change; idle workers spin on it
+  std::atomic<bool> stop_{false};
+  uint64_t next_id_ = 1;
+  bool pinned_ = false;
+  int spin_us_ = 100;
+};
+
+// Default thread count: HYBRID_MOE_THREADS if set (>= 1), else physical_cores().
+int default_threads();
+
+// One process-wide pool per thread count, created on first use (the Python face uses these).
+ThreadPool& shared_pool(int threads = 0);
+
+}  // namespace hm::cpu

@@ -1,0 +1,85 @@
+// Thread pool: every item runs once, phases are ordered (barrier), exceptions reach wait(),
+// submit is non-blocking and jobs are freed when done.
+#include <atomic>
+#include <memory>
+#include <stdexcept>
+#include <vector>
+
+#include "core/check.h"
+#include "cpu/thread_pool.h"
+#include "hm_test.h"
+
+namespace {
+
+struct PhasedJob final : hm::cpu::Job {
+  std::vector<int64_t> n;
+  std::vector<std::atomic<int>> hits;
+  std::atomic<int> phase1_started_early{0};
+  std::atomic<int64_t> phase0_done{0};
+  int64_t throw_at = -1;
+  explicit PhasedJob(std::vector<int64_t> sizes) : n(std::move(sizes)), hits(n[0] + n[1]) {}
+  int phases() const override { return 2; }
+  int64_t items(int p) const override { return n[p]; }
+  void run(int p, int64_t i) override {
+    if (p == 0) {
+      if (i == throw_at) throw std::runtime_error("item failed");
+      hits[i]++;
+      phase0_done++;
+    } else {
+      if (phase0_done.load() != n[0]) phase1_started_early++;
+      hits[n[0] + i]++;
+    }
+  }
+};
+
+}  // namespace
+
+HM_TEST(thread_pool_runs_every_item_once_in_phase_order) {
+  hm::cpu::ThreadPool pool(4, false);
+  HM_EXPECT(pool.size() == 4);
+  for (int rep = 0; rep < 20; ++rep) {
+    auto job = std::make_shared<PhasedJob>(std::vector<int64_t>{37, 53});
+    pool.run(job);
+    for (auto& h : job->hits) HM_EXPECT(h.load() == 1);
+    HM_EXPECT(job->phase1_started_early.load() == 0);
+  }
+}
+
+HM_TEST(thread_pool_exception_reaches_wait) {
+  hm::cpu::ThreadPool pool(3, true);
+  auto job = std::make_shared<PhasedJob>(std::vector<int64_t>{10, 10});
+  job->throw_at = 5;
+  auto h = pool.submit(job);
+  HM_EXPECT_THROWS(h.wait(), std::runtime_error);
+  HM_EXPECT(h.done());
+  // The pool keeps working after a failed job.
+  std::atomic<int64_t> sum{0};
+  pool.parallel_for(100, [&](int64_t i) { sum += i; });
+  HM_EXPECT(sum.load() == 4950);
+}
+
+HM_TEST(thread_pool_submit_is_non_blocking_and_frees_jobs) {
+  hm::cpu::ThreadPool pool(2, false);
+  std::weak_ptr<PhasedJob> weak;
+  {
+    std::vector<hm::cpu::JobHandle> handles;
+    for (int j = 0; j < 8; ++j) {
+      auto job = std::make_shared<PhasedJob>(std::vector<int64_t>{16, 16});
+      if (j == 0) weak = job;
+      handles.push_back(pool.submit(job));
+    }
+    for (auto& h : handles) h.wait();
+    HM_EXPECT(!weak.expired());  // the handle still owns it
+  }
+  HM_EXPECT(weak.expired());  // handles dropped, pool released it: nothing leaked
+  auto empty = std::make_shared<PhasedJob>(std::vector<int64_t>{0, 0});
+  auto h = pool.submit(empty);
+  HM_EXPECT(h.done());
+  h.wait();
+}
+
+HM_TEST(thread_pool_rejects_bad_sizes) {
+  HM_EXPECT_THROWS(hm::cpu::ThreadPool too_big(2000, false), hm::ValueError);
+  hm::cpu::ThreadPool pool(1, false);
+  HM_EXPECT_THROWS(pool.submit(nullptr), hm::ValueError);
+}
