@@ -22,8 +22,15 @@ def test_version_matches_metadata():
 
 def test_info_reports_build_and_machine():
     data = hybrid_moe.info()
-    for key in ("version", "cuda_built", "cuda_available", "gpus", "cpu_isa", "cpu_isa_reason",
-                "threads"):
+    for key in (
+        "version",
+        "cuda_built",
+        "cuda_available",
+        "gpus",
+        "cpu_isa",
+        "cpu_isa_reason",
+        "threads",
+    ):
         assert key in data
     assert data["cpu_isa"] in ("generic", "avx512", "amx")
     assert data["cpu_isa_reason"]
@@ -72,8 +79,11 @@ def test_set_isa_wrong_type_is_type_error():
 def test_env_override_caps_isa():
     code = "import hybrid_moe, json; print(json.dumps(hybrid_moe.native.cpu_isa()))"
     env_out = subprocess.run(
-        [sys.executable, "-c", code], env={"HYBRID_MOE_CPU_ISA": "generic", "PATH": ""},
-        capture_output=True, text=True, check=True,
+        [sys.executable, "-c", code],
+        env={"HYBRID_MOE_CPU_ISA": "generic", "PATH": ""},
+        capture_output=True,
+        text=True,
+        check=True,
     )
     choice = json.loads(env_out.stdout)
     assert choice["isa"] == "generic"
@@ -83,8 +93,10 @@ def test_env_override_caps_isa():
 def test_bad_env_isa_is_a_clear_error():
     code = "import hybrid_moe; hybrid_moe.native.cpu_isa()"
     r = subprocess.run(
-        [sys.executable, "-c", code], env={"HYBRID_MOE_CPU_ISA": "quantum", "PATH": ""},
-        capture_output=True, text=True,
+        [sys.executable, "-c", code],
+        env={"HYBRID_MOE_CPU_ISA": "quantum", "PATH": ""},
+        capture_output=True,
+        text=True,
     )
     assert r.returncode != 0
     assert "ValueError" in r.stderr and "HYBRID_MOE_CPU_ISA='quantum'" in r.stderr
@@ -103,7 +115,9 @@ def test_bad_thread_env(monkeypatch):
 def test_cli_info_json():
     r = subprocess.run(
         [sys.executable, "-m", "hybrid_moe.cli", "info", "--json"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     data = json.loads(r.stdout)
     assert data["version"] == hybrid_moe.__version__

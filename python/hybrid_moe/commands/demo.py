@@ -49,10 +49,12 @@ def run(args) -> int:
     )
     torch.manual_seed(args.seed)
     torch.set_num_threads(default_threads())
-    gate_up = [torch.randn(n_expert, 2 * inter, hidden, dtype=torch.bfloat16) * 0.02
-               for _ in range(layers)]
-    down = [torch.randn(n_expert, hidden, inter, dtype=torch.bfloat16) * 0.02
-            for _ in range(layers)]
+    gate_up = [
+        torch.randn(n_expert, 2 * inter, hidden, dtype=torch.bfloat16) * 0.02 for _ in range(layers)
+    ]
+    down = [
+        torch.randn(n_expert, hidden, inter, dtype=torch.bfloat16) * 0.02 for _ in range(layers)
+    ]
     router = [torch.randn(hidden, n_expert) for _ in range(layers)]
 
     step_times = []
@@ -80,8 +82,11 @@ def run(args) -> int:
     for col in ("layers", "median ms/token", "tokens/s", "expert GB/s", "48-layer tokens/s"):
         table.add_column(col, justify="right")
     table.add_row(
-        str(layers), f"{median * 1e3:.1f}", f"{1 / median:.1f}",
-        f"{bytes_per_token / median / 1e9:.1f}", f"{layers / 48 / median:.2f}",
+        str(layers),
+        f"{median * 1e3:.1f}",
+        f"{1 / median:.1f}",
+        f"{bytes_per_token / median / 1e9:.1f}",
+        f"{layers / 48 / median:.2f}",
     )
     console.print(table)
     console.print(

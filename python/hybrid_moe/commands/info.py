@@ -28,10 +28,11 @@ def run(args) -> int:
     if data["cuda_available"]:
         table.add_row("CUDA available", f"True (driver {data['cuda_driver_version']})")
         for g in data["gpus"]:
+            major, minor = g["capability"]
             table.add_row(
                 f"GPU {g['index']}",
                 f"{g['name']}, {g['total_memory'] / 2**30:.1f} GiB "
-                f"({g['free_memory'] / 2**30:.1f} free), sm_{g['capability'][0]}{g['capability'][1]}, "
+                f"({g['free_memory'] / 2**30:.1f} free), sm_{major}{minor}, "
                 f"{g['multiprocessors']} SMs",
             )
     else:
