@@ -1,0 +1,233 @@
+"""CPU expert kernels from Python: expert stores in the project's byte layout, one MoE layer on the
+CPU, Q8_0 (GGUF) quantisation helpers and a float32 torch reference (for tests and benchmarks).
+
+    store = CpuExpertStore.from_tensors(gate[E, I, H], up[E, I, H], down[E, H, I], fmt="q8_0")
+    out = run_layer(store, x[T, H], topk_ids[T, k], topk_weights[T, k])   # -> fp32 [T, H]
+
+x is float32 on the CPU (bf16 is converted). The ISA (generic | avx512 | amx) is chosen at run time
+by CPUID; HYBRID_MOE_CPU_ISA or hybrid_moe.set_cpu_isa caps it, `isa=` picks one per call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from hybrid_moe._native import native
+
+FORMATS = ("bf16", "q8_0")
+ISAS = ("generic", "avx512", "amx")
+Q8_BLOCK = 32
+Q8_BLOCK_BYTES = 34
+
+
+def quantize_q8_0(w: torch.Tensor | np.ndarray) -> np.ndarray:
+    """GGUF Q8_0 encoding of w[..., n] (n % 32 == 0) -> uint8 [..., n / 32 * 34].
+
+    Per block of 32: d = max|w| / 127 stored as fp16, q = round-half-away(w / d) (gguf-py's rule).
+    """
+    a = w.detach().to(torch.float32).cpu().numpy() if isinstance(w, torch.Tensor) else np.asarray(w)
+    a = a.astype(np.float32, copy=False)
+    if a.ndim < 1 or a.shape[-1] % Q8_BLOCK != 0:
+        raise ValueError(f"quantize_q8_0: last dimension must be a multiple of 32, got {a.shape}")
+    lead, n = a.shape[:-1], a.shape[-1]
+    blocks = a.reshape(-1, Q8_BLOCK)
+    d = np.abs(blocks).max(axis=1, keepdims=True) / 127.0
+    with np.errstate(divide="ignore"):
+        inv = np.where(d == 0, 0.0, 1.0 / d)
+    x = blocks * inv
+    q = (np.sign(x) * np.floor(np.abs(x) + 0.5)).astype(np.int8)
+    out = np.empty((blocks.shape[0], Q8_BLOCK_BYTES), dtype=np.uint8)
+    out[:, :2] = d.astype(np.float16).view(np.uint8).reshape(-1, 2)
+    out[:, 2:] = q.view(np.uint8)
+    return out.reshape(*lead, n // Q8_BLOCK * Q8_BLOCK_BYTES)
+
+
+def dequantize_q8_0(data: np.ndarray, n: int) -> torch.Tensor:
+    """Inverse of quantize_q8_0: uint8 [..., n / 32 * 34] -> float32 tensor [..., n]."""
+    data = np.ascontiguousarray(data, dtype=np.uint8)
+    if n % Q8_BLOCK != 0 or data.shape[-1] != n // Q8_BLOCK * Q8_BLOCK_BYTES:
+        raise ValueError(f"dequantize_q8_0: expected last dim {n // 32 * 34} for n={n}, got {data.shape}")
+    blocks = data.reshape(-1, Q8_BLOCK_BYTES)
+    d = blocks[:, :2].copy().view(np.float16).astype(np.float32)
+    q = blocks[:, 2:].view(np.int8).astype(np.float32)
+    return torch.from_numpy((d * q).reshape(*data.shape[:-1], n))
+
+
+def _encode_rows(w: torch.Tensor, fmt: str) -> np.ndarray:
+    """[E, rows, n] float -> uint8 [E, rows * row_bytes] in format fmt."""
+    if fmt == "bf16":
+        b = w.detach().to(torch.bfloat16).contiguous().view(torch.int16).numpy()
+        return b.view(np.uint8).reshape(w.shape[0], -1)
+    return quantize_q8_0(w).reshape(w.shape[0], -1)
+
+
+def _check_weight(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        raise ValueError(f"{name} must be on the CPU, got device {t.device}")
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must be a floating tensor (float32/bf16/fp16), got {t.dtype}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {list(shape)}, got {list(t.shape)}")
+
+
+@dataclass
+class CpuExpertStore:
+    """E experts in the one-contiguous-range layout (core/weight_format.h), in one uint8 tensor.
+
+    data: uint8 [E, stride]; expert e's bytes start at data[e] (256-byte aligned within the buffer).
+    """
+
+    fmt: str
+    hidden: int
+    intermediate: int
+    data: torch.Tensor
+    layout: dict
+
+    @property
+    def n_experts(self) -> int:
+        return int(self.data.shape[0])
+
+    def expert_ptrs(self) -> list[int]:
+        base, stride = self.data.data_ptr(), int(self.layout["stride"])
+        return [base + e * stride for e in range(self.n_experts)]
+
+    @classmethod
+    def from_tensors(
+        cls, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, fmt: str = "bf16"
+    ) -> CpuExpertStore:
+        """gate, up: [E, I, H]; down: [E, H, I] (float32/bf16/fp16, CPU) -> store in fmt."""
+        if fmt not in FORMATS:
+            raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+        if not isinstance(gate, torch.Tensor) or gate.dim() != 3:
+            raise ValueError("gate must be a 3-D torch.Tensor [E, I, H]")
+        E, I, H = (int(s) for s in gate.shape)
+        _check_weight("gate", gate, (E, I, H))
+        _check_weight("up", up, (E, I, H))
+        _check_weight("down", down, (E, H, I))
+        if fmt == "q8_0" and (H % 32 or I % 32):
+            raise ValueError(f"q8_0 needs H and I to be multiples of 32, got H={H}, I={I}")
+        lay = dict(native.expert_layout(fmt, H, I))
+        stride = int(lay["stride"])
+        buf = np.zeros((E, stride), dtype=np.uint8)
+        for key, w in (("gate", gate), ("up", up), ("down", down)):
+            off, nbytes = int(lay[f"{key}_offset"]), int(lay[f"{key}_bytes"])
+            buf[:, off : off + nbytes] = _encode_rows(w, fmt)
+        return cls(fmt, H, I, torch.from_numpy(buf), lay)
+
+    def dequantized(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The weights as the kernel sees them, float32: gate, up [E, I, H], down [E, H, I]."""
+        E, H, I = self.n_experts, self.hidden, self.intermediate
+        raw = self.data.numpy()
+        out = []
+        for key, rows, n in (("gate", I, H), ("up", I, H), ("down", H, I)):
+            off, nbytes = int(self.layout[f"{key}_offset"]), int(self.layout[f"{key}_bytes"])
+            part = raw[:, off : off + nbytes]
+            if self.fmt == "bf16":
+                t = torch.from_numpy(part.copy().view(np.int16)).view(torch.bfloat16).float()
+            else:
+                t = dequantize_q8_0(part.reshape(E, rows, -1), n)
+            out.append(t.reshape(E, rows, n))
+        return out[0], out[1], out[2]
+
+
+def _check_routing(x, topk_ids, topk_weights, n_experts: int, hidden: int):
+    if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != hidden:
+        got = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a tensor [T, {hidden}], got {got}")
+    if x.device.type != "cpu":
+        raise ValueError(f"x must be on the CPU, got device {x.device}")
+    if x.dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"x must be float32 or bfloat16, got {x.dtype}")
+    T = int(x.shape[0])
+    if not isinstance(topk_ids, torch.Tensor) or topk_ids.dim() != 2 or topk_ids.shape[0] != T:
+        raise ValueError(f"topk_ids must be a tensor [T={T}, k]")
+    if topk_ids.dtype not in (torch.int32, torch.int64) or topk_ids.device.type != "cpu":
+        raise ValueError(f"topk_ids must be int32/int64 on the CPU, got {topk_ids.dtype} on {topk_ids.device}")
+    if not isinstance(topk_weights, torch.Tensor) or tuple(topk_weights.shape) != tuple(topk_ids.shape):
+        raise ValueError(f"topk_weights must be a tensor of shape {list(topk_ids.shape)}")
+    if not topk_weights.is_floating_point() or topk_weights.device.type != "cpu":
+        raise ValueError(f"topk_weights must be floating on the CPU, got {topk_weights.dtype} on {topk_weights.device}")
+    if topk_ids.numel() and (int(topk_ids.min()) < 0 or int(topk_ids.max()) >= n_experts):
+        raise ValueError(
+            f"topk_ids must be in [0, {n_experts}), got range [{int(topk_ids.min())}, {int(topk_ids.max())}]"
+        )
+    if not bool(torch.isfinite(topk_weights).all()):
+        raise ValueError("topk_weights must be finite")
+
+
+def run_layer(
+    store: CpuExpertStore,
+    x: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    threads: int | None = None,
+    isa: str | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """out[t] (+)= sum_j topk_weights[t, j] * expert_{topk_ids[t, j]}(x[t]) on the CPU.
+
+    x: [T, H] float32 or bf16 (CPU); topk_ids: int [T, k]; topk_weights: float [T, k].
+    threads: pool size (None: HYBRID_MOE_THREADS or the physical cores). isa: None (the run-time
+    choice) or 'generic' | 'avx512' | 'amx'. out: optional fp32 [T, H] to accumulate into;
+    otherwise a new zero tensor. Returns out (fp32 [T, H]).
+    """
+    if not isinstance(store, CpuExpertStore):
+        raise TypeError(f"store must be a CpuExpertStore, got {type(store).__name__}")
+    _check_routing(x, topk_ids, topk_weights, store.n_experts, store.hidden)
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+    if isa is not None and isa not in ISAS:
+        raise ValueError(f"isa must be one of {ISAS} or None, got {isa!r}")
+    T, k = int(topk_ids.shape[0]), int(topk_ids.shape[1])
+    xf = x.to(torch.float32).contiguous()
+    if out is None:
+        out = torch.zeros(T, store.hidden, dtype=torch.float32)
+    elif out.dtype != torch.float32 or tuple(out.shape) != (T, store.hidden) or out.device.type != "cpu":
+        raise ValueError(f"out must be float32 [{T}, {store.hidden}] on the CPU")
+    elif not out.is_contiguous():
+        raise ValueError("out must be contiguous")
+    tok = np.repeat(np.arange(T, dtype=np.int32), k)
+    ids = topk_ids.to(torch.int32).reshape(-1).numpy()
+    w = topk_weights.to(torch.float32).reshape(-1).numpy()
+    native.cpu_moe_layer(
+        store.fmt, store.hidden, store.intermediate, store.expert_ptrs(), xf.data_ptr(), T,
+        tok, ids, w, out.data_ptr(), threads or 0, isa or "",
+    )
+    return out
+
+
+def reference_layer(gate, up, down, x, topk_ids, topk_weights) -> torch.Tensor:
+    """float32 torch reference: gate, up [E, I, H], down [E, H, I]; returns [T, H]."""
+    x = x.float()
+    out = torch.zeros(x.shape[0], down.shape[1], dtype=torch.float32)
+    for e in topk_ids.unique().tolist():
+        rows, cols = (topk_ids == e).nonzero(as_tuple=True)
+        xe = x[rows]
+        h = torch.nn.functional.silu(xe @ gate[e].float().T) * (xe @ up[e].float().T)
+        out.index_add_(0, rows, (h @ down[e].float().T) * topk_weights[rows, cols].float()[:, None])
+    return out
+
+
+def available_isas() -> list[str]:
+    """The variants this machine and build can run (each test runs all of them)."""
+    out = ["generic"]
+    feats = dict(native.cpu_features())
+    if native.avx512_built and all(
+        feats[f] for f in ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "avx512_vnni", "os_avx512")
+    ):
+        out.append("avx512")
+        if native.amx_built and all(feats[f] for f in ("amx_tile", "amx_bf16", "amx_int8", "os_amx")):
+            cur = dict(native.cpu_isa())
+            try:
+                native.set_cpu_isa("amx")
+                out.append("amx")
+            except ValueError:
+                pass
+            finally:
+                native.set_cpu_isa(cur["isa"])
+    return out
