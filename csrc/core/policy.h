@@ -1,0 +1,84 @@
+// [NOTE] Cache policies (DESIGN.md section 5), all selectable by name (make_policy):
+//   cpu        no cache: every expert on the CPU (KTransformers' default).
+//   static     a fixed GPU set chosen once from a frequency profile, the most used (layer, expert)
+//              pairs of the whole pool (KTransformers' frequency placement); never changes.
+//   lru        misses computed on the CPU; copied into the cache in the background when the copy
+//              engine has time; evicts the least recently used.
+//   lfu        as lru, evicting the least frequently used (ties: least recent).
+//   lru-fetch  every miss copied, then computed on the GPU (mixtral-offloading style); LRU eviction.
+//   value      ours: see policy_value.cpp.
+//   oracle     Belady: evicts the expert used again farthest in the future and admits a miss only
+//              if it is used again before the victim (future known: simulator only).
+// A policy only ranks and admits; the Scheduler decides where each expert runs and issues copies,
+// and the ExpertCache holds the state. Eviction keys must keep their order as time passes (see
+// expert_cache.h), so a victim is found in O(log slots).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/cost_model.h"
+#include "core/expert_cache.h"
+
+namespace hm {
+
+// How the scheduler treats a miss under a policy.
+enum class MissMode : int {
+  kCpu = 0,       // computed on the CPU, never admitted (cpu, static)
+  kCpuAdmit = 1,  // computed on the CPU, admitted by a background copy (lru, lfu)
+  kFetch = 2,     // always copied, then computed on the GPU (lru-fetch)
+  kSchedule = 3,  // the scheduler picks CPU or fetch+GPU; the policy decides admission (value, oracle)
+};
+
+inline constexpr int64_t kNoNextUse = INT64_MAX;
+
+// One selected expert of one layer-step, reported to the policy before the layer is planned.
+struct Access {
+  int layer = 0;
+  int expert = 0;
+  float weight = 0.f;    // router weight (summed over the step's tokens that chose it)
+  int n_tokens = 1;      // tokens of the step that chose it
+  int64_t step = 0;      // step index (decode token or prefill chunk)
+  int64_t tick = 0;      // step * n_layer + layer: a global clock of layer visits
+  int64_t next_use = kNoNextUse;  // step of its next use (simulator only; oracle)
+};
+
+class Policy {
+ public:
+  virtual ~Policy() = default;
+  virtual const char* name() const = 0;
+  virtual MissMode miss_mode() const = 0;
+  virtual bool uses_cache() const { return true; }
+  virtual bool wants_prefetch() const { return false; }  // takes next-layer predictor hints
+  virtual bool needs_future() const { return false; }    // reads Access::next_use
+  virtual void reset(int n_layer, int n_expert, int top_k, const CostModel& cost);
+  virtual void on_access(const Access& a) = 0;
+  // Eviction key of (layer, expert): the cache evicts the smallest.
+  virtual double key(int layer, int expert) const = 0;
+  // Whether (layer, expert) should replace the expert in victim_slot (-1: it takes a free slot).
+  // imminent: probability it is used at its layer's very next visit (prefetch hints), else 0.
+  virtual bool admit(const ExpertCache& cache, int layer, int expert, int victim_slot, int64_t step,
+                     double imminent) const = 0;
+  // Called once before a run with per (layer, expert) use counts [n_layer * n_expert] (static).
+  virtual void warm_start(ExpertCache& cache, const std::vector<double>& frequency) {}
+
+ protected:
+  int n_layer_ = 0, n_expert_ = 0, top_k_ = 1;
+  double saved_us_ = 0, copy_us_ = 0;  // per decode use saved by a hit; one expert copy
+};
+
+// Tunables of the value policy (defaults chosen on the dev trace and synthetic preset; see
+// bench/RESULTS.md, "Decision engine").
+struct ValueParams {
+  double halflife_steps = 24.0;  // decay of the per-(layer, expert) score, in steps
+  double horizon_steps = 32.0;   // uses are predicted over this many future steps
+  double weight_mix = 0.5;       // 0: every use counts 1; 1: counts weight * top_k
+  double copy_factor = 0.5;      // admission needs value > victim's value + copy_factor * t_copy
+};
+
+std::unique_ptr<Policy> make_policy(const std::string& name, const ValueParams& vp = ValueParams());
+const std::vector<std::string>& policy_names();
+
+}  // namespace hm
