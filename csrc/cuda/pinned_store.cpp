@@ -1,0 +1,77 @@
+#include "cuda/pinned_store.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "cuda/cuda_check.h"
+
+namespace hm::cuda {
+
+PinnedExpertStore::PinnedExpertStore(const ExpertLayout& layout, int64_t n_experts)
+    : layout_(layout), n_experts_(n_experts) {
+  HM_CHECK(n_experts > 0, "n_experts must be >= 1, got ", n_experts);
+  HM_CHECK(layout.stride > 0, "expert layout has zero stride");
+  const std::size_t bytes = nbytes();
+  void* p = nullptr;
+  const cudaError_t err = cudaHostAlloc(&p, bytes, cudaHostAllocPortable);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    HM_CHECK_RT(false, "could not allocate ", bytes, " bytes of pinned host memory for ", n_experts,
+                " experts of ", layout.stride, " bytes (", cudaGetErrorName(err), ": ",
+                cudaGetErrorString(err), ")");
+  }
+  data_ = static_cast<uint8_t*>(p);
+  std::memset(data_, 0, bytes);
+}
+
+PinnedExpertStore::~PinnedExpertStore() {
+  if (data_) (void)cudaFreeHost(data_);
+}
+
+uint8_t* PinnedExpertStore::expert_ptr(int64_t e) {
+  HM_CHECK(e >= 0 && e < n_experts_, "expert id must be in [0, ", n_experts_, "), got ", e);
+  return data_ + static_cast<std::size_t>(e) * layout_.stride;
+}
+
+const uint8_t* PinnedExpertStore::expert_ptr(int64_t e) const {
+  HM_CHECK(e >= 0 && e < n_experts_, "expert id must be in [0, ", n_experts_, "), got ", e);
+  return data_ + static_cast<std::size_t>(e) * layout_.stride;
+}
+
+void PinnedExpertStore::fill_expert(int64_t e, const void* src, std::size_t nbytes,
+                                    std::size_t offset) {
+  HM_CHECK(src != nullptr, "src must not be null");
+  HM_CHECK(offset + nbytes <= layout_.stride, "offset + nbytes must be <= expert stride ",
+           layout_.stride, ", got ", offset, " + ", nbytes);
+  std::memcpy(expert_ptr(e) + offset, src, nbytes);
+}
+
+void PinnedExpertStore::load_file(const std::string& path, std::size_t file_offset, int64_t first,
+                                  int64_t count) {
+  HM_CHECK(count >= 0 && first >= 0 && first + count <= n_experts_, "experts [", first, ", ",
+           first + count, ") must lie in [0, ", n_experts_, ")");
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  HM_CHECK(fd >= 0, "cannot open '", path, "': ", std::strerror(errno));
+  uint8_t* dst = data_ + static_cast<std::size_t>(first) * layout_.stride;
+  std::size_t left = static_cast<std::size_t>(count) * layout_.stride;
+  off_t pos = static_cast<off_t>(file_offset);
+  while (left > 0) {
+    const ssize_t got = ::pread(fd, dst, left, pos);
+    if (got <= 0) {
+      const int e = errno;
+      ::close(fd);
+      HM_CHECK(got != 0, "file '", path, "' ends before ", count, " experts of ", layout_.stride,
+               " bytes from offset ", file_offset);
+      HM_CHECK_RT(false, "reading '", path, "' failed: ", std::strerror(e));
+    }
+    dst += got;
+    left -= static_cast<std::size_t>(got);
+    pos += got;
+  }
+  ::close(fd);
+}
+
+}  // namespace hm::cuda
