@@ -1,0 +1,230 @@
+"""CPU MoE layer benchmark: our kernels vs torch bf16 and kt-kernel (AMXINT8, AMXINT4), plus the
+machine's DRAM read bandwidth, in one run. JSON out.
+
+Shape: Qwen3-30B-A3B experts (H=2048, I=768), E=128 experts per layer, top-8 routing (random,
+distinct per token), T tokens. `--layers` copies of the layer (default 2: 2.4 GB bf16, 1.3 GB Q8_0)
+are cycled so that a call's experts are not in the 300 MiB L3 from the previous call. Every expert
+of every layer is touched once before timing. Time = median over repeats of one layer call (ours:
+the pybind call into the C++ kernel, without the Python argument checks).
+GB/s = bytes of the distinct experts the call reads / time (bf16 9.4 MB, Q8_0 5.0 MB per expert);
+GFLOP/s = 2 * 3 * H * I * T * k / time.
+
+    python bench/bench_cpu_experts.py --threads 16 --json results_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from hybrid_moe._native import native
+from hybrid_moe.cpu_experts import CpuExpertStore, available_isas
+
+
+def median_time(fn, reps: int, warm: int = 2) -> float:
+    for _ in range(warm):
+        fn(0)
+    ts = []
+    for i in range(reps):
+        t0 = time.perf_counter()
+        fn(i + 1)
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def dram_read_gbs(threads: int, gib: float = 2.0, reps: int = 7) -> float:
+    """Read bandwidth: torch sum over a buffer far larger than L3 (median of reps)."""
+    torch.set_num_threads(threads)
+    a = torch.ones(int(gib * 2**30) // 4, dtype=torch.float32)
+    a.sum()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a.sum()
+        ts.append(time.perf_counter() - t0)
+    return a.numel() * 4 / statistics.median(ts) / 1e9
+
+
+def make_layers(L, E, H, I, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    layers = []
+    for _ in range(L):
+        mk = lambda *s: (torch.randn(*s, generator=g) * 0.02).to(torch.bfloat16)  # noqa: E731
+        layers.append((mk(E, I, H), mk(E, I, H), mk(E, H, I)))
+    return layers
+
+
+def bf16_store(gate, up, down) -> CpuExpertStore:
+    E, I, H = gate.shape
+    lay = dict(native.expert_layout("bf16", H, I))
+    buf = torch.zeros(E, lay["stride"], dtype=torch.uint8)
+    for key, w in (("gate", gate), ("up", up), ("down", down)):
+        off, n = lay[f"{key}_offset"], lay[f"{key}_bytes"]
+        buf[:, off : off + n] = w.contiguous().view(torch.uint8).reshape(E, -1)
+    return CpuExpertStore("bf16", H, I, buf, lay)
+
+
+def q8_store(E, H, I, seed) -> CpuExpertStore:
+    """Random Q8_0 experts (valid blocks: int8 in [-127, 127], fp16 scales ~1e-3)."""
+    lay = dict(native.expert_layout("q8_0", H, I))
+    g = torch.Generator().manual_seed(seed)
+    buf = torch.randint(-127, 128, (E, lay["stride"]), dtype=torch.int8, generator=g).view(torch.uint8)
+    scale = torch.tensor([1e-3], dtype=torch.float16).view(torch.uint8)
+    for key in ("gate", "up", "down"):
+        off, n = lay[f"{key}_offset"], lay[f"{key}_bytes"]
+        blocks = buf[:, off : off + n].view(E, -1, 34)
+        blocks[:, :, 0] = scale[0]
+        blocks[:, :, 1] = scale[1]
+    return CpuExpertStore("q8_0", H, I, buf, lay)
+
+
+def routing(T, E, k, seed):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.argsort(torch.rand(T, E, generator=g), dim=1)[:, :k]
+    w = torch.rand(T, k, generator=g)
+    return ids, w / w.sum(1, keepdim=True)
+
+
+def torch_bf16_layer(gate, up, down, x, ids, w):
+    out = torch.zeros(x.shape[0], x.shape[1], dtype=torch.bfloat16)
+    for e in ids.unique().tolist():
+        rows, cols = (ids == e).nonzero(as_tuple=True)
+        xe = x[rows]
+        h = torch.nn.functional.silu(xe @ gate[e].T) * (xe @ up[e].T)
+        out.index_add_(0, rows, (h @ down[e].T) * w[rows, cols].to(torch.bfloat16)[:, None])
+    return out
+
+
+class KtLayer:
+    """One kt-kernel AMX MoE layer driven through its CPU path (submit + sync)."""
+
+    def __init__(self, layer_idx, method, gate, up, down, threads, k, tmpdir):
+        from kt_kernel.utils.amx import AMXMoEWrapper
+
+        E, I, H = gate.shape
+        self.k = k
+        self.w = AMXMoEWrapper(
+            layer_idx=layer_idx, num_experts=E, num_experts_per_tok=k, hidden_size=H,
+            moe_intermediate_size=I, gpu_experts_mask=None, cpuinfer_threads=threads,
+            threadpool_count=1, weight_path=tmpdir, chunked_prefill_size=512, method=method,
+        )
+        self.w.load_weights_from_tensors(gate, up, down, torch.arange(E))
+
+    def __call__(self, x_bf16, ids, w):
+        T = x_bf16.shape[0]
+        bsz = torch.tensor([T], dtype=torch.int32)
+        ids64 = ids.to(torch.int64).contiguous()
+        wf = w.to(torch.float32).contiguous()
+        out = torch.zeros_like(x_bf16)
+        ci = self.w.cpu_infer
+        ci.submit(self.w.moe.forward_task(bsz.data_ptr(), self.k, ids64.data_ptr(), wf.data_ptr(),
+                                          x_bf16.data_ptr(), out.data_ptr(), False))
+        ci.sync()
+        return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=int(native.cpu_default_threads()))
+    ap.add_argument("--tokens", default="1,4,16,64,256,512")
+    ap.add_argument("--experts", type=int, default=128)
+    ap.add_argument("--topk", type=int, default=8)
+    ap.add_argument("--hidden", type=int, default=2048)
+    ap.add_argument("--intermediate", type=int, default=768)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--isas", default="", help="comma list; default: avx512 and amx where runnable")
+    ap.add_argument("--kt", default="AMXINT8,AMXINT4", help="kt-kernel methods ('' to skip)")
+    ap.add_argument("--max-reps", type=int, default=15)
+    ap.add_argument("--json", default="")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    E, H, I, k, L = a.experts, a.hidden, a.intermediate, a.topk, a.layers
+    Ts = [int(t) for t in a.tokens.split(",")]
+    runnable = available_isas()
+    isas = [s for s in (a.isas.split(",") if a.isas else ["avx512", "amx"]) if s in runnable] or ["generic"]
+    res = {"machine": {"cpu": dict(native.cpu_features())["brand"], "threads": a.threads,
+                       "pool": dict(native.cpu_pool_info(a.threads)), "isas_runnable": runnable},
+           "shape": {"E": E, "H": H, "I": I, "k": k, "layers": L}, "rows": [], "errors": {}}
+    bw = dram_read_gbs(a.threads)
+    res["dram_read_gbs"] = bw
+    print(f"DRAM read (torch sum, {a.threads} threads): {bw:.1f} GB/s", flush=True)
+
+    t0 = time.time()
+    layers = make_layers(L, E, H, I)
+    stores = {"bf16": [bf16_store(*lw) for lw in layers], "q8_0": [q8_store(E, H, I, s) for s in range(L)]}
+    ptrs = {f: [s.expert_ptrs() for s in v] for f, v in stores.items()}
+    ebytes = {f: stores[f][0].layout["weight_bytes"] for f in stores}
+    print(f"setup {time.time() - t0:.1f}s; expert bytes {ebytes}", flush=True)
+    kt = {}
+    tmp = tempfile.mkdtemp(prefix="ktk_")
+    for m in [s for s in a.kt.split(",") if s]:
+        try:
+            t0 = time.time()
+            kt[m] = [KtLayer(l, m, *layers[l], a.threads, k, tmp) for l in range(L)]
+            print(f"kt-kernel {m} loaded in {time.time() - t0:.1f}s", flush=True)
+        except Exception as exc:  # record and go on: the rest of the run still counts
+            res["errors"][f"kt_{m}"] = f"{type(exc).__name__}: {exc}"
+            print(f"kt-kernel {m} unavailable: {exc}", flush=True)
+
+    def ours(fmt, isa):
+        def call(x, ids, w, l):
+            T = x.shape[0]
+            out = torch.zeros(T, H, dtype=torch.float32)
+            tok = np.repeat(np.arange(T, dtype=np.int32), k)
+            native.cpu_moe_layer(fmt, H, I, ptrs[fmt][l], x.data_ptr(), T, tok,
+                                 ids.to(torch.int32).reshape(-1).numpy(), w.reshape(-1).numpy(),
+                                 out.data_ptr(), a.threads, isa)
+        return call
+
+    methods = {f"ours_{f}_{i}": (ours(f, i), f) for f in ("bf16", "q8_0") for i in isas}
+    methods["torch_bf16"] = (lambda x, ids, w, l: torch_bf16_layer(*layers[l], x.to(torch.bfloat16), ids, w), "bf16")
+    for m, lay in kt.items():
+        methods[f"kt_{m}"] = (lambda x, ids, w, l, lay=lay: lay[l](x.to(torch.bfloat16), ids, w), "bf16")
+
+    # Touch every expert of every layer once (first use page-faults).
+    for name, (fn, _) in methods.items():
+        for l in range(L):
+            ids = torch.randperm(E)[: (E // k) * k].reshape(-1, k)
+            fn(torch.randn(ids.shape[0], H), ids, torch.rand(ids.shape), l)
+
+    for T in Ts:
+        reps = max(3, min(a.max_reps, 2048 // (T * 8) + 3))
+        calls = [(torch.randn(T, H), *routing(T, E, k, 1000 * T + r)) for r in range(reps + 2)]
+        row = {"T": T, "reps": reps}
+        base = None
+        for name, (fn, fmt) in methods.items():
+            dt = median_time(lambda i, fn=fn: fn(*calls[i], i % L), reps)
+            distinct = float(np.mean([len(c[1].unique()) for c in calls]))
+            row[name] = {"ms": dt * 1e3, "weight_gbs": distinct * ebytes[fmt] / dt / 1e9,
+                         "gflops": 2 * 3 * H * I * T * k / dt / 1e9}
+            if name == "torch_bf16":
+                base = dt
+        for name in methods:
+            row[name]["x_vs_torch_bf16"] = base / (row[name]["ms"] / 1e3)
+            if "kt_AMXINT8" in methods:
+                row[name]["x_vs_kt_int8"] = row["kt_AMXINT8"]["ms"] / row[name]["ms"]
+            row[name]["frac_dram"] = row[name]["weight_gbs"] / bw
+        res["rows"].append(row)
+        print(f"T={T:4d} " + "  ".join(f"{n}={row[n]['ms']:.2f}ms/{row[n]['weight_gbs']:.0f}GB/s"
+                                        for n in methods), flush=True)
+
+    print("\nper-layer ms | weight GB/s (fraction of DRAM) | x vs torch bf16 | x vs kt AMXINT8")
+    for row in res["rows"]:
+        for name in methods:
+            r = row[name]
+            print(f"T={row['T']:4d} {name:18s} {r['ms']:8.3f} ms {r['weight_gbs']:6.1f} GB/s "
+                  f"({r['frac_dram']:.2f}) {r['gflops']:7.0f} GFLOP/s x{r['x_vs_torch_bf16']:.2f} "
+                  f"kt x{r.get('x_vs_kt_int8', float('nan')):.2f}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
