@@ -1,0 +1,132 @@
+"""hybrid_moe.sim / cost_model / policies and `hybrid-moe sim`: results, conservation, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hybrid_moe.cost_model import cost_model, list_profiles, load_profile
+from hybrid_moe.policies import parse_policies, policy_names
+from hybrid_moe.sim import parse_budget, simulate
+from hybrid_moe.trace_model import DECODE, PREFILL, RouteTrace
+
+
+def make_trace(n_layer=4, n_expert=16, top_k=4, decode=150, prefill=12, seed=0) -> RouteTrace:
+    rng = np.random.default_rng(seed)
+    n = prefill + decode
+    ids = np.empty((n, n_layer, top_k), dtype=np.int32)
+    for t in range(n):
+        for layer in range(n_layer):
+            hot = rng.random() < 0.6
+            pool = np.arange(5) if hot else np.arange(n_expert)
+            ids[t, layer] = rng.choice(pool if len(pool) >= top_k else np.arange(n_expert),
+                                       size=top_k, replace=False)
+    w = rng.random((n, n_layer, top_k)).astype(np.float32) + 0.1
+    w /= w.sum(-1, keepdims=True)
+    offsets = np.concatenate([[0, prefill], prefill + np.arange(1, decode + 1)])
+    phase = np.array([PREFILL] + [DECODE] * decode, dtype=np.int8)
+    return RouteTrace(n_layer, n_expert, top_k, ids, w, offsets, phase, model="test")
+
+
+SHAPE = dict(hidden=2048, intermediate=768)
+
+
+def test_profiles_load_by_name_and_path(tmp_path):
+    assert {"consumer-4090", "h200-lent"} <= set(list_profiles())
+    p = load_profile("consumer-4090")
+    assert p["copy"]["h2d_gbps"] == 25.0 and "notes" in p
+    f = tmp_path / "mine.json"
+    f.write_text(json.dumps(dict(p, name="mine")))
+    assert load_profile(str(f))["name"] == "mine"
+    with pytest.raises(ValueError, match="unknown profile 'nope'"):
+        load_profile("nope")
+    bad = json.loads(json.dumps(p))
+    del bad["copy"]["h2d_gbps"]
+    with pytest.raises(ValueError, match="copy.h2d_gbps"):
+        load_profile(bad)
+
+
+def test_cost_model_formula_and_refine():
+    c = cost_model("h200-lent", "bf16", 2048, 768)
+    b = 3 * 2048 * 768 * 2
+    assert c.expert_bytes == b
+    assert c.t_copy() == pytest.approx(25 + b / 50e3)  # DESIGN.md: ~130 us for 5 MiB
+    assert c.t_cpu(1) == pytest.approx(5 + b / (104e3 * 0.5))
+    for _ in range(100):
+        c.refine("cpu", 1, 2 * (5 + b / (104e3 * 0.5)), 0.2)
+    assert c.scale("cpu") == pytest.approx(2.0, rel=1e-6)
+    with pytest.raises(ValueError, match="unknown resource"):
+        c.refine("disk", 1, 1.0)
+    with pytest.raises(ValueError, match="weight format"):
+        cost_model("h200-lent", "fp4", 2048, 768)
+
+
+def test_budget_parsing():
+    assert parse_budget("10%", 1000, 100) == 100
+    assert parse_budget(0.25, 1000, 100) == 250
+    assert parse_budget(37, 1000, 100) == 37
+    assert parse_budget("1KiB", 1000, 100) == 10
+    with pytest.raises(ValueError, match="budget"):
+        parse_budget("lots", 1000, 100)
+
+
+def test_simulate_all_policies_conserve_counts():
+    tr = make_trace()
+    results = {p: simulate(tr, "consumer-4090", p, "40%", **SHAPE) for p in policy_names()}
+    for p, r in results.items():
+        assert r["decode_tokens"] == 150 and r["prefill_tokens"] == 12
+        assert r["selections"] == 150 * 4 * 4
+        assert r["cpu_experts"] + r["gpu_experts"] == r["selections"]
+        copies = r["demand_copies"] + r["prefetch_copies"] + r["admit_copies"]
+        assert r["copy_bytes"] == pytest.approx(copies * r["expert_bytes"])
+        assert len(r["step_latency_us"]) == 150
+        assert np.sum(r["step_latency_us"]) == pytest.approx(r["decode_time_us"])
+        assert sum(layer["selections"] for layer in r["layers"]) == r["selections"]
+        assert 0 <= r["hit_rate"] <= 1 and r["tokens_per_s"] > 0
+    assert results["cpu"]["hit_rate"] == 0 and results["cpu"]["copy_bytes"] == 0
+    # Any cache beats no cache on this skewed trace.
+    assert min(results[p]["tokens_per_s"] for p in ("static", "lru", "value")) > results["cpu"][
+        "tokens_per_s"]
+
+
+def test_simulate_bad_inputs():
+    tr = make_trace(decode=5)
+    with pytest.raises(ValueError, match="fewer than top_k"):
+        simulate(tr, "consumer-4090", "lru", 2, **SHAPE)
+    with pytest.raises(ValueError, match="unknown policy 'mru'"):
+        simulate(tr, "consumer-4090", "mru", "10%", **SHAPE)
+    with pytest.raises(ValueError, match="unknown profile"):
+        simulate(tr, "laptop", "lru", "50%", **SHAPE)
+    with pytest.raises(ValueError, match="predictor_accuracy"):
+        simulate(tr, "consumer-4090", "value", "50%", predictor_accuracy=2.0, **SHAPE)
+    with pytest.raises(ValueError, match="expert shape"):
+        simulate(tr, "consumer-4090", "lru", "50%")
+    with pytest.raises(ValueError, match="unknown policy"):
+        parse_policies("lru,belady")
+    assert parse_policies("all") == policy_names()
+
+
+def test_dev_trace_value_beats_lru(traces_dir):
+    from hybrid_moe.traces import load_trace
+
+    tr = load_trace(traces_dir / "qwen3-30b-a3b.top6.route.csv")
+    r = {p: simulate(tr, "consumer-4090", p, "10%", model="qwen3-30b-a3b")
+         for p in ("lru", "value", "oracle")}
+    assert r["oracle"]["hit_rate"] >= r["lru"]["hit_rate"]
+    assert r["value"]["tokens_per_s"] > r["lru"]["tokens_per_s"]
+
+
+def test_sim_command_writes_json_and_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    from hybrid_moe.cli import main
+
+    out, png = tmp_path / "r.json", tmp_path / "s.png"
+    rc = main(["sim", "--synthetic", "qwen3-30b-a3b", "--tokens", "40", "--budget", "10%,25%",
+               "--policy", "cpu,lru,value", "--out", str(out), "--plot", str(png)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert {r["policy"] for r in data["results"]} == {"cpu", "lru", "value"}
+    assert len(data["results"]) == 6 and png.stat().st_size > 1000
+    assert main(["sim", "--synthetic", "qwen3-30b-a3b", "--tokens", "5", "--policy", "nope"]) == 2
