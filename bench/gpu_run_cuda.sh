@@ -13,14 +13,15 @@ stage() { echo "=== [$((SECONDS - t0))s] $*"; }
 summary=()
 
 stage build
-HYBRID_MOE_CUDA_ARCHS=90 timeout 240 pip install --no-build-isolation --no-deps . > "$OUT/build.log" 2>&1
+HYBRID_MOE_CUDA=ON HYBRID_MOE_CUDA_ARCHS=90 CMAKE_BUILD_PARALLEL_LEVEL=16 timeout 300 \
+  python3 -m pip install --no-build-isolation --no-deps -C build-dir=build/cuda-gpu . > "$OUT/build.log" 2>&1
 rc=$?; summary+=("build rc=$rc"); tail -3 "$OUT/build.log"
 [ $rc -ne 0 ] && { grep -m20 -E "error|Error" "$OUT/build.log"; exit 1; }
 
 stage info
 {
   python3 -c "import hybrid_moe, json; print(json.dumps(hybrid_moe.info(), indent=1)); print(hybrid_moe.cuda_available())"
-  hybrid-moe info
+  hybrid-moe info || "$(dirname "$(command -v python3)")/hybrid-moe" info
   nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem,driver_version --format=csv
 } > "$OUT/info.txt" 2>&1
 
@@ -28,6 +29,11 @@ stage "pytest -q tests"
 timeout 240 python3 -m pytest -q tests > "$OUT/pytest.txt" 2>&1
 rc=$?; summary+=("pytest rc=$rc: $(tail -1 "$OUT/pytest.txt")")
 { echo; echo '$ python3 -m pytest -q tests'; cat "$OUT/pytest.txt"; } >> "$OUT/info.txt"
+
+stage "GPU tests alone"
+timeout 120 python3 -m pytest -q -rs tests/test_gpu_kernels.py tests/test_gpu_mover.py > "$OUT/pytest_gpu.txt" 2>&1
+rc=$?; summary+=("gpu tests rc=$rc: $(tail -1 "$OUT/pytest_gpu.txt")")
+cat "$OUT/pytest_gpu.txt" >> "$OUT/stress.txt"
 
 stage "stress 10000 plans"
 HM_GPU_STRESS_PLANS=10000 timeout 150 python3 -m pytest -q -s tests/test_gpu_mover.py -k stress > "$OUT/stress.txt" 2>&1
