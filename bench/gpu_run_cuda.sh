@@ -33,7 +33,6 @@ rc=$?; summary+=("pytest rc=$rc: $(tail -1 "$OUT/pytest.txt")")
 stage "GPU tests alone"
 timeout 120 python3 -m pytest -q -rs tests/test_gpu_kernels.py tests/test_gpu_mover.py > "$OUT/pytest_gpu.txt" 2>&1
 rc=$?; summary+=("gpu tests rc=$rc: $(tail -1 "$OUT/pytest_gpu.txt")")
-cat "$OUT/pytest_gpu.txt" >> "$OUT/stress.txt"
 
 stage "stress 10000 plans"
 HM_GPU_STRESS_PLANS=10000 timeout 150 python3 -m pytest -q -s tests/test_gpu_mover.py -k stress > "$OUT/stress.txt" 2>&1
