@@ -7,6 +7,7 @@
 
 #include "bindings/registry.h"
 #include "core/check.h"
+#include "core/synthetic_route.h"
 #include "core/trace_stats.h"
 
 namespace py = pybind11;
@@ -15,6 +16,7 @@ namespace {
 
 using IdArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
 using OffArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
 }  // namespace
 
@@ -75,4 +77,45 @@ HM_BINDINGS(traces) {
       py::arg("policy"),
       "int64 [n_layer, len(capacities), 2] of (hits, selections): every layer with its own cache "
       "of each capacity. ids: int32 [N, n_layer, top_k]; token_offsets: [n_steps + 1].");
+
+  m.def(
+      "synthetic_route",
+      [](F32Array popularity, F32Array hot_sigma, F32Array keep_prob, int top_k, int64_t n_tokens,
+         float cold_mix, float drift, int hot_period, uint64_t seed) {
+        HM_CHECK(popularity.ndim() == 2, "popularity must be [n_layer, n_expert], got ",
+                 popularity.ndim(), " dims");
+        const int n_layer = static_cast<int>(popularity.shape(0));
+        HM_CHECK(hot_sigma.ndim() == 1 && hot_sigma.shape(0) == n_layer,
+                 "hot_sigma must be [n_layer=", n_layer, "]");
+        HM_CHECK(keep_prob.ndim() == 1 && keep_prob.shape(0) == n_layer,
+                 "keep_prob must be [n_layer=", n_layer, "]");
+        HM_CHECK(n_tokens >= 0 && top_k >= 1, "n_tokens >= 0 and top_k >= 1 needed, got ",
+                 n_tokens, ", ", top_k);
+        hm::traces::SyntheticRouteParams p;
+        p.n_layer = n_layer;
+        p.n_expert = static_cast<int>(popularity.shape(1));
+        p.top_k = top_k;
+        p.popularity = popularity.data();
+        p.hot_sigma = hot_sigma.data();
+        p.keep_prob = keep_prob.data();
+        p.cold_mix = cold_mix;
+        p.drift = drift;
+        p.hot_period = hot_period;
+        py::array_t<int32_t> ids({n_tokens, static_cast<int64_t>(n_layer),
+                                  static_cast<int64_t>(top_k)});
+        py::array_t<float> weights({n_tokens, static_cast<int64_t>(n_layer),
+                                    static_cast<int64_t>(top_k)});
+        int32_t* ip = ids.mutable_data();
+        float* wp = weights.mutable_data();
+        {
+          py::gil_scoped_release release;
+          hm::traces::synthetic_route(p, n_tokens, seed, ip, wp);
+        }
+        return py::make_tuple(ids, weights);
+      },
+      py::arg("popularity"), py::arg("hot_sigma"), py::arg("keep_prob"), py::arg("top_k"),
+      py::arg("n_tokens"), py::arg("cold_mix"), py::arg("drift"), py::arg("hot_period"),
+      py::arg("seed"),
+      "Route n_tokens synthetic tokens (core/synthetic_route.h): (ids int32 [n, L, k], weights "
+      "float32 [n, L, k]).");
 }

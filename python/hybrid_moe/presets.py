@@ -34,6 +34,7 @@ class SyntheticParams:
     default_top16_share: float = 0.42
     drift: float = 0.985
     hot_sigma: float = 2.3
+    hot_period: int = 4  # tokens between refreshes of one expert's hot value (C++ router)
     cold_mix: float = 0.02  # share of fresh picks drawn from long-run popularity, not the hot set
     hot_ref_reuse: float = 0.35  # layers whose target reuse is lower get a weaker hot set
     share_gain: float = 1.15  # popularity is built for top16_share * share_gain (the hot set and

@@ -1,6 +1,6 @@
 """Seeded, deterministic synthetic routing traces for the model presets (hybrid_moe.presets).
 
-[NOTE] The routing model, per layer l (all layers advance together, vectorised over layers):
+[NOTE] The routing model, per layer l (each layer an independent random stream):
   * long-run popularity: log p_l[e] = sigma_l * q[e], q = standard-normal quantiles of 128 evenly
     spaced probabilities, permuted per layer (seeded); sigma_l is solved by bisection so the top-16
     experts hold the preset's top16_share[l] of p_l; the preset's `dead` experts get p = 0.
@@ -10,27 +10,29 @@
     fresh picks come from the mixture cold_mix * p_l + (1 - cold_mix) * (p_l boosted by the hot
     set), the cold part giving the long tail of rarely reused experts.
   * reuse: each expert of token t is kept for token t+1 with probability r_l; the other slots are
-    filled by sampling without replacement (Gumbel top-k) from p_l * exp(hot_sigma * z_l). r_l is
+    filled by sampling without replacement from the mixture below. r_l is
     solved from the preset's target reuse R_l: two short seeded pilot runs measure the accidental
     re-selection a_l and set r_l = (R_l - a_l) / (1 - a_l).
-  * router weights: softmax over the selected experts of their sampled scores (log-probability +
-    Gumbel noise), kept experts getting +1 (a re-chosen hot expert tends to weigh more); slots are
-    ordered by weight, largest first, like a real top-k router.
+  * router weights: softmax over the selected experts of log-probability + Gumbel noise, kept
+    experts getting +1 (a re-chosen hot expert tends to weigh more); slots are ordered by weight,
+    largest first, like a real top-k router.
+  The per-token loop runs in C++ (csrc/core/synthetic_route.h; z refreshed every hot_period
+  tokens per expert, staggered); this module builds the per-layer parameters and calibrates.
 Prefill: the first prefill_tokens tokens come from the same process and are grouped into steps of
 prefill_chunk tokens (phase 0); then one decode token per step (phase 1).
-The same (preset, sizes, seed) always gives the same trace (numpy PCG64, fixed draw order).
+The same (preset, sizes, seed) always gives the same trace (numpy PCG64 for the set-up, the C++
+router's own xoshiro256** streams, seeded from it, for the tokens).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from hybrid_moe._native import native
 from hybrid_moe.presets import ModelPreset, get_preset
 from hybrid_moe.trace_model import DECODE, PREFILL, RouteTrace
 
-_CHUNK = 256  # tokens whose noise is drawn at once
 _PILOT = 256  # tokens per pilot run when solving the retention probabilities
-_KEEP_BONUS = 1e4  # added to a kept expert's score so it wins the top-k
 
 
 def _popularity(preset: ModelPreset, rng: np.random.Generator) -> np.ndarray:
@@ -61,52 +63,13 @@ def _popularity(preset: ModelPreset, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def _route(logp: np.ndarray, keep_prob: np.ndarray, k: int, n_tokens: int, drift: float,
-           hot_sigma: np.ndarray, cold_mix: float,
-           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Generate n_tokens tokens: ids int32 [n, L, k], weights float32 [n, L, k]."""
-    L, E = logp.shape
-    ids = np.empty((n_tokens, L, k), dtype=np.int32)
-    weights = np.empty((n_tokens, L, k), dtype=np.float32)
-    z = rng.standard_normal((L, E), dtype=np.float32)
-    innov = np.float32(np.sqrt(1.0 - drift * drift))
-    drift = np.float32(drift)
-    rows = np.arange(L)[:, None]
-    hot = np.asarray(hot_sigma, dtype=np.float32).reshape(L, 1)
-    base = np.exp(logp - logp.max(axis=1, keepdims=True))
-    base = (base / base.sum(axis=1, keepdims=True)).astype(np.float32)  # popularity p_l [L, E]
-    cold = np.float32(cold_mix) * base
-    prev = None
-    for c0 in range(0, n_tokens, _CHUNK):
-        n = min(_CHUNK, n_tokens - c0)
-        # float32 draws: the noise dominates the run time. Gumbel(0,1) = -log(Exp(1)).
-        eps = rng.standard_normal((n, L, E), dtype=np.float32)
-        expo = rng.standard_exponential((n, L, E), dtype=np.float32)
-        gumbel = -np.log(np.maximum(expo, np.float32(1e-30)))  # a float32 draw can be exactly 0
-        keep_u = rng.random((n, L, k), dtype=np.float32)
-        for i in range(n):
-            z *= drift
-            z += innov * eps[i]
-            boosted = base * np.exp(hot * z)
-            boosted /= boosted.sum(axis=1, keepdims=True)
-            with np.errstate(divide="ignore"):  # dead experts: log 0 = -inf, never chosen
-                score = np.log(cold + np.float32(1.0 - cold_mix) * boosted) + gumbel[i]
-            if prev is not None:
-                kept = keep_u[i] < keep_prob[:, None]  # [L, k]
-                # Kept experts outrank every fresh one (scores are O(10)); +1 also raises their
-                # router weight.
-                score[rows, prev] += np.where(kept, _KEEP_BONUS + 1.0, 0.0).astype(np.float32)
-            top = np.argpartition(-score, k - 1, axis=1)[:, :k]
-            s = score[rows, top]
-            s = np.where(s > _KEEP_BONUS / 2, s - _KEEP_BONUS, s)
-            order = np.argsort(-s, axis=1)
-            top = np.take_along_axis(top, order, axis=1)
-            s = np.take_along_axis(s, order, axis=1)
-            w = np.exp(s - s[:, :1])
-            weights[c0 + i] = w / w.sum(axis=1, keepdims=True)
-            ids[c0 + i] = top
-            prev = top
-    return ids, weights
+def _route(p: ModelPreset, popularity: np.ndarray, hot: np.ndarray, keep: np.ndarray,
+           n_tokens: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """ids int32 [n, L, k], weights float32 [n, L, k] from the C++ router
+    (csrc/core/synthetic_route.h)."""
+    s = p.synthetic
+    return native.synthetic_route(popularity, hot.astype(np.float32), keep.astype(np.float32),
+                                  p.top_k, n_tokens, s.cold_mix, s.drift, s.hot_period, seed)
 
 
 def _measured_reuse(ids: np.ndarray) -> np.ndarray:
@@ -134,18 +97,20 @@ def synthetic_trace(preset: str, decode_tokens: int, seed: int = 0, prefill_toke
     k = p.top_k
     setup_rng = np.random.default_rng([int(seed), 1])
     logp = _popularity(p, setup_rng)
+    popularity = np.exp(logp - logp.max(axis=1, keepdims=True))
+    popularity = (popularity / popularity.sum(axis=1, keepdims=True)).astype(np.float32)
     target = p.reuse_target()
     # Layers with little reuse also have little short-term skew: scale the hot set down there.
     hot = s.hot_sigma * np.clip(target / s.hot_ref_reuse, 0.1, 1.0)
     keep = np.zeros(p.n_layer)
-    for _ in range(2):  # pilot runs: measure accidental reuse, solve the retention probability
-        pilot = _route(logp, keep, k, _PILOT, s.drift, hot, s.cold_mix, setup_rng)[0]
+    base_seed = int(setup_rng.integers(0, 2**63))
+    for i in range(2):  # pilot runs: measure accidental reuse, solve the retention probability
+        pilot = _route(p, popularity, hot, keep, _PILOT, base_seed + i)[0]
         measured = _measured_reuse(pilot)
         accidental = np.clip((measured - keep) / np.maximum(1 - keep, 1e-9), 0.0, 0.99)
         keep = np.clip((target - accidental) / (1 - accidental), 0.0, 0.99)
     n = prefill_tokens + decode_tokens
-    ids, weights = _route(logp, keep, k, n, s.drift, hot, s.cold_mix,
-                          np.random.default_rng([int(seed), 2]))
+    ids, weights = _route(p, popularity, hot, keep, n, base_seed + 2)
     pre_steps = np.arange(0, prefill_tokens, prefill_chunk)
     step_offsets = np.concatenate([pre_steps, np.arange(prefill_tokens, n + 1)]).astype(np.int64)
     phase = np.concatenate([np.full(pre_steps.size, PREFILL), np.full(decode_tokens, DECODE)])
