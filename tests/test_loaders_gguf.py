@@ -14,7 +14,8 @@ gguf = pytest.importorskip("gguf")
 from hybrid_moe.loaders import ExpertWeights, GGUFExperts, dequantize_q8_0, load_gguf_experts  # noqa: E402
 
 QT = gguf.GGMLQuantizationType
-E, H, I, K = 4, 64, 96, 2  # experts, hidden, expert intermediate, top-k (H, I multiples of 32)
+# experts, hidden, expert intermediate (H, I multiples of 32 for Q8_0), top-k
+E, H, I, K = 4, 64, 96, 2  # noqa: E741 - I as in the docs
 ARCH = "qwen3moe"
 
 
@@ -166,7 +167,7 @@ def test_truncated_file_is_a_clear_error(tmp_path, where):
     full = write_gguf(tmp_path / "t.gguf", _source(9, 1), QT.Q8_0).read_bytes()
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(full[: int(len(full) * where)])
-    with pytest.raises(ValueError, match="corrupt or truncated|truncated GGUF"):
+    with pytest.raises(ValueError, match=r"corrupt or truncated|truncated GGUF"):
         load_gguf_experts(cut)
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"this is not a gguf file at all" * 10)

@@ -19,12 +19,13 @@ from hybrid_moe.loaders import (  # noqa: E402
     load_state_dict_experts,
 )
 
-E, H, I = 4, 48, 24
+E, H, I = 4, 48, 24  # noqa: E741 - I as in the docs
 
 
 def _experts(seed: int, dtype=torch.bfloat16):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(E, I, H, generator=g).to(dtype), torch.randn(E, I, H, generator=g).to(dtype),
+    return (torch.randn(E, I, H, generator=g).to(dtype),
+            torch.randn(E, I, H, generator=g).to(dtype),
             torch.randn(E, H, I, generator=g).to(dtype))
 
 
@@ -159,7 +160,7 @@ def test_expert_weights_validation():
         ExpertWeights("q4_k", g, u, d)
     with pytest.raises(ValueError, match=r"ExpertWeights.down must be \[4, 48, 24\]"):
         ExpertWeights("bf16", g, u, d[:, :, :-1])
-    with pytest.raises(ValueError, match="must be torch.bfloat16"):
+    with pytest.raises(ValueError, match=r"must be torch\.bfloat16"):
         ExpertWeights("bf16", g.float(), u, d)
     w = ExpertWeights("bf16", g, u, d)
     assert w.expert_bytes() == 3 * I * H * 2
@@ -174,8 +175,9 @@ def test_loader_agrees_with_adapter_on_a_saved_hf_model(tmp_path):
     transformers = pytest.importorskip("transformers")
     from hybrid_moe.models import moe_block_specs
 
-    cfg = transformers.Qwen3MoeConfig(hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
-                                      num_experts=4, num_experts_per_tok=2, num_hidden_layers=2,
+    cfg = transformers.Qwen3MoeConfig(hidden_size=32, intermediate_size=64,
+                                      moe_intermediate_size=16, num_experts=4,
+                                      num_experts_per_tok=2, num_hidden_layers=2,
                                       vocab_size=64, num_attention_heads=2, num_key_value_heads=1,
                                       head_dim=16)
     torch.manual_seed(0)

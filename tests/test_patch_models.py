@@ -10,6 +10,7 @@ import weakref
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 transformers = pytest.importorskip("transformers")
@@ -170,14 +171,14 @@ def test_unsupported_model_and_bad_arguments():
     with pytest.raises(ValueError, match=r"'llama' is not supported; supported model types: "
                                          + ", ".join(SUPPORTED_MODEL_TYPES)):
         patch(plain, make_layer=lambda s: nn.Identity())
-    with pytest.raises(ValueError, match="has no .config"):
+    with pytest.raises(ValueError, match=r"has no \.config"):
         patch(nn.Linear(4, 4), make_layer=lambda s: nn.Identity())
     model = _model("olmoe", torch.float32)
     with pytest.raises(TypeError, match="needs make_layer"):
         patch(model)
     with pytest.raises(TypeError, match="runtime must be callable as make_layer"):
         patch(model, runtime=object())
-    with pytest.raises(TypeError, match="expected an nn.Module"):
+    with pytest.raises(TypeError, match=r"expected an nn\.Module"):
         patch(model, make_layer=lambda s: "not a module")
 
 
@@ -228,7 +229,8 @@ class _LegacyQwen3Block(nn.Module):
         for t in range(x.shape[0]):
             for j in range(self.top_k):
                 e = self.experts[int(sel[t, j])]
-                y = e["down_proj"](torch.nn.functional.silu(e["gate_proj"](x[t])) * e["up_proj"](x[t]))
+                xt = x[t]
+                y = e["down_proj"](F.silu(e["gate_proj"](xt)) * e["up_proj"](xt))
                 out[t] += w[t, j] * y
         return out.view(b, s, d), logits
 
@@ -251,7 +253,7 @@ def test_modulelist_layout_and_router_logits_tuple():
     h = torch.randn(2, 4, 64)
     with torch.no_grad():
         want, want_logits = m.layers[0].mlp(h)
-    (block, spec), = moe_block_specs(m)
+    ((_, spec),) = moe_block_specs(m)
     assert spec.layout == "modulelist" and spec.returns_router_logits and spec.layer_idx == 0
     patch(m, make_layer=lambda s: ReferenceExperts(s.experts))
     assert isinstance(m.layers[0].mlp, PatchedMoEBlock)

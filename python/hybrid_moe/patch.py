@@ -26,8 +26,10 @@ Until that runtime exists, `runtime` must itself be a make_layer callable (TypeE
 
 Release: once the executor is built, the original block's `experts` submodule is deleted and the
 spec's ExpertWeights reference dropped, so the expert tensors are freed as soon as nothing else
-(the executor, the caller) holds them. Everything is validated before the model is changed: an
-unsupported model or block raises ValueError and leaves the model as it was.
+(the executor, the caller) holds them. Every block is validated before the model is changed: an
+unsupported model or block raises ValueError and leaves the model as it was. Blocks are then
+swapped one at a time (so host memory peaks at one layer's copy); if make_layer fails on block n,
+blocks before n stay patched.
 """
 
 from __future__ import annotations

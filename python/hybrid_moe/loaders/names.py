@@ -1,4 +1,5 @@
-"""Hugging Face expert tensor names -> ExpertWeights, shared by the safetensors and state-dict loaders.
+"""Hugging Face expert tensor names -> ExpertWeights (shared by the safetensors and state-dict
+loaders).
 
 Recognised names (any prefix before `layers.N.`, any module path between it and `experts`):
   per-expert  ...layers.N.<...>.experts.E.{gate_proj,up_proj,down_proj}.weight

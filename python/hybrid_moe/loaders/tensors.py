@@ -44,7 +44,8 @@ def dequantize_q8_0(blocks: torch.Tensor, dtype: torch.dtype = torch.float32) ->
     if blocks.dtype != torch.uint8:
         raise ValueError(f"q8_0 blocks must be torch.uint8, got {blocks.dtype}")
     if blocks.shape[-1] % Q8_0_BYTES:
-        raise ValueError(f"q8_0 row bytes must be a multiple of {Q8_0_BYTES}, got {blocks.shape[-1]}")
+        raise ValueError(f"q8_0 row bytes must be a multiple of {Q8_0_BYTES}, got "
+                         f"{blocks.shape[-1]}")
     b = blocks.reshape(*blocks.shape[:-1], blocks.shape[-1] // Q8_0_BYTES, Q8_0_BYTES)
     d = b[..., :2].contiguous().view(torch.float16).to(torch.float32)  # [..., nb, 1]
     q = b[..., 2:].contiguous().view(torch.int8).to(torch.float32)  # [..., nb, 32]
@@ -87,8 +88,8 @@ class ExpertWeights:
             want_gate = (e, i, q8_0_row_bytes(h))
             want_down = (e, h, q8_0_row_bytes(i))
             if gate_in != h or down_in != i:
-                raise ValueError(f"q8_0 gate [E, I, H/32*34] and down [E, H, I/32*34] disagree: gate "
-                                 f"{list(self.gate.shape)}, down {list(self.down.shape)}")
+                raise ValueError(f"q8_0 gate [E, I, H/32*34] and down [E, H, I/32*34] disagree: "
+                                 f"gate {list(self.gate.shape)}, down {list(self.down.shape)}")
         else:
             want_gate, want_down = (e, i, h), (e, h, i)
         if tuple(self.up.shape) != tuple(self.gate.shape) or tuple(self.gate.shape) != want_gate:
@@ -121,8 +122,8 @@ class ExpertWeights:
                              f"{list(gate_up.shape)} and {list(down.shape)}")
         e, h, i = down.shape
         if tuple(gate_up.shape) != (e, 2 * i, h):
-            raise ValueError(f"gate_up_proj must be [E, 2I, H] = {[e, 2 * i, h]} to match down_proj "
-                             f"{list(down.shape)}, got {list(gate_up.shape)}")
+            raise ValueError(f"gate_up_proj must be [E, 2I, H] = {[e, 2 * i, h]} to match "
+                             f"down_proj {list(down.shape)}, got {list(gate_up.shape)}")
         return cls.dense(gate_up[:, :i], gate_up[:, i:], down)
 
     @classmethod

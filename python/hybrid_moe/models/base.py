@@ -32,13 +32,13 @@ class MoEBlockSpec:
     route(hidden [T, H]) -> (topk_ids int64 [T, k], topk_weights float32 [T, k]) reproduces the
     block's routing exactly; it is select(router_logits(hidden)): router_logits(hidden [T, H]) ->
     [T, E] are the block's router logits (also returned by blocks with returns_router_logits) and
-    select(logits) -> (topk_ids, topk_weights) the top-k choice and weighting. torch_modules are the block's submodules that
-    stay in torch under their original attribute names (router `gate`, shared experts), so the
-    patched block's state-dict names for them do not change; shared(hidden [T, H]) -> [T, H] is
-    the shared-expert output to add (None when the family has none). experts are the routed
-    experts (views of the block's parameters: no copy); patch() drops this reference once the
-    executor holds its copy. expert_param_names lists the block's parameters that patch()
-    releases (relative to the block).
+    select(logits) -> (topk_ids, topk_weights) the top-k choice and weighting. torch_modules are
+    the block's submodules that stay in torch under their original attribute names (router
+    `gate`, shared experts), so the patched block's state-dict names for them do not change;
+    shared(hidden [T, H]) -> [T, H] is the shared-expert output to add (None when the family
+    has none). experts are the routed experts (views of the block's parameters: no copy);
+    patch() drops this reference once the executor holds its copy. expert_param_names lists the
+    block's parameters that patch() releases (relative to the block).
     """
 
     family: str
@@ -65,7 +65,7 @@ _PROJ_NAMES = (("gate_proj", "up_proj", "down_proj"), ("w1", "w3", "w2"))
 def expert_layout(experts: nn.Module) -> str:
     """'fused' or 'modulelist' for a block's `experts` submodule (ValueError otherwise)."""
     if hasattr(experts, "gate_up_proj") and hasattr(experts, "down_proj") and isinstance(
-            getattr(experts, "gate_up_proj"), torch.Tensor):
+            experts.gate_up_proj, torch.Tensor):
         return "fused"
     if isinstance(experts, nn.ModuleList) and len(experts) > 0:
         return "modulelist"
@@ -85,8 +85,8 @@ def expert_weights(experts: nn.Module, where: str) -> ExpertWeights:
     first = experts[0]
     names = next((n for n in _PROJ_NAMES if all(hasattr(first, a) for a in n)), None)
     if names is None:
-        raise ValueError(f"{where}: expert MLP {type(first).__name__} has neither gate_proj/up_proj/"
-                         f"down_proj nor w1/w3/w2")
+        raise ValueError(f"{where}: expert MLP {type(first).__name__} has neither "
+                         f"gate_proj/up_proj/down_proj nor w1/w3/w2")
     for e, mlp in enumerate(experts):
         for key, attr in zip(("gate", "up", "down"), names, strict=True):
             lin = getattr(mlp, attr)
