@@ -115,18 +115,24 @@ class CpuLoad:
 
 
 def bench_copy(fmt, n_exp, n_copies, reps):
-    store, slab, mv, *_ = filled(fmt, n_exp, n_slots=8)
+    # n_copies slots, one request per slot per repeat (a newer request for a slot would supersede
+    # a queued one); repeat r puts expert (s + r + 1) % n_exp into slot s, always a real copy.
+    store, slab, mv, *_ = filled(fmt, n_exp, n_slots=n_copies)
     stride = store.layout["stride"]
+    mv.poll_completions()
+    rep = [0]
 
     def mover_gbps():
         res = []
         for _ in range(reps):
             t0 = time.perf_counter()
-            for i in range(n_copies):
-                mv.request_fetch((i * 7 + 1) % n_exp, i % 8)
+            for s in range(n_copies):
+                mv.request_fetch((s + rep[0] + 1) % n_exp, s)
             mv.wait_idle()
             res.append(n_copies * stride / (time.perf_counter() - t0) / 1e9)
-            mv.poll_completions()
+            rep[0] += 1
+            done = mv.poll_completions()
+            assert sum(c[2] == "ready" for c in done) == n_copies, "copy benchmark skipped copies"
         return med(res)
 
     alone = mover_gbps()

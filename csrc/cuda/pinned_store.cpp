@@ -1,6 +1,7 @@
 #include "cuda/pinned_store.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -55,6 +56,15 @@ void PinnedExpertStore::load_file(const std::string& path, std::size_t file_offs
            first + count, ") must lie in [0, ", n_experts_, ")");
   const int fd = ::open(path.c_str(), O_RDONLY);
   HM_CHECK(fd >= 0, "cannot open '", path, "': ", std::strerror(errno));
+  // Check the size first so that a short file is reported before anything is read.
+  struct stat st {};
+  const std::size_t need = file_offset + static_cast<std::size_t>(count) * layout_.stride;
+  if (::fstat(fd, &st) != 0 || static_cast<std::size_t>(st.st_size) < need) {
+    const long long have = ::fstat(fd, &st) == 0 ? static_cast<long long>(st.st_size) : -1;
+    ::close(fd);
+    HM_CHECK(false, "file '", path, "' ends before ", count, " experts of ", layout_.stride,
+             " bytes from offset ", file_offset, ": it has ", have, " bytes, ", need, " needed");
+  }
   uint8_t* dst = data_ + static_cast<std::size_t>(first) * layout_.stride;
   std::size_t left = static_cast<std::size_t>(count) * layout_.stride;
   off_t pos = static_cast<off_t>(file_offset);
