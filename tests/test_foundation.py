@@ -138,3 +138,20 @@ def test_ci_runs_the_readme_test_command():
     assert len(blocks) >= 2, "README must open with two command blocks"
     test_cmd = blocks[1].strip().splitlines()[-1].strip()
     assert test_cmd in ci, f"README's test command {test_cmd!r} not run by .ci/run"
+
+
+def test_cpp_errors_and_streams_work_with_torch_loaded_first():
+    # Regression: with torch imported first, a toolchain that links libstdc++ statically made the
+    # first C++ `stream << int` in the module crash (GPU machine, 2026-11-28). Run in a fresh
+    # process so the import order is torch, then hybrid_moe.
+    code = (
+        "import torch, hybrid_moe\n"
+        "try:\n"
+        "    hybrid_moe.set_cpu_isa('sse9')\n"
+        "except ValueError as e:\n"
+        "    assert 'sse9' in str(e)\n"
+        "    print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "ok"
