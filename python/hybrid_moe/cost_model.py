@@ -8,10 +8,15 @@ CostModel with t_cpu(n), t_gpu(n), t_copy() in microseconds and refine(resource,
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
+# Where `hybrid-moe calibrate` writes profiles by default; load_profile finds them by name too.
+USER_PROFILE_DIR = Path(
+    os.environ.get("HYBRID_MOE_PROFILE_DIR") or Path.home() / ".cache" / "hybrid_moe" / "profiles"
+)
 SCHEMA = "hybrid-moe-profile/1"
 
 # (json path, flat key for the native side)
@@ -30,8 +35,9 @@ FORMATS = ("bf16", "q8_0")
 
 
 def list_profiles() -> list[str]:
-    """Names of the shipped profiles (files in hybrid_moe/profiles without .json)."""
-    return sorted(p.stem for p in PROFILE_DIR.glob("*.json"))
+    """Names of the shipped profiles (files in hybrid_moe/profiles without .json) and of the
+    calibrated ones in USER_PROFILE_DIR."""
+    return sorted({p.stem for d in (PROFILE_DIR, USER_PROFILE_DIR) for p in d.glob("*.json")})
 
 
 def load_profile(name_or_path: str | Path | dict) -> dict[str, Any]:
@@ -43,6 +49,8 @@ def load_profile(name_or_path: str | Path | dict) -> dict[str, Any]:
         path = Path(name_or_path)
         if not (path.suffix == ".json" or path.exists()):
             path = PROFILE_DIR / f"{name_or_path}.json"
+            if not path.exists():
+                path = USER_PROFILE_DIR / f"{name_or_path}.json"
             if not path.exists():
                 raise ValueError(
                     f"unknown profile {str(name_or_path)!r}: expected one of {list_profiles()} "
