@@ -5,8 +5,12 @@ decides per layer and step whether the CPU or the GPU computes each selected exp
 """
 
 from hybrid_moe._native import native
+from hybrid_moe.layer import HybridMoELayer
+from hybrid_moe.patch import patch
+from hybrid_moe.runtime import Runtime
 from hybrid_moe.system import cuda_available, info, set_cpu_isa
 
 __version__ = native.__version__
 
-__all__ = ["__version__", "cuda_available", "info", "native", "set_cpu_isa"]
+__all__ = ["HybridMoELayer", "Runtime", "__version__", "cuda_available", "info", "native", "patch",
+           "set_cpu_isa"]

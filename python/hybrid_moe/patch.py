@@ -17,12 +17,13 @@ The executor is any nn.Module with forward(hidden [T, H], topk_ids [T, k], topk_
 -> [T, H] (same dtype/device as hidden). Today `make_layer(spec) -> nn.Module` builds it, e.g.
 `make_layer=lambda spec: ReferenceExperts(spec.experts)` (hybrid_moe.reference).
 
-How the runtime plugs in (issue 6): the runtime's HybridMoELayer has exactly this forward
-signature. `patch(model, runtime)` will build `HybridMoELayer(runtime, spec.layer_idx,
-spec.experts)` per block, i.e. it is `make_layer=lambda spec: HybridMoELayer(runtime,
-spec.layer_idx, spec.experts)`; the layer copies the ExpertWeights into the runtime's pinned host
-store (spec.experts.to_bf16() for 'f32'), after which patch() releases the original parameters.
-Until that runtime exists, `runtime` must itself be a make_layer callable (TypeError otherwise).
+With a Runtime (issue 6): `patch(model, runtime)` builds `HybridMoELayer(runtime, i,
+spec.experts, top_k=spec.top_k)` for the i-th MoE block (runtime layers are numbered 0..n-1 over
+the MoE blocks only, so models with leading dense layers work), declares the block count to the
+runtime first (each layer then goes straight into pinned memory), and wires block i's executor to
+block i + 1's router (next-layer prefetch hints). The layer copies the ExpertWeights into the
+runtime's host store ('f32' rounded to bf16), after which patch() releases the original
+parameters. `runtime` may also be a make_layer callable (the older form).
 
 Release: once the executor is built, the original block's `experts` submodule is deleted and the
 spec's ExpertWeights reference dropped, so the expert tensors are freed as soon as nothing else
@@ -106,12 +107,29 @@ def _resolve_make_layer(runtime, make_layer) -> MakeLayer:
         raise TypeError("patch() needs make_layer (a callable make_layer(spec: MoEBlockSpec) -> "
                         "nn.Module with forward(hidden [T,H], topk_ids [T,k], topk_weights [T,k]))"
                         " or runtime")
+    from hybrid_moe.runtime import Runtime
+
+    if isinstance(runtime, Runtime):
+        return _runtime_make_layer(runtime)
     if not callable(runtime):
-        raise TypeError(f"runtime must be callable as make_layer(spec: MoEBlockSpec) -> nn.Module "
-                        f"(an expert executor with forward(hidden [T,H], topk_ids [T,k], "
-                        f"topk_weights [T,k]) -> [T,H]); got {type(runtime).__name__}. Building "
-                        f"HybridMoELayer from a Runtime object is not available yet")
+        raise TypeError(f"runtime must be a hybrid_moe.Runtime or a callable make_layer(spec: "
+                        f"MoEBlockSpec) -> nn.Module (an expert executor with forward(hidden [T,H], "
+                        f"topk_ids [T,k], topk_weights [T,k]) -> [T,H]); got "
+                        f"{type(runtime).__name__}")
     return runtime
+
+
+def _runtime_make_layer(runtime) -> MakeLayer:
+    """make_layer numbering the MoE blocks 0, 1, ... in model order for `runtime`."""
+    from hybrid_moe.layer import HybridMoELayer
+
+    counter = iter(range(1 << 30))
+
+    def make(spec: MoEBlockSpec) -> nn.Module:
+        return HybridMoELayer(runtime, next(counter), spec.experts, top_k=spec.top_k)
+
+    make.runtime = runtime  # type: ignore[attr-defined]
+    return make
 
 
 def patch(model: nn.Module, runtime=None, make_layer: MakeLayer | None = None) -> nn.Module:
@@ -122,6 +140,9 @@ def patch(model: nn.Module, runtime=None, make_layer: MakeLayer | None = None) -
     TypeError for a bad make_layer/runtime or an executor that is not an nn.Module."""
     build = _resolve_make_layer(runtime, make_layer)
     specs = moe_block_specs(model)  # validates every block before anything changes
+    rt = getattr(build, "runtime", None)
+    if rt is not None:
+        rt._declare_layers(len(specs))
     modules = dict(model.named_modules())
     for block, spec in specs:
         executor = build(spec)
@@ -136,6 +157,10 @@ def patch(model: nn.Module, runtime=None, make_layer: MakeLayer | None = None) -
         # Release: the executor holds its copy now; drop every reference patch() has.
         spec.experts = None
         del block._modules["experts"]
+    if rt is not None:  # next-layer router of each block -> its executor (prefetch hints)
+        blocks = patched_blocks(model)
+        for cur, nxt in zip(blocks[:-1], blocks[1:], strict=True):
+            cur.experts.set_next_router(nxt._router_logits)
     return model
 
 

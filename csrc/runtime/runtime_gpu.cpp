@@ -1,0 +1,553 @@
+// [NOTE] Runtime on the GPU (runtime.h; DESIGN.md section 3).
+//
+// Decode, all on the caller's stream, capturable in a CUDA graph:
+//   1. cudaMemcpyAsync D2H: ids, weights, x (bf16) and next-layer hints -> the layer's pinned buffers
+//   2. cudaLaunchHostFunc(plan_fn): x -> fp32, Runtime::plan (scheduler, mover requests, slot
+//      acquisition), GPU pairs -> mapped plan memory, CPU share submitted to the pool (returns)
+//   3. launch_decode on the mapped plan (pair count read on the device, max_pairs = T * k)
+//   4. cudaLaunchHostFunc(join_fn): wait for the CPU job, release slots (mover) and pins (cache)
+//   5. cudaMemcpyAsync H2D of the CPU partial sums, launch_add_partials into out
+// Host functions make no CUDA calls. Every pointer handed to the stream is fixed per layer, and the
+// host-function argument is fixed per (layer, T, hints), so replaying a captured graph re-runs the
+// same sequence with fresh ids. Everything needed is allocated at start(): capture only after one
+// eager step (torch's usual warm-up), and preferably with capture_error_mode="thread_local" (the
+// mover thread keeps issuing copies while another thread captures).
+//
+// Prefill (host-driven): sync, plan with demand fetches kept on the GPU, CPU share on the pool while
+// the fetches copy, wait for the fetched slots, one PrefillRunner launch over hits + fetched slots,
+// join the CPU, H2D + add partials, sync, release.
+#include <algorithm>
+#include <cstring>
+
+#include "runtime/runtime_internal.h"
+#if HYBRID_MOE_WITH_CUDA
+#include "cuda/cuda_check.h"
+#endif
+
+namespace hm::runtime {
+
+#if HYBRID_MOE_WITH_CUDA
+
+namespace {
+
+inline float bf16_to_f32(uint16_t v) {
+  const uint32_t u = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+cuda::SlabView slab_view(const cuda::DeviceSlab& s) {
+  cuda::SlabView v;
+  v.base = s.base();
+  v.n_slots = s.n_slots();
+  v.layout = s.layout();
+  return v;
+}
+
+}  // namespace
+
+void Runtime::init_gpu() {
+  int n = 0;
+  HM_CUDA_CHECK(cudaGetDeviceCount(&n));
+  HM_CHECK(device_ < n, "device must be in [0, ", n, ") (CUDA devices present), got ", device_);
+  HM_CUDA_CHECK(cudaSetDevice(device_));
+  gpu_ = std::make_unique<Gpu>();
+}
+
+bool Runtime::gpu_fill(int layer, const uint8_t* packed) {
+  if (opt_.n_layers == 0) return false;  // layer count unknown: staged until start()
+  Gpu& g = *gpu_;
+  if (!g.store)
+    g.store = std::make_shared<cuda::PinnedExpertStore>(
+        layout_, static_cast<int64_t>(opt_.n_layers) * n_expert_);
+  LayerCtx& c = *layers_[layer];
+  c.expert_ptrs.resize(static_cast<std::size_t>(n_expert_));
+  for (int e = 0; e < n_expert_; ++e) {
+    const int64_t ge = static_cast<int64_t>(layer) * n_expert_ + e;
+    g.store->fill_expert(ge, packed + static_cast<std::size_t>(e) * layout_.stride, layout_.stride);
+    c.expert_ptrs[e] = g.store->expert_ptr(ge);
+  }
+  return true;
+}
+
+void Runtime::start_gpu() {
+  Gpu& g = *gpu_;
+  HM_CUDA_CHECK(cudaSetDevice(device_));
+  const int64_t total = static_cast<int64_t>(n_layers_) * n_expert_;
+  if (!g.store) {  // staged layers move into the pinned store, freeing the staging copy
+    g.store = std::make_shared<cuda::PinnedExpertStore>(layout_, total);
+    for (int l = 0; l < n_layers_; ++l) {
+      LayerCtx& c = *layers_[l];
+      for (int e = 0; e < n_expert_; ++e) {
+        const int64_t ge = static_cast<int64_t>(l) * n_expert_ + e;
+        g.store->fill_expert(ge, c.expert_ptrs[e], layout_.stride);
+        c.expert_ptrs[e] = g.store->expert_ptr(ge);
+      }
+      c.host.reset();
+    }
+  }
+  const int t_max = opt_.decode_max_tokens, k = top_k_;
+  const std::size_t H = static_cast<std::size_t>(layout_.hidden);
+  const std::size_t I = static_cast<std::size_t>(layout_.intermediate);
+  if (n_slots_ > 0) {
+    g.slab = std::make_shared<cuda::DeviceSlab>(layout_, n_slots_, device_);
+    g.mover = std::make_unique<cuda::Mover>(g.store, g.slab);
+    g.request_us.assign(static_cast<std::size_t>(n_slots_), 0.0);
+    Gpu* gp = &g;
+    const auto t0 = t0_;
+    g.mover->set_completion_callback([gp, t0](const cuda::FetchCompletion& c) {
+      {
+        std::lock_guard<std::mutex> lk(gp->cq_mu);
+        gp->cq.push_back({c, us_between(t0, Clock::now())});
+      }
+      gp->cq_cv.notify_all();
+    });
+    g.prefill = std::make_unique<cuda::PrefillRunner>();
+    HM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&g.d_workspace), static_cast<std::size_t>(t_max) * k * I * sizeof(float)));
+    // Static placement: copy the preloaded experts in before any plan may name them.
+    for (int s = 0; s < cache_->n_slots(); ++s)
+      if (cache_->state(s) == SlotState::kResident)
+        g.mover->request_fetch({static_cast<int64_t>(cache_->slot_layer(s)) * n_expert_ +
+                                    cache_->slot_expert(s),
+                                s, false, 0});
+    g.mover->wait_idle();
+    std::lock_guard<std::mutex> lk(g.cq_mu);
+    g.cq.clear();
+  }
+  g.d_partial_cap = static_cast<std::size_t>(t_max) * H;
+  HM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&g.d_partial), g.d_partial_cap * sizeof(float)));
+  // Per layer: one pinned block (ids, weights, hints, x, partials) and one mapped block (plan).
+  const std::size_t nk = static_cast<std::size_t>(t_max) * k, nh = static_cast<std::size_t>(t_max) * H;
+  const std::size_t pinned_bytes = align_up(nk * 4) * 3 + align_up(nh * 2) + align_up(nh * 4);
+  const std::size_t mapped_bytes = align_up((t_max + 1) * 4) + align_up(nk * 4) * 3;
+  for (auto& cp : layers_) {
+    LayerCtx& c = *cp;
+    c.t_max = t_max;
+    HM_CUDA_CHECK(cudaHostAlloc(&c.pinned, pinned_bytes, cudaHostAllocDefault));
+    HM_CUDA_CHECK(cudaHostAlloc(&c.mapped, mapped_bytes, cudaHostAllocMapped));
+    std::memset(c.mapped, 0, mapped_bytes);
+    auto* p = static_cast<uint8_t*>(c.pinned);
+    c.ids_h = reinterpret_cast<int32_t*>(p);
+    p += align_up(nk * 4);
+    c.w_h = reinterpret_cast<float*>(p);
+    p += align_up(nk * 4);
+    c.hints_h = reinterpret_cast<int32_t*>(p);
+    p += align_up(nk * 4);
+    c.x_h = reinterpret_cast<uint16_t*>(p);
+    p += align_up(nh * 2);
+    c.partial_h = reinterpret_cast<float*>(p);
+    c.x32.assign(nh, 0.f);
+    void* dev = nullptr;
+    HM_CUDA_CHECK(cudaHostGetDevicePointer(&dev, c.mapped, 0));
+    auto* m = static_cast<uint8_t*>(c.mapped);
+    auto* d = static_cast<uint8_t*>(dev);
+    std::size_t off = 0;
+    c.map_token_ptr = reinterpret_cast<int32_t*>(m + off);
+    c.d_token_ptr = reinterpret_cast<const int32_t*>(d + off);
+    off += align_up((t_max + 1) * 4);
+    c.map_pair_token = reinterpret_cast<int32_t*>(m + off);
+    c.d_pair_token = reinterpret_cast<const int32_t*>(d + off);
+    off += align_up(nk * 4);
+    c.map_pair_slot = reinterpret_cast<int32_t*>(m + off);
+    c.d_pair_slot = reinterpret_cast<const int32_t*>(d + off);
+    off += align_up(nk * 4);
+    c.map_pair_weight = reinterpret_cast<float*>(m + off);
+    c.d_pair_weight = reinterpret_cast<const float*>(d + off);
+    cudaEvent_t a = nullptr, b = nullptr;
+    HM_CUDA_CHECK(cudaEventCreate(&a));
+    HM_CUDA_CHECK(cudaEventCreate(&b));
+    c.ev_start = a;
+    c.ev_stop = b;
+  }
+}
+
+void Runtime::stop_gpu() {
+  if (!gpu_) return;
+  (void)cudaSetDevice(device_);
+  (void)cudaDeviceSynchronize();  // host functions of queued steps still name our buffers
+  for (auto& c : layers_) {
+    if (!c || !c->job.valid()) continue;
+    try {
+      c->job.wait();
+    } catch (...) {
+    }
+  }
+  Gpu& g = *gpu_;
+  g.mover.reset();  // joins its thread before slab and store go
+  g.prefill.reset();
+  if (g.d_workspace) (void)cudaFree(g.d_workspace);
+  if (g.d_partial) (void)cudaFree(g.d_partial);
+  for (auto& c : layers_) {
+    if (!c) continue;
+    if (c->pinned) (void)cudaFreeHost(c->pinned);
+    if (c->mapped) (void)cudaFreeHost(c->mapped);
+    if (c->ev_start) (void)cudaEventDestroy(static_cast<cudaEvent_t>(c->ev_start));
+    if (c->ev_stop) (void)cudaEventDestroy(static_cast<cudaEvent_t>(c->ev_stop));
+    c->pinned = c->mapped = c->ev_start = c->ev_stop = nullptr;
+  }
+  g.slab.reset();
+  g.store.reset();
+  gpu_.reset();
+}
+
+bool Runtime::acquire_slots(uint64_t plan_id, const std::vector<int>& slots,
+                            const std::vector<int64_t>& experts) {
+  cuda::Mover& m = *gpu_->mover;
+  for (std::size_t i = 0; i < slots.size(); ++i)
+    if (m.resident_expert(slots[i]) != experts[i]) return false;
+  return m.acquire(plan_id, slots.data(), experts.data(), static_cast<int>(slots.size()));
+}
+
+void Runtime::request_copy(int64_t global_expert, int slot, bool prefetch, uint64_t generation) {
+  Gpu& g = *gpu_;
+  g.request_us[slot] = us_between(t0_, Clock::now());
+  g.mover->set_generation(visits_);
+  g.mover->request_fetch({global_expert, slot, prefetch, generation});
+}
+
+void Runtime::wait_copies() {
+  if (gpu_ && gpu_->mover) gpu_->mover->wait_idle();
+}
+
+std::vector<int64_t> Runtime::mover_stats() const {
+  if (!gpu_ || !gpu_->mover) return {0, 0, 0, 0};
+  const cuda::MoverStats s = gpu_->mover->stats();
+  return {static_cast<int64_t>(s.copies_done), static_cast<int64_t>(s.bytes_copied),
+          static_cast<int64_t>(s.dropped_stale + s.dropped_overflow),
+          static_cast<int64_t>(s.waits_for_release)};
+}
+
+Runtime::Launch* Runtime::launch_for(LayerCtx& c, int T, int n_hints) {
+  auto& slot = c.launches[{T, n_hints}];
+  if (!slot) slot = std::make_unique<Launch>(Launch{this, &c, T, n_hints});
+  return slot.get();
+}
+
+void Runtime::poll_gpu_timing(LayerCtx& c) {
+  if (!c.timing_pending) return;
+  if (cudaEventQuery(static_cast<cudaEvent_t>(c.ev_stop)) != cudaSuccess) {
+    (void)cudaGetLastError();  // cudaErrorNotReady is not an error
+    return;
+  }
+  float ms = 0;
+  HM_CUDA_CHECK(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(c.ev_start),
+                                     static_cast<cudaEvent_t>(c.ev_stop)));
+  c.timing_pending = false;
+  std::lock_guard<std::mutex> lk(mu_);
+  const double us = ms * 1000.0;
+  c.stats.gpu_us += us;
+  ++c.stats.gpu_timed;
+  if (c.timed_gpu_experts > 0) {
+    const double per = (us - cost_->gpu_layer_overhead()) / c.timed_gpu_experts;
+    const int64_t n = std::max<int64_t>(1, c.timed_gpu_pairs / c.timed_gpu_experts);
+    if (per > 0) cost_->refine(Resource::kGpu, n, per);
+  }
+}
+
+void Runtime::forward_cuda(int layer, int64_t T, const void* x, const int32_t* ids, const float* w,
+                           const int32_t* hints, int n_hints, float* out, void* stream) {
+  check_error();
+  HM_CHECK(device_ >= 0, "this Runtime has no CUDA device: pass CPU tensors");
+  HM_CHECK(T >= 1, "T (tokens) must be >= 1, got ", T);
+  HM_CHECK(x && ids && w && out, "x, topk_ids, topk_weights and out must not be null");
+  HM_CHECK((reinterpret_cast<uintptr_t>(x) & 15u) == 0, "x must be 16-byte aligned");
+  HM_CHECK(n_hints >= 0 && (n_hints == 0 || hints), "hints must be given when n_hints > 0");
+  HM_CHECK(n_hints <= T * top_k_ || !started_, "n_hints must be <= T * top_k = ", T * top_k_,
+           ", got ", n_hints);
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  HM_CUDA_CHECK(cudaStreamIsCapturing(s, &cap));
+  const bool capturing = cap != cudaStreamCaptureStatusNone;
+  if (!started_) {
+    HM_CHECK(!capturing, "the runtime allocates its buffers at the first forward: run one eager "
+             "step before capturing a CUDA graph");
+    start();
+  }
+  LayerCtx& c = ctx(layer);
+  if (T <= opt_.decode_max_tokens) {
+    HM_CHECK(n_hints <= T * top_k_, "n_hints must be <= T * top_k = ", T * top_k_, ", got ", n_hints);
+    decode_cuda(c, T, x, ids, w, hints, n_hints, out, stream);
+  } else {
+    HM_CHECK(!capturing, "T = ", T, " > decode_max_tokens = ", opt_.decode_max_tokens,
+             " takes the host-driven prefill path, which cannot be captured in a CUDA graph");
+    prefill_cuda(c, T, x, ids, w, hints, n_hints, out, stream);
+  }
+}
+
+void Runtime::decode_cuda(LayerCtx& c, int64_t T, const void* x, const int32_t* ids, const float* w,
+                          const int32_t* hints, int n_hints, float* out, void* stream) {
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  HM_CUDA_CHECK(cudaStreamIsCapturing(s, &cap));
+  const bool capturing = cap != cudaStreamCaptureStatusNone;
+  if (!capturing) poll_gpu_timing(c);
+  const int k = top_k_;
+  const std::size_t H = static_cast<std::size_t>(layout_.hidden);
+  Launch* la = launch_for(c, static_cast<int>(T), n_hints);
+  HM_CUDA_CHECK(cudaMemcpyAsync(c.ids_h, ids, T * k * 4, cudaMemcpyDeviceToHost, s));
+  HM_CUDA_CHECK(cudaMemcpyAsync(c.w_h, w, T * k * 4, cudaMemcpyDeviceToHost, s));
+  HM_CUDA_CHECK(cudaMemcpyAsync(c.x_h, x, T * H * 2, cudaMemcpyDeviceToHost, s));
+  if (n_hints > 0)
+    HM_CUDA_CHECK(cudaMemcpyAsync(c.hints_h, hints, static_cast<std::size_t>(n_hints) * 4,
+                                  cudaMemcpyDeviceToHost, s));
+  HM_CUDA_CHECK(cudaLaunchHostFunc(s, &Runtime::plan_fn, la));
+  if (gpu_->slab) {
+    const bool timed = !capturing && !c.timing_pending;
+    if (timed) {
+      c.timing_armed.store(true, std::memory_order_release);
+      HM_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(c.ev_start), s));
+    }
+    cuda::DevicePlan p;
+    p.token_ptr = c.d_token_ptr;
+    p.pair_token = c.d_pair_token;
+    p.pair_slot = c.d_pair_slot;
+    p.pair_weight = c.d_pair_weight;
+    p.n_tokens = static_cast<int>(T);
+    p.max_pairs = static_cast<int>(T) * k;
+    cuda::launch_decode(slab_view(*gpu_->slab), p, x, gpu_->d_workspace, out,
+                        cuda::OutDtype::kFloat32, s);
+    if (timed) {
+      HM_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(c.ev_stop), s));
+      c.timing_pending = true;
+    }
+  }
+  HM_CUDA_CHECK(cudaLaunchHostFunc(s, &Runtime::join_fn, la));
+  HM_CUDA_CHECK(cudaMemcpyAsync(gpu_->d_partial, c.partial_h, T * H * 4, cudaMemcpyHostToDevice, s));
+  cuda::launch_add_partials(out, cuda::OutDtype::kFloat32, gpu_->d_partial,
+                            static_cast<int64_t>(T * H), s);
+}
+
+void Runtime::plan_fn(void* p) {
+  const Launch& la = *static_cast<Launch*>(p);
+  la.rt->host_plan(la);
+}
+
+void Runtime::join_fn(void* p) {
+  const Launch& la = *static_cast<Launch*>(p);
+  la.rt->host_join(la);
+}
+
+void Runtime::host_plan(const Launch& la) {
+  LayerCtx& c = *la.ctx;
+  const int T = la.T;
+  const std::size_t TH = static_cast<std::size_t>(T) * layout_.hidden;
+  const bool timed = c.timing_armed.exchange(false, std::memory_order_acq_rel);
+  try {
+    for (std::size_t i = 0; i < TH; ++i) c.x32[i] = bf16_to_f32(c.x_h[i]);
+    plan(c, T, c.ids_h, c.w_h, la.n_hints > 0 ? c.hints_h : nullptr, la.n_hints, Mode::kDecode,
+         c.out);
+    // GPU pairs were emitted in token order: token_ptr is their prefix count per token.
+    const std::size_t n = c.out.gpu_token.size();
+    int t = 0;
+    c.map_token_ptr[0] = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      while (t < c.out.gpu_token[i]) c.map_token_ptr[++t] = static_cast<int32_t>(i);
+      c.map_pair_token[i] = c.out.gpu_token[i];
+      c.map_pair_slot[i] = c.out.gpu_slot[i];
+      c.map_pair_weight[i] = c.out.gpu_weight[i];
+    }
+    while (t < T) c.map_token_ptr[++t] = static_cast<int32_t>(n);
+    if (timed) {
+      c.timed_gpu_experts = static_cast<int>(c.out.acquire_slots.size());
+      c.timed_gpu_pairs = static_cast<int64_t>(n);
+    }
+    std::fill(c.partial_h, c.partial_h + TH, 0.f);
+    if (!c.out.cpu.empty()) {
+      cpu::MoeLayerArgs a;
+      a.layout = layout_;
+      a.experts = c.expert_ptrs.data();
+      a.n_experts = n_expert_;
+      a.x = c.x32.data();
+      a.tokens = T;
+      a.assignments = c.out.cpu.data();
+      a.n_assignments = static_cast<int64_t>(c.out.cpu.size());
+      a.out = c.partial_h;
+      c.t_submit = Clock::now();
+      c.job = cpu::submit_moe_layer(*pool_, a);
+    }
+  } catch (const std::exception& e) {
+    record_error(std::string("layer ") + std::to_string(c.layer) + " plan: " + e.what());
+  } catch (...) {
+    record_error("layer " + std::to_string(c.layer) + " plan: unknown exception");
+  }
+  if (has_error_.load(std::memory_order_acquire) && !c.job.valid()) {
+    // Failed plan: the kernel must see no pairs; the partial sums add zero.
+    std::fill(c.map_token_ptr, c.map_token_ptr + T + 1, 0);
+    std::fill(c.partial_h, c.partial_h + TH, 0.f);
+  }
+}
+
+void Runtime::host_join(const Launch& la) {
+  LayerCtx& c = *la.ctx;
+  bool waited = false;
+  double us = 0;
+  try {
+    if (c.job.valid()) {
+      const bool done_before = c.job.done();
+      try {
+        c.job.wait();
+      } catch (const std::exception& e) {
+        record_error(std::string("layer ") + std::to_string(c.layer) + " CPU experts: " + e.what());
+      }
+      // Only a join that had to wait measured the CPU's time (else it finished earlier).
+      if (!done_before) {
+        waited = true;
+        us = us_between(c.t_submit, Clock::now());
+      }
+      c.job = cpu::JobHandle();
+    }
+    if (c.acquired) {
+      gpu_->mover->release(c.plan_id);
+      c.acquired = false;
+    }
+    release_plan(c, waited, us);
+  } catch (const std::exception& e) {
+    record_error(std::string("layer ") + std::to_string(c.layer) + " join: " + e.what());
+  } catch (...) {
+    record_error("layer " + std::to_string(c.layer) + " join: unknown exception");
+  }
+}
+
+void Runtime::prefill_cuda(LayerCtx& c, int64_t T, const void* x, const int32_t* ids,
+                           const float* w, const int32_t* hints, int n_hints, float* out,
+                           void* stream) {
+  Gpu& g = *gpu_;
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const int k = top_k_;
+  const std::size_t H = static_cast<std::size_t>(layout_.hidden), TH = static_cast<std::size_t>(T) * H;
+  g.ids.resize(static_cast<std::size_t>(T) * k);
+  g.w.resize(static_cast<std::size_t>(T) * k);
+  g.hints.resize(static_cast<std::size_t>(n_hints));
+  g.xb.resize(TH);
+  g.x32.resize(TH);
+  g.partial.assign(TH, 0.f);
+  HM_CUDA_CHECK(cudaMemcpyAsync(g.ids.data(), ids, T * k * 4, cudaMemcpyDeviceToHost, s));
+  HM_CUDA_CHECK(cudaMemcpyAsync(g.w.data(), w, T * k * 4, cudaMemcpyDeviceToHost, s));
+  HM_CUDA_CHECK(cudaMemcpyAsync(g.xb.data(), x, TH * 2, cudaMemcpyDeviceToHost, s));
+  if (n_hints > 0)
+    HM_CUDA_CHECK(cudaMemcpyAsync(g.hints.data(), hints, static_cast<std::size_t>(n_hints) * 4,
+                                  cudaMemcpyDeviceToHost, s));
+  HM_CUDA_CHECK(cudaStreamSynchronize(s));
+  check_error();
+  for (std::size_t i = 0; i < TH; ++i) g.x32[i] = bf16_to_f32(g.xb[i]);
+  plan(c, T, g.ids.data(), g.w.data(), g.hints.data(), n_hints, Mode::kPrefill, c.out);
+  PlanOut& po = c.out;
+  bool waited = false;
+  double cpu_us = 0;
+  auto run_cpu = [&](const std::vector<cpu::ExpertAssignment>& as) {
+    cpu::MoeLayerArgs a;
+    a.layout = layout_;
+    a.experts = c.expert_ptrs.data();
+    a.n_experts = n_expert_;
+    a.x = g.x32.data();
+    a.tokens = T;
+    a.assignments = as.data();
+    a.n_assignments = static_cast<int64_t>(as.size());
+    a.out = g.partial.data();
+    return cpu::submit_moe_layer(*pool_, a);
+  };
+  try {
+    cpu::JobHandle job;
+    const auto t_submit = Clock::now();
+    if (!po.cpu.empty()) job = run_cpu(po.cpu);  // the CPU's share runs while the fetches copy
+    bool gpu_ok = !po.acquire_slots.empty();
+    if (!po.wait_slots.empty()) {
+      std::unique_lock<std::mutex> lk(g.cq_mu);
+      gpu_ok = g.cq_cv.wait_for(lk, std::chrono::seconds(30), [&] {
+        for (std::size_t i = 0; i < po.acquire_slots.size(); ++i)
+          if (g.mover->resident_expert(po.acquire_slots[i]) != po.acquire_experts[i]) return false;
+        return true;
+      });
+    }
+    if (gpu_ok) {
+      c.plan_id = ++plan_ids_;
+      c.acquired = acquire_slots(c.plan_id, po.acquire_slots, po.acquire_experts);
+      gpu_ok = c.acquired;
+    }
+    if (gpu_ok) {
+      cuda::PrefillRunner& r = *g.prefill;
+      r.run(slab_view(*g.slab), po.gpu_token.data(), po.gpu_slot.data(), po.gpu_weight.data(),
+            static_cast<int>(po.gpu_token.size()), static_cast<int>(T), x, out,
+            cuda::OutDtype::kFloat32, s);
+    }
+    if (job.valid()) {
+      waited = !job.done();
+      job.wait();
+      cpu_us = us_between(t_submit, Clock::now());
+    }
+    if (!gpu_ok && !po.gpu_token.empty()) {
+      // The GPU share could not take its slots (a copy never landed): the CPU computes it.
+      std::vector<cpu::ExpertAssignment> rest;
+      std::vector<int> expert_of_slot(static_cast<std::size_t>(n_slots_), -1);
+      for (std::size_t i = 0; i < po.acquire_slots.size(); ++i)
+        expert_of_slot[po.acquire_slots[i]] = static_cast<int>(po.acquire_experts[i] % n_expert_);
+      for (std::size_t i = 0; i < po.gpu_token.size(); ++i)
+        rest.push_back({po.gpu_token[i], expert_of_slot[po.gpu_slot[i]], po.gpu_weight[i]});
+      run_cpu(rest).wait();
+    }
+    if (!po.cpu.empty() || !gpu_ok) {
+      if (g.d_partial_cap < TH) {
+        HM_CUDA_CHECK(cudaFree(g.d_partial));
+        g.d_partial = nullptr;
+        HM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&g.d_partial), TH * sizeof(float)));
+        g.d_partial_cap = TH;
+      }
+      HM_CUDA_CHECK(cudaMemcpyAsync(g.d_partial, g.partial.data(), TH * 4, cudaMemcpyHostToDevice, s));
+      cuda::launch_add_partials(out, cuda::OutDtype::kFloat32, g.d_partial,
+                                static_cast<int64_t>(TH), s);
+    }
+    HM_CUDA_CHECK(cudaStreamSynchronize(s));
+  } catch (...) {
+    (void)cudaStreamSynchronize(s);
+    if (c.acquired) g.mover->release(c.plan_id);
+    c.acquired = false;
+    release_plan(c, false, 0);
+    throw;
+  }
+  if (c.acquired) g.mover->release(c.plan_id);
+  c.acquired = false;
+  release_plan(c, waited, cpu_us);
+}
+
+#else  // CPU-only build: every GPU entry says so.
+
+namespace {
+[[noreturn]] void no_cuda() {
+  throw hm::RuntimeError("hybrid_moe was built without CUDA: the Runtime runs on the CPU only "
+                         "(device=-1, CPU tensors)");
+}
+}  // namespace
+
+void Runtime::init_gpu() { no_cuda(); }
+bool Runtime::gpu_fill(int, const uint8_t*) { return false; }
+void Runtime::start_gpu() { no_cuda(); }
+void Runtime::stop_gpu() {}
+bool Runtime::acquire_slots(uint64_t, const std::vector<int>&, const std::vector<int64_t>&) {
+  return false;
+}
+void Runtime::request_copy(int64_t, int, bool, uint64_t) { no_cuda(); }
+void Runtime::wait_copies() {}
+std::vector<int64_t> Runtime::mover_stats() const { return {0, 0, 0, 0}; }
+Runtime::Launch* Runtime::launch_for(LayerCtx&, int, int) { no_cuda(); }
+void Runtime::poll_gpu_timing(LayerCtx&) {}
+void Runtime::forward_cuda(int, int64_t, const void*, const int32_t*, const float*, const int32_t*,
+                           int, float*, void*) {
+  no_cuda();
+}
+void Runtime::decode_cuda(LayerCtx&, int64_t, const void*, const int32_t*, const float*,
+                          const int32_t*, int, float*, void*) {
+  no_cuda();
+}
+void Runtime::prefill_cuda(LayerCtx&, int64_t, const void*, const int32_t*, const float*,
+                           const int32_t*, int, float*, void*) {
+  no_cuda();
+}
+void Runtime::plan_fn(void*) {}
+void Runtime::join_fn(void*) {}
+void Runtime::host_plan(const Launch&) {}
+void Runtime::host_join(const Launch&) {}
+
+#endif
+
+}  // namespace hm::runtime

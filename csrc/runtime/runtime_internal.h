@@ -1,0 +1,115 @@
+// Internal to csrc/runtime: the per-layer context and the CUDA state of hm::runtime::Runtime,
+// shared by runtime.cpp (engine, CPU path) and runtime_gpu.cpp (decode / prefill on the GPU).
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+#include "runtime/runtime.h"
+#if HYBRID_MOE_WITH_CUDA
+#include "cuda/device_slab.h"
+#include "cuda/expert_kernels.h"
+#include "cuda/mover.h"
+#include "cuda/pinned_store.h"
+#endif
+
+namespace hm::runtime {
+
+using Clock = std::chrono::steady_clock;
+
+inline double us_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::micro>(b - a).count();
+}
+
+struct FreeDeleter {
+  void operator()(uint8_t* p) const { std::free(p); }
+};
+
+struct Runtime::LayerCtx {
+  int layer = 0;
+  bool registered = false;
+  std::unique_ptr<uint8_t, FreeDeleter> host;  // staging, or the CPU-only store [E * stride]
+  std::vector<const uint8_t*> expert_ptrs;     // [E] host bytes of each expert (CPU kernel)
+  int64_t steps = 0;
+
+  // Planning state (under Runtime::mu_).
+  LayerPlan plan;
+  bool plan_live = false;
+  std::vector<Selected> selected;
+  std::vector<int> sel_index;     // [E] index into selected, -1
+  std::vector<int> gpu_slot_of;   // [E] slot computing the expert this step, -1: CPU
+  std::vector<int> hints;         // distinct predicted experts of layer + 1
+  std::vector<uint8_t> predicted;  // [E] this layer's experts predicted by layer - 1
+  bool have_predicted = false;
+  PlanOut out;
+  uint64_t plan_id = 0;
+  bool acquired = false;
+  LayerStats stats;
+
+  // CPU job of the plan in flight.
+  cpu::JobHandle job;
+  Clock::time_point t_submit;
+
+  // Decode buffers (GPU runtime): page-locked host memory and mapped plan memory.
+  int t_max = 0;
+  void* pinned = nullptr;
+  void* mapped = nullptr;
+  int32_t* ids_h = nullptr;      // [t_max * k]
+  float* w_h = nullptr;          // [t_max * k]
+  int32_t* hints_h = nullptr;    // [t_max * k]
+  uint16_t* x_h = nullptr;       // bf16 [t_max * H]
+  float* partial_h = nullptr;    // fp32 [t_max * H], the CPU's share
+  std::vector<float> x32;        // fp32 [t_max * H], x for the CPU kernel
+  int32_t* map_token_ptr = nullptr;  // host views of the mapped plan: [t_max + 1]
+  int32_t* map_pair_token = nullptr;  // [t_max * k]
+  int32_t* map_pair_slot = nullptr;
+  float* map_pair_weight = nullptr;
+  const int32_t* d_token_ptr = nullptr;  // device views of the same
+  const int32_t* d_pair_token = nullptr;
+  const int32_t* d_pair_slot = nullptr;
+  const float* d_pair_weight = nullptr;
+  // Decode kernel timing (eager steps only; read lazily by a later forward of the layer).
+  void* ev_start = nullptr;
+  void* ev_stop = nullptr;
+  bool timing_pending = false;
+  std::atomic<bool> timing_armed{false};
+  int timed_gpu_experts = 0;
+  int64_t timed_gpu_pairs = 0;
+  // Fixed host-function arguments per (T, n_hints): stable pointers for captured graphs.
+  std::map<std::pair<int, int>, std::unique_ptr<Launch>> launches;
+};
+
+struct Runtime::Gpu {
+#if HYBRID_MOE_WITH_CUDA
+  struct Completion {
+    cuda::FetchCompletion c;
+    double t_us = 0;
+  };
+  std::shared_ptr<cuda::PinnedExpertStore> store;  // all experts, (layer, expert) -> layer * E + e
+  std::shared_ptr<cuda::DeviceSlab> slab;          // null when n_slots == 0
+  std::unique_ptr<cuda::Mover> mover;
+  std::unique_ptr<cuda::PrefillRunner> prefill;
+  float* d_workspace = nullptr;  // fp32 [decode_max * k, I]: decode phase-1 activations
+  float* d_partial = nullptr;    // fp32 [d_partial_cap]: the CPU's share after H2D
+  std::size_t d_partial_cap = 0;
+
+  std::mutex cq_mu;  // mover completions, pushed by its callback (never takes Runtime::mu_)
+  std::condition_variable cq_cv;
+  std::vector<Completion> cq, cq_local;
+  std::vector<double> request_us;  // [n_slots] when the slot's last copy was requested
+  double last_completion_us = 0;
+
+  // Prefill scratch (host-driven, one layer at a time).
+  std::vector<int32_t> ids, hints;
+  std::vector<float> w, x32, partial;
+  std::vector<uint16_t> xb;
+#endif
+};
+
+}  // namespace hm::runtime
