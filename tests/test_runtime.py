@@ -1,0 +1,266 @@
+"""Runtime / HybridMoELayer against ReferenceExperts (float32 torch) on random weights.
+
+Every policy x budgets 0%, 30%, 100% x bf16 and q8_0 x T = 1, 3, 64 (plus T = 100, the prefill
+path, on the GPU), several steps each so the cache fills and hits happen. Tolerance: the CPU
+kernel rounds activations to bf16 (bf16 weights) or quantizes them to Q8 (q8_0 weights) and the GPU
+kernel reads bf16 activations, so max |out - ref| <= 3e-2 * max |ref| (q8_0's reference is the
+dequantized weights). Stats conservation, bad inputs, and a long run with flat memory.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hybrid_moe
+from hybrid_moe import HybridMoELayer, Runtime
+from hybrid_moe.loaders.tensors import ExpertWeights
+from hybrid_moe.reference import ReferenceExperts
+
+E, H, I, K, L = 8, 64, 64, 2, 2
+POLICIES = ["cpu", "static", "lru", "lfu", "lru-fetch", "value"]
+BUDGETS = ["0%", "30%", "100%"]
+TOL = 3e-2
+
+
+def _weights(fmt: str, seed: int) -> ExpertWeights:
+    g = torch.Generator().manual_seed(seed)
+    gate, up, down = (torch.randn(E, I, H, generator=g) * 0.2, torch.randn(E, I, H, generator=g) * 0.2,
+                      torch.randn(E, H, I, generator=g) * 0.2)
+    w = ExpertWeights.dense(gate, up, down)
+    if fmt == "bf16":
+        return w.to_bf16()
+    from hybrid_moe.cpu_experts import quantize_q8_0
+
+    q = [torch.from_numpy(quantize_q8_0(t)) for t in (gate, up, down)]
+    return ExpertWeights("q8_0", *q)
+
+
+def _route(T: int, g: torch.Generator, skew: bool = True):
+    # Skewed choice (experts 0..3 most of the time) so caches get reuse.
+    probs = torch.tensor([8, 6, 4, 3, 1, 1, 1, 1], dtype=torch.float32) if skew else torch.ones(E)
+    ids = torch.stack([torch.multinomial(probs, K, replacement=False, generator=g) for _ in range(T)])
+    w = torch.rand(T, K, generator=g) + 0.1
+    return ids, w / w.sum(-1, keepdim=True)
+
+
+def _devices():
+    return ["cpu", "cuda"]
+
+
+@pytest.fixture(params=_devices())
+def device(request):
+    if request.param == "cuda":
+        request.getfixturevalue("cuda_device")
+    return torch.device(request.param)
+
+
+def _build(policy, budget, fmt, device, **kw):
+    rt = Runtime(budget=budget, policy=policy, device=device, threads=2, n_layers=L, **kw)
+    ws = [_weights(fmt, seed) for seed in range(L)]
+    layers = [HybridMoELayer(rt, i, ws[i], top_k=K) for i in range(L)]
+    refs = [ReferenceExperts(w).to(device) for w in ws]
+    return rt, layers, refs
+
+
+def _err(out, ref):
+    return float((out.float() - ref.float()).abs().max() / ref.float().abs().max())
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "q8_0"])
+@pytest.mark.parametrize("budget", BUDGETS)
+@pytest.mark.parametrize("policy", POLICIES)
+def test_layer_matches_reference(policy, budget, fmt, device):
+    rt, layers, refs = _build(policy, budget, fmt, device)
+    g = torch.Generator().manual_seed(7)
+    sizes = [1, 3, 64] + ([100] if device.type == "cuda" else [])
+    total_pairs = 0
+    for T in sizes:
+        for _step in range(4):
+            x = torch.randn(T, H, generator=g).to(device)
+            for layer, ref in zip(layers, refs, strict=True):
+                ids, w = _route(T, g)
+                ids, w = ids.to(device), w.to(device)
+                out = layer(x, ids, w)
+                want = ref(x, ids, w)
+                assert out.shape == (T, H) and out.dtype == x.dtype and out.device == x.device
+                assert _err(out, want) <= TOL, (T, _err(out, want))
+                total_pairs += T * K
+            if device.type == "cuda":
+                rt.wait_copies()  # let admitted copies land so later steps hit
+    rt.synchronize()
+    s = rt.stats()
+    assert s["pairs"] == total_pairs
+    assert s["cpu_pairs"] + s["gpu_pairs"] == s["pairs"]
+    assert s["cpu_experts"] + s["gpu_experts"] == s["experts"]
+    assert s["hits"] + s["misses"] + s["in_flight"] == s["experts"]
+    if device.type == "cpu" or budget == "0%" or policy == "cpu":
+        assert s["gpu_pairs"] == 0 and s["n_slots"] == 0
+    else:
+        assert s["n_slots"] >= K
+        if policy != "static":  # static's uniform default placement may miss everything
+            assert s["gpu_pairs"] > 0 and s["hit_rate"] > 0, s
+    # The comparison can fail: another layer's weights give a clearly different output.
+    x = torch.randn(3, H, generator=g).to(device)
+    ids, w = _route(3, g)
+    ids, w = ids.to(device), w.to(device)
+    assert _err(layers[0](x, ids, w), refs[1](x, ids, w)) > 10 * TOL
+
+
+def test_bf16_hidden_and_int32_ids(device):
+    rt, layers, refs = _build("value", "100%", "bf16", device)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(5):
+        x = torch.randn(2, H, generator=g).to(device, torch.bfloat16)
+        ids, w = _route(2, g)
+        out = layers[1](x, ids.to(device, torch.int32), w.to(device))
+        assert out.dtype == torch.bfloat16
+        assert _err(out, refs[1](x.float(), ids.to(device), w.to(device))) <= 4e-2
+
+
+def test_next_router_hints_prefetch(device):
+    """With layer 1's router given to layer 0, hints are recorded and accuracy is measured."""
+    rt, layers, refs = _build("value", "30%", "bf16", device)
+    router = torch.randn(E, H)
+    layers[0].set_next_router(router.to(device))
+    g = torch.Generator().manual_seed(5)
+    for _ in range(20):
+        x = torch.randn(1, H, generator=g).to(device)
+        ids0, w0 = _route(1, g)
+        y = layers[0](x, ids0.to(device), w0.to(device))
+        # layer 1 follows its router exactly, so a perfect predictor scores 1.
+        logits = x.float() @ router.to(device).T
+        w1, ids1 = torch.topk(torch.softmax(logits, -1), K)
+        out = layers[1](x, ids1, w1)
+        assert _err(out, refs[1](x, ids1, w1)) <= TOL
+        assert y.shape == x.shape
+    rt.synchronize()
+    assert rt.stats()["hint_accuracy"] > 0.9
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def test_long_run_memory_flat(device):
+    steps = 10_000 if device.type == "cuda" else 1_500
+    rt, layers, _ = _build("value", "30%", "bf16", device)
+    g = torch.Generator().manual_seed(11)
+    xs = torch.randn(16, 1, H, generator=g).to(device)
+    routes = [tuple(t.to(device) for t in _route(1, g)) for _ in range(16)]
+
+    def run(n):
+        for i in range(n):
+            x = xs[i % 16]
+            for layer in layers:
+                ids, w = routes[(i * 7 + layer.layer_idx) % 16]
+                x = layer(x, ids, w) * 0.5 + x
+        rt.synchronize()
+
+    run(300)
+    rss0 = _rss_bytes()
+    dev0 = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    free0 = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
+    run(steps)
+    assert _rss_bytes() - rss0 < 8 * 2**20, (_rss_bytes() - rss0)
+    if device.type == "cuda":
+        assert torch.cuda.memory_allocated(device) == dev0
+        assert abs(torch.cuda.mem_get_info(device)[0] - free0) < 16 * 2**20
+    s = rt.stats()
+    assert s["forwards"] == (steps + 300) * L
+    assert s["cpu_pairs"] + s["gpu_pairs"] == s["pairs"]
+
+
+def test_reset_stats_and_per_layer_stats():
+    rt, layers, _ = _build("lru", "0%", "bf16", torch.device("cpu"))
+    g = torch.Generator().manual_seed(1)
+    ids, w = _route(3, g)
+    layers[1](torch.randn(3, H), ids, w)
+    assert layers[1].stats()["pairs"] == 3 * K and layers[0].stats()["pairs"] == 0
+    assert rt.stats()["cpu_us"] > 0
+    rt.reset_stats()
+    assert rt.stats()["pairs"] == 0
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="oracle"):
+        Runtime(policy="oracle")
+    with pytest.raises(ValueError, match="unknown policy"):
+        Runtime(policy="fifo")
+    with pytest.raises(ValueError, match="unknown profile"):
+        Runtime(profile="no-such-rig")
+    for bad in ("lots", -1, 1.5, "150%", True):
+        with pytest.raises(ValueError, match="budget"):
+            Runtime(budget=bad)
+    with pytest.raises(ValueError, match="threads"):
+        Runtime(threads=0)
+    with pytest.raises(ValueError, match="device"):
+        Runtime(device="tpu")
+    rt = Runtime(device="cpu", n_layers=2, threads=2)
+    w = _weights("bf16", 0)
+    with pytest.raises(TypeError, match="ExpertWeights"):
+        HybridMoELayer(rt, 0, "weights", top_k=K)
+    with pytest.raises(ValueError, match="top_k"):
+        HybridMoELayer(rt, 0, w, top_k=E + 1)
+    with pytest.raises(ValueError, match="layer_idx"):
+        HybridMoELayer(rt, 2, w, top_k=K)
+    layer = HybridMoELayer(rt, 0, w, top_k=K)
+    with pytest.raises(ValueError, match="already registered"):
+        HybridMoELayer(rt, 0, w, top_k=K)
+    other = ExpertWeights.dense(torch.randn(E, 32, H), torch.randn(E, 32, H), torch.randn(E, H, 32))
+    with pytest.raises(ValueError, match="share one expert format and shape"):
+        HybridMoELayer(rt, 1, other.to_bf16(), top_k=K)
+    x, ids, wt = torch.randn(3, H), torch.randint(0, E, (3, K)), torch.rand(3, K)
+    with pytest.raises(ValueError, match="never registered"):
+        layer(x, ids, wt)  # layer 1 missing
+    layer1 = HybridMoELayer(rt, 1, w, top_k=K)
+    with pytest.raises(ValueError, match="hidden_states"):
+        layer(torch.randn(3, H + 1), ids, wt)
+    with pytest.raises(ValueError, match="hidden_states"):
+        layer(x.to(torch.int32), ids, wt)
+    with pytest.raises(ValueError, match="topk_ids"):
+        layer(x, ids[:, :1], wt)
+    with pytest.raises(ValueError, match="topk_ids"):
+        layer(x, ids.float(), wt)
+    with pytest.raises(ValueError, match="topk_ids must lie"):
+        layer(x, ids + E, wt)
+    with pytest.raises(ValueError, match="topk_weights"):
+        layer(x, ids, wt.to(torch.int64))
+    with pytest.raises(ValueError, match="topk_weights"):
+        layer(x, ids, wt[:2])
+    with pytest.raises(ValueError, match="finite"):
+        layer(x, ids, wt * float("nan"))
+    out = layer1(x, ids, wt)  # still usable after the errors
+    assert torch.isfinite(out).all()
+    rt3 = Runtime(device="cpu", threads=2)
+    HybridMoELayer(rt3, 0, w, top_k=K)(x, ids, wt)  # starts rt3 with one layer
+    with pytest.raises(ValueError, match="after the runtime started"):
+        HybridMoELayer(rt3, 1, w, top_k=K)
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device"):
+            layer(x.cuda(), ids.cuda(), wt.cuda())
+
+
+def test_gpu_bad_inputs(cuda_device):
+    rt, layers, _ = _build("lru", "100%", "bf16", cuda_device)
+    x = torch.randn(2, H, device=cuda_device)
+    ids = torch.randint(0, E, (2, K), device=cuda_device)
+    wt = torch.rand(2, K, device=cuda_device)
+    layers[0](x, ids, wt)
+    with pytest.raises(ValueError, match="device"):
+        layers[0](x.cpu(), ids.cpu(), wt.cpu())
+    layers[0](x, ids + E, wt)  # seen on the host inside the stream: raised by the next call
+    torch.cuda.synchronize()
+    with pytest.raises(RuntimeError, match="topk_ids must lie"):
+        layers[1](x, ids, wt)
+    layers[1](x, ids, wt)  # the error was reported once; the runtime keeps working
+    rt.synchronize()
+    with pytest.raises(ValueError, match="top_k"):  # 1 slot cannot hold top_k = 2 experts
+        rt2, l2, _ = _build("lru", 1, "bf16", cuda_device)
+        l2[0](x, ids, wt)
+
+
+def test_exports():
+    assert hybrid_moe.Runtime is Runtime and hybrid_moe.HybridMoELayer is HybridMoELayer
+    assert callable(hybrid_moe.patch)
