@@ -118,7 +118,7 @@ HM_BINDINGS(engine) {
          py::array_t<uint8_t, py::array::c_style> computed, int n_layer, int n_expert, int top_k,
          const py::dict& profile, const std::string& fmt, int64_t hidden, int64_t intermediate,
          const std::string& policy, int n_slots, double predictor_accuracy, uint64_t seed,
-         const py::dict& value_params) {
+         const py::dict& value_params, py::array_t<double, py::array::c_style> static_profile) {
         hm::TraceView tv;
         tv.n_layer = n_layer;
         tv.n_expert = n_expert;
@@ -145,6 +145,7 @@ HM_BINDINGS(engine) {
         if (value_params.contains("horizon_steps")) cfg.value.horizon_steps = value_params["horizon_steps"].cast<double>();
         if (value_params.contains("weight_mix")) cfg.value.weight_mix = value_params["weight_mix"].cast<double>();
         if (value_params.contains("copy_factor")) cfg.value.copy_factor = value_params["copy_factor"].cast<double>();
+        cfg.static_profile.assign(static_profile.data(), static_profile.data() + static_profile.size());
         const hm::HardwareProfile prof = to_profile(profile);
         const hm::ExpertLayout layout = hm::make_expert_layout(hm::parse_format(fmt), hidden, intermediate);
         hm::SimResult r;
@@ -158,5 +159,6 @@ HM_BINDINGS(engine) {
       py::arg("n_layer"), py::arg("n_expert"), py::arg("top_k"), py::arg("profile"), py::arg("fmt"),
       py::arg("hidden"), py::arg("intermediate"), py::arg("policy"), py::arg("n_slots"),
       py::arg("predictor_accuracy"), py::arg("seed"), py::arg("value_params"),
+      py::arg("static_profile") = py::array_t<double>(0),
       "Replay a trace through cache, policy and scheduler (csrc/core/simulator.h); use hybrid_moe.sim.simulate.");
 }

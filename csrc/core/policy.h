@@ -77,7 +77,8 @@ struct ValueParams {
   // victim's value (copy_factor > 0) admitted too little, since copies only use idle PCIe time.
   double halflife_steps = 8.0;  // decay of the per-(layer, expert) score, in steps
   double horizon_steps = 8.0;   // uses are predicted over this many future steps
-  double weight_mix = 0.5;      // 0: every use counts 1; 1: counts weight * top_k
+  double weight_mix = 0.0;      // 0: every use counts 1; 1: counts weight * top_k (0.5 before
+                                // 2026-11-28: 0 is as good on both traces and skips a log2)
   double copy_factor = 0.0;     // admission needs value > victim's value + copy_factor * t_copy
 };
 

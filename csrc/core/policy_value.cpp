@@ -1,13 +1,16 @@
 // [NOTE] The value policy (ours, DESIGN.md section 5).
 //
-// Score. Every use of (layer, expert) at step t adds w = (1 - weight_mix) + weight_mix * top_k *
-// router_weight (mean 1; experts chosen with a larger router weight count more) to a score that
-// halves every `halflife_steps`:   S(now) = sum_uses w * 2^(-(now - t) / halflife).
+// Score. Every use of (layer, expert) at step t adds w to a score that halves every
+// `halflife_steps`:   S(now) = sum_uses w * 2^(-(now - t) / halflife).
 // That one number mixes recency (a use just now weighs 1) and frequency (many older uses add up),
 // per layer, since each (layer, expert) has its own score: a layer whose experts repeat (layer 47)
 // keeps high scores, one that does not (layer 0) keeps low ones, and the global pool hands out
 // slots accordingly. Stored as log2(S) + now / halflife, i.e. log2 sum_uses w * 2^(t / halflife),
 // which does not change as time passes, so it is the cache's eviction key (O(log slots) victims).
+//
+// Use weight w = (1 - weight_mix) + weight_mix * top_k * router_weight (mean 1). Tried and dropped
+// (2026-11-28, no gain on the dev trace or synthetic seed 1): weighting each use by the expert's
+// long-run share of its layer (a frequency prior), and longer half-lives (16 and 32 steps).
 //
 // Value. S * (1 - 2^(-1/halflife)) estimates the uses per step (an exponential moving average of the
 // use indicator); times horizon_steps it is the predicted number of uses within the horizon, times
@@ -17,15 +20,92 @@
 // value exceeds the victim's value plus copy_factor * t_copy: a copy must earn back the PCIe time it
 // takes (which delays other copies) and whatever the victim would still have saved. A free slot
 // admits anything. An expert's first use alone rarely admits it: one-off experts stay on the CPU.
+//
+// Speed (>= 1 M layer-steps/s for the simulator): no libm call per access. log2(2^a + 2^b) uses a
+// table of log2(1 + 2^-d) (d in [0, 32), 1/64 steps, linear interpolation: error < 1e-6), log2 of
+// the use weight and exp2 for values use frexp/ldexp with small polynomials (relative error < 1e-4,
+// far below what changes a ranking); the decay factor 2^(-step / halflife) is computed once per step.
 #include "core/policy_value.h"
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
 namespace hm {
+namespace value_math {
+
 namespace {
+
+constexpr int kMantBits = 10;  // log2 / exp2 tables: 1024 intervals
+constexpr int kMant = 1 << kMantBits;
+constexpr int kSumPerUnit = 64;  // log2(1 + 2^-d) table: 64 intervals per unit of d
+constexpr int kSumMax = 32;      // beyond d = 32 the term is < 1e-9
+
+struct Tables {
+  double log2_mant[kMant + 1];  // log2(1 + i / kMant)
+  double exp2_frac[kMant + 1];  // 2^(i / kMant)
+  double log2_sum[kSumMax * kSumPerUnit + 1];  // log2(1 + 2^(-i / kSumPerUnit))
+  Tables() {
+    for (int i = 0; i <= kMant; ++i) {
+      log2_mant[i] = std::log2(1.0 + static_cast<double>(i) / kMant);
+      exp2_frac[i] = std::exp2(static_cast<double>(i) / kMant);
+    }
+    for (int i = 0; i <= kSumMax * kSumPerUnit; ++i)
+      log2_sum[i] = std::log2(1.0 + std::exp2(-static_cast<double>(i) / kSumPerUnit));
+  }
+};
+
+const Tables& tables() {
+  static const Tables t;
+  return t;
+}
+
+}  // namespace
+
+double fast_log2(double x) {
+  // x = 2^e * (1 + m), m in [0, 1): e from the exponent bits, log2(1 + m) from the table.
+  x = std::max(x, 1e-300);
+  uint64_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  const int e = static_cast<int>((bits >> 52) & 0x7ff) - 1023;
+  const double m = static_cast<double>(bits & ((uint64_t(1) << 52) - 1)) * (1.0 / 4503599627370496.0);
+  const double pos = m * kMant;
+  const int i = static_cast<int>(pos);
+  const double* t = tables().log2_mant;
+  return e + t[i] + (t[i + 1] - t[i]) * (pos - i);
+}
+
+double fast_exp2(double x) {
+  if (x < -1020) return 0.0;
+  if (x > 1020) return std::numeric_limits<double>::infinity();
+  const double fl = std::floor(x);
+  const double pos = (x - fl) * kMant;
+  const int i = std::min(static_cast<int>(pos), kMant - 1);
+  const double* t = tables().exp2_frac;
+  return std::ldexp(t[i] + (t[i + 1] - t[i]) * (pos - i), static_cast<int>(fl));
+}
+
+double log2_add(double a, double b) {
+  if (a == -std::numeric_limits<double>::infinity()) return b;
+  if (b == -std::numeric_limits<double>::infinity()) return a;
+  const double hi = std::max(a, b), d = hi - std::min(a, b);
+  if (d >= kSumMax) return hi;
+  const double pos = d * kSumPerUnit;
+  const int i = static_cast<int>(pos);
+  const double* t = tables().log2_sum;
+  return hi + t[i] + (t[i + 1] - t[i]) * (pos - i);
+}
+
+}  // namespace value_math
+
+namespace {
+
+using value_math::fast_exp2;
+using value_math::fast_log2;
+using value_math::log2_add;
 
 class ValuePolicy final : public Policy {
  public:
@@ -37,6 +117,8 @@ class ValuePolicy final : public Policy {
     HM_CHECK(vp.copy_factor >= 0, "value policy: copy_factor must be >= 0, got ", vp.copy_factor);
     inv_h_ = 1.0 / vp.halflife_steps;
     per_step_ = 1.0 - std::exp2(-inv_h_);
+    value_scale_ = per_step_ * vp_.horizon_steps;
+    value_math::tables();  // build the tables outside the hot loop
   }
   const char* name() const override { return "value"; }
   MissMode miss_mode() const override { return MissMode::kSchedule; }
@@ -44,30 +126,28 @@ class ValuePolicy final : public Policy {
 
   void reset(int n_layer, int n_expert, int top_k, const CostModel& cost) override {
     Policy::reset(n_layer, n_expert, top_k, cost);
-    log_score_.assign(static_cast<std::size_t>(n_layer) * n_expert,
-                      -std::numeric_limits<double>::infinity());
+    const std::size_t n = static_cast<std::size_t>(n_layer) * n_expert;
+    log_score_.assign(n, -std::numeric_limits<double>::infinity());
   }
 
   void on_access(const Access& a) override {
-    const double w = (1.0 - vp_.weight_mix) + vp_.weight_mix * top_k_ * a.weight / std::max(1, a.n_tokens);
-    const double add = static_cast<double>(a.step) * inv_h_ + std::log2(std::max(w, 1e-3));
-    double& s = log_score_[a.layer * n_expert_ + a.expert];
-    if (std::isinf(s)) {
-      s = add;
-    } else {  // log2(2^s + 2^add) without overflow
-      const double hi = std::max(s, add), lo = std::min(s, add);
-      s = hi + std::log2(1.0 + std::exp2(lo - hi));
-    }
+    const int i = a.layer * n_expert_ + a.expert;
+    double w = 1.0;
+    if (vp_.weight_mix > 0)
+      w = (1.0 - vp_.weight_mix) + vp_.weight_mix * top_k_ * a.weight / std::max(1, a.n_tokens);
+    const double add = static_cast<double>(a.step) * inv_h_ + (w == 1.0 ? 0.0 : fast_log2(std::max(w, 1e-3)));
+    log_score_[i] = log2_add(log_score_[i], add);
   }
 
   double key(int l, int e) const override { return log_score_[l * n_expert_ + e]; }
 
-  double value_us(int l, int e, int64_t step) const {
+  // Predicted uses within the horizon (before the saved-time factor).
+  double uses(int l, int e, int64_t step) const {
     const double s = log_score_[l * n_expert_ + e];
-    if (std::isinf(s)) return 0.0;
-    const double score_now = std::exp2(s - static_cast<double>(step) * inv_h_);
-    return score_now * per_step_ * vp_.horizon_steps * saved_us_;
+    if (s == -std::numeric_limits<double>::infinity()) return 0.0;
+    return fast_exp2(s - static_cast<double>(step) * inv_h_) * value_scale_;
   }
+  double value_us(int l, int e, int64_t step) const { return uses(l, e, step) * saved_us_; }
 
   bool admit(const ExpertCache& cache, int l, int e, int victim, int64_t step,
              double imminent) const override {
@@ -79,7 +159,7 @@ class ValuePolicy final : public Policy {
 
  private:
   ValueParams vp_;
-  double inv_h_ = 0, per_step_ = 0;
+  double inv_h_ = 0, per_step_ = 0, value_scale_ = 0;
   std::vector<double> log_score_;  // [n_layer * n_expert] log2 sum w * 2^(t / halflife)
 };
 

@@ -52,6 +52,7 @@ void Scheduler::plan_layer(const PlanInput& in, LayerPlan& out) {
 
   const MissMode mode = policy_.miss_mode();
   const bool cached = policy_.uses_cache();
+  const double t_cpu1 = cost_.t_cpu(1), t_gpu1 = cost_.t_gpu(1), t_copy = cost_.t_copy();
   for (int j = 0; j < in.n_selected; ++j) {
     const Selected& s = in.selected[j];
     HM_CHECK(s.expert >= 0 && s.expert < E, "expert id must be in [0, ", E, "), got ", s.expert);
@@ -71,9 +72,14 @@ void Scheduler::plan_layer(const PlanInput& in, LayerPlan& out) {
     pe.n_tokens = s.n_tokens;
     pe.weight = s.weight;
     SplitItem it;
-    it.t_cpu = cost_.t_cpu(s.n_tokens);
-    it.t_gpu = cost_.t_gpu(s.n_tokens);
-    it.t_copy = cost_.t_copy();
+    if (s.n_tokens == 1) {  // decode: the one-token costs, computed once per plan
+      it.t_cpu = t_cpu1;
+      it.t_gpu = t_gpu1;
+    } else {
+      it.t_cpu = cost_.t_cpu(s.n_tokens);
+      it.t_gpu = cost_.t_gpu(s.n_tokens);
+    }
+    it.t_copy = t_copy;
     const int slot = cached ? cache_.lookup(in.layer, s.expert) : -1;
     if (slot >= 0) {
       cache_.set_key(slot, policy_.key(in.layer, s.expert));
@@ -104,6 +110,22 @@ void Scheduler::plan_layer(const PlanInput& in, LayerPlan& out) {
   const int n = static_cast<int>(items_.size());
   out.timing = splitter_.split(items_.data(), n, in.queues, cost_.gpu_layer_overhead());
   double copy_free = out.timing.copy_free;
+
+  // Pin the predicted next-layer experts already cached, so that neither this layer's fetches nor
+  // the prefetches evict what the next layer is about to use; unpinned before returning.
+  const bool use_hints = cached && policy_.wants_prefetch() && in.n_hints > 0 && in.layer + 1 < L;
+  hint_pins_.clear();
+  if (use_hints) {
+    for (int h = 0; h < in.n_hints; ++h) {
+      HM_CHECK(in.hints[h] >= 0 && in.hints[h] < E, "hint expert id must be in [0, ", E, "), got ",
+               in.hints[h]);
+      const int slot = cache_.lookup(in.layer + 1, in.hints[h]);
+      if (slot >= 0) {
+        cache_.pin(slot);
+        hint_pins_.push_back(slot);
+      }
+    }
+  }
 
   // Demand fetches, in the copy order the split assumed (ascending completion).
   order_.clear();
@@ -139,7 +161,6 @@ void Scheduler::plan_layer(const PlanInput& in, LayerPlan& out) {
 
   // Background copies use only the copy engine's idle time before the layer ends.
   const double horizon = out.timing.finish;
-  const double t_copy = cost_.t_copy();
   auto background = [&](CopyKind kind, int layer, int expert, double imminent) {
     if (copy_free >= horizon) return false;
     CopyRequest req;
@@ -157,23 +178,11 @@ void Scheduler::plan_layer(const PlanInput& in, LayerPlan& out) {
     return true;
   };
 
-  if (cached && policy_.wants_prefetch() && in.n_hints > 0 && in.layer + 1 < L) {
-    // Pin the predicted experts already cached so the prefetches do not evict them.
-    hint_pins_.clear();
-    for (int h = 0; h < in.n_hints; ++h) {
-      HM_CHECK(in.hints[h] >= 0 && in.hints[h] < E, "hint expert id must be in [0, ", E, "), got ",
-               in.hints[h]);
-      const int slot = cache_.lookup(in.layer + 1, in.hints[h]);
-      if (slot >= 0) {
-        cache_.pin(slot);
-        hint_pins_.push_back(slot);
-      }
-    }
+  if (use_hints) {
     for (int h = 0; h < in.n_hints; ++h) {
       if (cache_.lookup(in.layer + 1, in.hints[h]) >= 0) continue;
       if (!background(CopyKind::kPrefetch, in.layer + 1, in.hints[h], in.hint_probability)) break;
     }
-    for (int slot : hint_pins_) cache_.unpin(slot);
   }
   if (cached && (mode == MissMode::kCpuAdmit || mode == MissMode::kSchedule)) {
     for (int i = 0; i < n; ++i) {
@@ -182,6 +191,8 @@ void Scheduler::plan_layer(const PlanInput& in, LayerPlan& out) {
       if (!background(CopyKind::kAdmit, in.layer, out.experts[i].expert, 0.0)) break;
     }
   }
+  for (int slot : hint_pins_) cache_.unpin(slot);
+  hint_pins_.clear();
   out.copy_free = copy_free;
 }
 

@@ -68,11 +68,21 @@ SimResult simulate(const TraceView& tr, const HardwareProfile& profile, const Ex
 
   // Frequency profile (static) and next uses (oracle), computed once before the replay.
   const std::size_t LE = static_cast<std::size_t>(L) * E;
+  if (!cfg.static_profile.empty()) {
+    HM_CHECK(cfg.static_profile.size() == LE, "static_profile must have n_layer * n_expert = ", LE,
+             " entries, got ", cfg.static_profile.size());
+    for (double f : cfg.static_profile)
+      HM_CHECK(f >= 0 && std::isfinite(f), "static_profile entries must be finite and >= 0, got ", f);
+  }
   if (std::string(policy->name()) == "static") {
-    std::vector<double> freq(LE, 0.0);
-    for (int64_t i = 0; i < tr.n_tokens * L * K; ++i)
-      if (!tr.computed || tr.computed[i / K]) freq[(i / K) % L * E + tr.ids[i]] += 1.0;
-    policy->warm_start(cache, freq);
+    if (cfg.static_profile.empty()) {
+      std::vector<double> freq(LE, 0.0);
+      for (int64_t i = 0; i < tr.n_tokens * L * K; ++i)
+        if (!tr.computed || tr.computed[i / K]) freq[(i / K) % L * E + tr.ids[i]] += 1.0;
+      policy->warm_start(cache, freq);
+    } else {
+      policy->warm_start(cache, cfg.static_profile);
+    }
   }
   std::vector<int64_t> next_use;  // [n_tokens * L * K] step of the next use of that (layer, expert)
   if (policy->needs_future()) {

@@ -37,6 +37,10 @@ struct SimConfig {
   double predictor_accuracy = 0.8;   // chance each next-layer hint is a true expert (value only)
   uint64_t seed = 0;                 // predictor's random errors
   ValueParams value;
+  // static's frequency profile, [n_layer * n_expert] use counts (any non-negative scale). Empty:
+  // counted from the trace being replayed (an optimistic static: it knows the run it is scored
+  // on); pass a profile from other prompts for KTransformers' real setting.
+  std::vector<double> static_profile;
 };
 
 struct SimLayerStats {

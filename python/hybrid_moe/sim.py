@@ -89,6 +89,7 @@ def simulate(
     hidden: int | None = None,
     intermediate: int | None = None,
     value_params: dict[str, float] | None = None,
+    static_profile: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Replay `trace` under `policy` with a cache of `budget` (see parse_budget) on `profile`.
 
@@ -97,6 +98,8 @@ def simulate(
     {cpu,gpu,copy}_busy fractions of total time, per-layer stats in `layers`, counts of copies by
     kind, plus the inputs (policy, budget_slots, budget_fraction, profile, fmt).
     predictor_accuracy: chance each next-layer prefetch hint is right (used by `value`).
+    static_profile: float [n_layer, n_expert] use counts that `static` places by (see
+    profile_from_heat, profile_from_trace); None: counted from `trace` itself (optimistic).
     """
     if not isinstance(trace, RouteTrace):
         raise ValueError(f"trace must be a hybrid_moe.trace_model.RouteTrace, got {type(trace).__name__}")
@@ -118,13 +121,60 @@ def simulate(
         raise ValueError(f"budget {budget!r} gives {slots} expert slots, fewer than top_k = "
                          f"{trace.top_k}: the cache must hold at least one layer's experts")
     slots = min(slots, total)
+    if static_profile is None:
+        prof_arr = np.zeros(0, dtype=np.float64)
+    else:
+        prof_arr = np.ascontiguousarray(static_profile, dtype=np.float64)
+        if prof_arr.shape != (trace.n_layer, trace.n_expert):
+            raise ValueError(f"static_profile must have shape (n_layer, n_expert) = "
+                             f"{(trace.n_layer, trace.n_expert)}, got {prof_arr.shape}")
+        if not np.all(np.isfinite(prof_arr)) or (prof_arr < 0).any():
+            raise ValueError("static_profile must hold finite counts >= 0")
+        prof_arr = prof_arr.reshape(-1)
     computed = getattr(trace, "computed", None)
     computed = (np.ascontiguousarray(computed, dtype=np.uint8) if computed is not None
                 else np.zeros(0, dtype=np.uint8))
     r = native.simulate(trace.ids, trace.weights, trace.step_offsets, trace.phase, computed,
                         trace.n_layer, trace.n_expert, trace.top_k, to_native(prof), fmt,
                         int(hidden), int(intermediate), policy, int(slots),
-                        float(predictor_accuracy), int(seed), dict(value_params or {}))
+                        float(predictor_accuracy), int(seed), dict(value_params or {}), prof_arr)
     r.update(budget_slots=int(slots), budget_fraction=slots / total, profile=prof["name"], fmt=fmt,
              expert_bytes=ebytes, predictor_accuracy=predictor_accuracy)
     return r
+
+
+def profile_from_trace(trace: RouteTrace, decode_only: bool = True) -> np.ndarray:
+    """float64 [n_layer, n_expert]: how often each (layer, expert) is selected in `trace` (its
+    decode steps only by default; rows the source did not compute are skipped). A static profile
+    taken from OTHER tokens than the ones scored (e.g. a continuation of a synthetic run)."""
+    ids = np.asarray(trace.ids)
+    keep = np.ones(ids.shape[:2], dtype=bool)
+    computed = getattr(trace, "computed", None)
+    if computed is not None and np.size(computed):
+        keep &= np.asarray(computed, dtype=bool)
+    if decode_only:
+        per_step = np.diff(np.asarray(trace.step_offsets))
+        token_phase = np.repeat(np.asarray(trace.phase), per_step)
+        keep &= (token_phase == 1)[:, None]
+    out = np.zeros((trace.n_layer, trace.n_expert), dtype=np.float64)
+    layer = np.broadcast_to(np.arange(trace.n_layer)[None, :, None], ids.shape)
+    sel = np.broadcast_to(keep[:, :, None], ids.shape)
+    np.add.at(out, (layer[sel], ids[sel]), 1.0)
+    return out
+
+
+def profile_from_heat(path: str | Path) -> np.ndarray:
+    """float64 [n_layer, n_expert]: the per-layer `heat` counts of a co-activation profile JSON
+    (e.g. ../shared/traces/qwen3-30b-a3b.coactivation.json: 200 other prompts of the model), the
+    frequency profile KTransformers-style static placement takes from prompts other than the run."""
+    import json
+
+    data = json.loads(Path(path).read_text())
+    try:
+        rows = [layer["heat"] for layer in data["layers"]]
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{path}: expected a JSON object with layers[].heat, missing {e}") from None
+    out = np.asarray(rows, dtype=np.float64)
+    if out.ndim != 2:
+        raise ValueError(f"{path}: every layer's heat must have the same length, got ragged rows")
+    return out

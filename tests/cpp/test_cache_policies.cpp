@@ -1,7 +1,9 @@
 // ExpertCache and policies: LRU / LFU order on hand-made sequences, Belady against a brute-force
-// optimum, pins, consistency, bad inputs.
+// optimum, pins, consistency, bad inputs; the value policy's math against plain libm sums.
 #include <algorithm>
+#include <cmath>
 #include <functional>
+#include <limits>
 #include <random>
 #include <set>
 
@@ -184,4 +186,56 @@ HM_TEST(cache_bad_inputs) {
   HM_EXPECT_THROWS(make_policy("value", vp), hm::ValueError);
   HM_EXPECT(policy_names().size() == 7);
   for (const auto& n : policy_names()) HM_EXPECT(std::string(make_policy(n)->name()) == n);
+}
+
+HM_TEST(value_math_matches_libm) {
+  // The value policy's table-based helpers against libm on random inputs (never zeros).
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<double> mant(0.0, 1.0), ex(-40.0, 40.0), big(-900.0, 900.0);
+  for (int i = 0; i < 20000; ++i) {
+    const double x = (0.5 + mant(rng)) * std::exp2(std::floor(ex(rng)));
+    HM_EXPECT_NEAR(value_math::fast_log2(x), std::log2(x), 1e-5);
+    const double y = big(rng);
+    HM_EXPECT_NEAR(value_math::fast_exp2(y) / std::exp2(y), 1.0, 1e-5);
+    const double a = big(rng), b = a + ex(rng);
+    const double hi = std::max(a, b), want = hi + std::log2(std::exp2(a - hi) + std::exp2(b - hi));
+    HM_EXPECT_NEAR(value_math::log2_add(a, b), want, 1e-5);
+  }
+  const double ninf = -std::numeric_limits<double>::infinity();
+  HM_EXPECT(value_math::log2_add(ninf, 3.5) == 3.5 && value_math::log2_add(2.0, ninf) == 2.0);
+}
+
+HM_TEST(value_policy_key_matches_plain_sum) {
+  // key = log2 sum_uses w * 2^(step / halflife) with w = (1 - mix) + mix * top_k * weight, checked
+  // against the sum computed in long double with libm, for both weight mixes.
+  CostModel cost(round_profile(), make_expert_layout(WeightFormat::kBF16, 2048, 768));
+  for (double mix : {0.0, 0.5}) {
+    ValueParams vp;
+    vp.weight_mix = mix;
+    vp.halflife_steps = 6.0;
+    auto p = make_policy("value", vp);
+    p->reset(3, 10, 4, cost);
+    std::mt19937 rng(5);
+    std::vector<long double> sum(30, 0.0L);
+    for (int64_t step = 0; step < 400; ++step)
+      for (int j = 0; j < 4; ++j) {
+        Access a;
+        a.layer = static_cast<int>(rng() % 3);
+        a.expert = static_cast<int>(rng() % 10);
+        a.weight = 0.05f + 0.4f * static_cast<float>(rng() % 1000) / 1000.f;
+        a.step = step;
+        p->on_access(a);
+        const long double w = (1 - mix) + mix * 4 * a.weight;
+        sum[a.layer * 10 + a.expert] += w * std::exp2(static_cast<long double>(step) / 6.0L);
+      }
+    for (int i = 0; i < 30; ++i) {
+      if (sum[i] == 0) continue;
+      const double want = static_cast<double>(std::log2(sum[i]));
+      HM_EXPECT_NEAR(p->key(i / 10, i % 10), want, 1e-4);
+      // value = S(now) * (1 - 2^(-1/h)) * horizon * saved_per_use, S(now) = sum * 2^(-now/h).
+      const double s_now = static_cast<double>(sum[i] * std::exp2(-400.0L / 6.0L));
+      const double want_us = s_now * (1 - std::exp2(-1.0 / 6.0)) * vp.horizon_steps * cost.saved_per_use();
+      HM_EXPECT_NEAR(value_estimate_us(*p, i / 10, i % 10, 400) / want_us, 1.0, 1e-4);
+    }
+  }
 }

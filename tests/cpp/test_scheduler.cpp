@@ -124,3 +124,41 @@ HM_TEST(scheduler_budget_smaller_than_k) {
   Scheduler ok(cache, *cpu, cost, 8);  // the cpu policy needs no slots
   HM_EXPECT_THROWS(Scheduler(cache, *lru, cost, 17), hm::ValueError);
 }
+
+HM_TEST(scheduler_hints_protect_next_layer_experts_from_demand_victims) {
+  // Full cache of 2 slots: (1, 3), a predicted expert of the next layer, has the smallest key and
+  // would be the victim of layer 0's demand fetch; the hint pins it, so (0, 5) is evicted instead.
+  // Without the hint the same plan evicts (1, 3): the pin, not the keys, decides.
+  auto prof = hm::test::round_profile();
+  prof.h2d_gbps = 1e4;  // copies far cheaper than the CPU: the split fetches the miss
+  prof.copy_latency_us = 0.1;
+  CostModel cost(prof, make_expert_layout(WeightFormat::kBF16, 2048, 768));
+  for (bool with_hint : {true, false}) {
+    ExpertCache cache(2, 8, 2);
+    auto policy = make_policy("value");
+    Scheduler s(cache, *policy, cost, 1);
+    cache.preload(1, 3, -100.0);  // never accessed: value 0, lowest key
+    cache.preload(0, 5, -50.0);
+    Selected sel;
+    sel.expert = 2;
+    sel.weight = 1.f;
+    const int hint = 3;
+    PlanInput in;
+    in.layer = 0;
+    in.selected = &sel;
+    in.n_selected = 1;
+    in.queues = {0, 0, 0, 0};
+    in.hints = with_hint ? &hint : nullptr;
+    in.n_hints = with_hint ? 1 : 0;
+    in.hint_probability = 0.9;
+    LayerPlan plan;
+    s.plan_layer(in, plan);
+    HM_EXPECT(plan.n_demand == 1 && plan.n_staging == 0);
+    HM_EXPECT(cache.lookup(0, 2) >= 0);
+    HM_EXPECT((cache.lookup(1, 3) >= 0) == with_hint);
+    HM_EXPECT((cache.lookup(0, 5) >= 0) == !with_hint);
+    s.release(plan);
+    for (int sl = 0; sl < cache.n_slots(); ++sl) HM_EXPECT(cache.pins(sl) == 0);  // hints unpinned
+    HM_EXPECT(cache.consistent());
+  }
+}
