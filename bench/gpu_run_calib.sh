@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU machine, one call (issue 6 points 5 and 7): build (sm_90), the calibrate and decode-benchmark
 # tests, `hybrid-moe calibrate` (full, must finish < 60 s), then `hybrid-moe bench decode`:
-#   quick: 8 layers, bf16 + q8_0, budgets 10/25/50%, 5 policies, real trace + synthetic (~3 min);
+#   quick: 6 layers, bf16 + q8_0, budgets 10/25/50%, 5 policies, real trace + synthetic (~3 min);
 #   full headline: 48 layers (the whole Qwen3-30B-A3B), bf16, budget 25%, real trace, 5 policies.
 # The real trace travels in .carry/traces (copy of ../shared/traces/qwen3-30b-a3b.top6.route.csv;
 # carry ".carry"). Every stage is time-boxed so the whole call stays under 10 minutes.
@@ -32,8 +32,8 @@ stage "calibrate (full)"
 timeout 100 $HM calibrate --base h200-lent --name h200-calibrated --out "$OUT/profile.json" 2>&1 | tee -a "$LOG" | tail -45
 [ -f "$OUT/profile.json" ] || { echo "calibration failed"; exit 1; }
 
-stage "bench decode --quick (8 layers, both formats, 3 budgets, 5 policies, real + synthetic)"
-timeout 260 $HM bench decode --quick --trace "$TRACE" --synthetic qwen3-30b-a3b --profile "$OUT/profile.json" \
+stage "bench decode --quick (6 layers, both formats, 3 budgets, 5 policies, real + synthetic)"
+timeout 300 $HM bench decode --quick --trace "$TRACE" --synthetic qwen3-30b-a3b --profile "$OUT/profile.json" \
   --json "$OUT/decode_quick.json" --plot "$OUT/decode_quick.png" >> "$LOG" 2>&1
 echo "rc=$?" | tee -a "$LOG"
 

@@ -809,7 +809,7 @@ def plot(result: dict, path: str | Path) -> None:
 
 
 def quick_config(cfg: DecodeBenchConfig) -> DecodeBenchConfig:
-    """--quick: 8 layers, 12 warm-up and 32 measured tokens per configuration."""
+    """--quick: 6 layers, 12 warm-up and 32 measured tokens per configuration."""
     return replace(
-        cfg, layers=min(cfg.layers, 8), tokens=min(cfg.tokens, 32), warmup=min(cfg.warmup, 12)
+        cfg, layers=min(cfg.layers, 6), tokens=min(cfg.tokens, 32), warmup=min(cfg.warmup, 12)
     )

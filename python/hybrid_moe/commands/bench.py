@@ -40,7 +40,7 @@ def register(sub) -> None:
     d.add_argument(
         "--hint-accuracy", type=float, default=0.8, help="next-layer prefetch hint accuracy"
     )
-    d.add_argument("--quick", action="store_true", help="8 layers, 12 warm-up + 32 measured tokens")
+    d.add_argument("--quick", action="store_true", help="6 layers, 12 warm-up + 32 measured tokens")
     d.add_argument("--json", help="write every configuration's numbers as JSON")
     d.add_argument("--plot", help="write a plot (PNG) of tokens/s against budget per policy")
     d.set_defaults(func=run_decode_bench)
