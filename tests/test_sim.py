@@ -165,7 +165,8 @@ def test_profile_from_heat(tmp_path):
     rng = np.random.default_rng(1)
     heat = rng.integers(1, 100, size=(4, 16))
     f = tmp_path / "heat.json"
-    f.write_text(json.dumps({"layers": [{"layer": i, "heat": h.tolist()} for i, h in enumerate(heat)]}))
+    rows = [{"layer": i, "heat": h.tolist()} for i, h in enumerate(heat)]
+    f.write_text(json.dumps({"layers": rows}))
     np.testing.assert_array_equal(profile_from_heat(f), heat)
     f.write_text(json.dumps({"layers": [{"layer": 0}]}))
     with pytest.raises(ValueError, match="layers\\[\\].heat"):

@@ -173,7 +173,8 @@ def profile_from_heat(path: str | Path) -> np.ndarray:
     try:
         rows = [layer["heat"] for layer in data["layers"]]
     except (KeyError, TypeError) as e:
-        raise ValueError(f"{path}: expected a JSON object with layers[].heat, missing {e}") from None
+        raise ValueError(f"{path}: expected a JSON object with layers[].heat, "
+                         f"missing {e}") from None
     out = np.asarray(rows, dtype=np.float64)
     if out.ndim != 2:
         raise ValueError(f"{path}: every layer's heat must have the same length, got ragged rows")
