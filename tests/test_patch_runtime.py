@@ -82,17 +82,20 @@ def test_cuda_graph_replay_of_moe_blocks(cuda_device):
     patch(model, rt)
     blocks = patched_blocks(model)
 
-    def step(x):
-        for b in blocks:
-            out = b(x)
-            x = (out[0] if isinstance(out, tuple) else out) + x
-        return x
+    # Each block is compared on its own captured input, so a near-tie top-k flip between the
+    # graph and the float32 reference cannot carry from block 0 into block 1.
+    ins: list[torch.Tensor] = []
 
-    def reference(x):
-        for b in want_blocks:
+    def step(x):
+        ins.clear()
+        outs = []
+        for b in blocks:
+            ins.append(x)
             out = b(x)
-            x = (out[0] if isinstance(out, tuple) else out) + x
-        return x
+            out = out[0] if isinstance(out, tuple) else out
+            outs.append(out)
+            x = out + x
+        return outs
 
     static_x = torch.randn(1, 1, 64, device=cuda_device)
     with torch.no_grad():
@@ -105,16 +108,19 @@ def test_cuda_graph_replay_of_moe_blocks(cuda_device):
         rt.synchronize()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            static_out = step(static_x)
+            static_outs = step(static_x)
+        static_ins = list(ins)
         g = torch.Generator().manual_seed(2)
         for _ in range(50):
             static_x.copy_(torch.randn(1, 1, 64, generator=g).to(cuda_device))
             graph.replay()
             torch.cuda.synchronize()
             rt.check()
-            want = reference(static_x.clone())
-            err = float((static_out - want).abs().max() / want.abs().max())
-            assert err < 3e-2, err
+            for b, x_in, got in zip(want_blocks, static_ins, static_outs, strict=True):
+                want = b(x_in.clone())
+                want = want[0] if isinstance(want, tuple) else want
+                err = float((got - want).abs().max() / want.abs().max())
+                assert err < 3e-2, err
     rt.synchronize()
     st = rt.stats()
     assert st["forwards"] >= 2 * 53 and st["cpu_pairs"] + st["gpu_pairs"] == st["pairs"]

@@ -112,9 +112,9 @@ def _resolve_make_layer(runtime, make_layer) -> MakeLayer:
     if isinstance(runtime, Runtime):
         return _runtime_make_layer(runtime)
     if not callable(runtime):
-        raise TypeError(f"runtime must be a hybrid_moe.Runtime or a callable make_layer(spec: "
-                        f"MoEBlockSpec) -> nn.Module (an expert executor with forward(hidden [T,H], "
-                        f"topk_ids [T,k], topk_weights [T,k]) -> [T,H]); got "
+        raise TypeError(f"runtime must be callable as make_layer(spec: MoEBlockSpec) -> nn.Module "
+                        f"(an expert executor with forward(hidden [T,H], topk_ids [T,k], "
+                        f"topk_weights [T,k]) -> [T,H]) or be a hybrid_moe.Runtime; got "
                         f"{type(runtime).__name__}")
     return runtime
 

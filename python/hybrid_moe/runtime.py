@@ -255,7 +255,9 @@ class Runtime:
         gpu_us (measured; cpu_timed / gpu_timed steps), hit_rate (hits / experts).
         Totals: the same keys summed, hit_rate, n_slots, resident_experts, hint_accuracy,
         cost_scale {cpu, gpu, copy} (observed / profile), mover {copies_done, bytes_copied,
-        dropped, waits_for_release}, policy, device, budget, budget_ignored."""
+        dropped, waits_for_release}, policy, device, budget, budget_ignored. On a GPU runtime it
+        first waits for the queued steps (torch.cuda.synchronize), so call it off the hot path."""
+        self._settle()
         out: dict[str, Any] = {"policy": self.policy, "device": str(self.device),
                                "budget": self.budget, "budget_ignored": self.budget_ignored,
                                "started": self.started, "n_slots": self.n_slots}
@@ -277,8 +279,17 @@ class Runtime:
         return out
 
     def reset_stats(self) -> None:
+        """Zero the counters (after the steps already queued on the GPU have been counted)."""
+        self._settle()
         if self._native is not None:
             self._native.reset_stats()
+
+    def _settle(self) -> None:
+        # GPU steps are counted by host functions that run when the stream reaches them: wait for
+        # queued work so stats() / reset_stats() see every step issued so far (not while capturing).
+        if (self.device.type == "cuda" and self._native is not None
+                and not torch.cuda.is_current_stream_capturing()):
+            torch.cuda.synchronize(self.device)
 
     def __repr__(self) -> str:
         return (f"Runtime(budget={self.budget!r}, policy={self.policy!r}, device={self.device}, "
