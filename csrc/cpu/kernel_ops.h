@@ -28,6 +28,12 @@ struct QuantBlockQ8 {
 };
 static_assert(sizeof(QuantBlockQ8) == 36, "activation Q8 block is 36 bytes");
 
+// Software prefetch distance of the SIMD variants, bytes ahead in each weight-row stream:
+// HYBRID_MOE_PREFETCH if set (0 turns software prefetch off), else kDefaultPrefetchBytes. Read
+// once; a malformed value raises hm::ValueError on first use.
+inline constexpr int kDefaultPrefetchBytes = 1024;
+int prefetch_bytes();
+
 // Group size from which the AMX variant uses tiles (below it, its AVX512 code).
 inline constexpr int kAmxMinTokens = 8;
 

@@ -1,16 +1,28 @@
 // [NOTE] AVX512 variant (built with -mavx512bf16 -mavx512vnni, run when CPUID allows it).
+// At T = 1 the layer is pure weight streaming, so both formats are written to keep the memory
+// system busy: 4 weight rows per pass (4 independent streams, 4 x NT accumulator chains), few
+// instructions per weight byte (so the out-of-order window spans many cache lines), and software
+// prefetch of each stream prefetch_bytes() ahead (HYBRID_MOE_PREFETCH). A stream that runs past
+// the end of its row continues at the same row of the next 4-row pass, as the loads will.
 // BF16: activations rounded to bf16 once per group, dot products with vdpbf16ps (fp32 sums),
 //   32 values per instruction; a row tail (n % 32) is read with a masked load, the activation
-//   buffer is zero-padded to 32. Blocking: 2 weight rows x up to 4 tokens share each load.
-// Q8_0: reads the GGUF blocks in place (34 bytes, no repacking). AVX512-VNNI only has u8 x s8
-//   (vpdpbusd), so per block: |w| as u8 and x with w's sign moved onto it (x in [-127, 127], so
-//   negation never overflows), int32 block sums, then fp32 fma with d_w * d_x.
+//   buffer is zero-padded to 32. Blocking: 4 weight rows x up to 4 tokens share each load.
+// Q8_0: reads the GGUF blocks in place (34 bytes, no repacking), two blocks per 512-bit register.
+//   vpdpbusd multiplies u8 x s8, so the activations are stored as u8 (q + 128, q in [-127, 127])
+//   and the weights stay signed: sum (q_x + 128) q_w - 128 sum q_w = sum q_x q_w exactly, where
+//   the correction 128 sum q_w is one more vpdpbusd per weight register, shared by all tokens
+//   (this replaces the per-token sign trick). Per block pair and row: the two fp16 scales become
+//   one 16-lane vector (lanes 0-7 d_w[b], 8-15 d_w[b+1]); the activation scales are stored
+//   pre-expanded the same way, so scaling is one multiply + one fma per pair and token.
+//   Packed Q8 buffer per group: [QuantBlockQ8 n_tok x nb (what the AMX variant repacks)]
+//   [u8 activations n_tok x n][expanded scales n_tok x nb x 8 floats].
 // GCC 12's _mm512_reduce_add_ps trips -Wuninitialized inside its own header (false positive).
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "cpu/kernel_ops.h"
 #include "cpu/numeric.h"
@@ -20,18 +32,44 @@ namespace {
 
 inline int64_t round32(int64_t n) { return (n + 31) / 32 * 32; }
 
+constexpr int kRows = 4;  // weight rows per pass
+
+// Byte offsets of the parts of a Q8 packed buffer (see [NOTE]).
+struct Q8Parts {
+  std::size_t u8, scales, total;
+};
+inline Q8Parts q8_parts(int n_tok, int64_t n) {
+  const auto nt = static_cast<std::size_t>(n_tok);
+  const auto nb = static_cast<std::size_t>(n / kQ8BlockSize);
+  Q8Parts p;
+  p.u8 = align_up(nt * nb * sizeof(QuantBlockQ8), 64);
+  p.scales = p.u8 + align_up(nt * static_cast<std::size_t>(n), 64);
+  p.total = p.scales + nt * nb * 8 * sizeof(float);
+  return p;
+}
+
 std::size_t avx_packed_bytes(WeightFormat f, int n_tok, int64_t n) {
   if (f == WeightFormat::kBF16) return static_cast<std::size_t>(n_tok) * round32(n) * 2;
-  return static_cast<std::size_t>(n_tok) * (n / kQ8BlockSize) * sizeof(QuantBlockQ8);
+  return q8_parts(n_tok, n).total;
 }
 
 void avx_pack(WeightFormat f, int n_tok, int64_t n, int64_t k0, int64_t k1,
               const float* const* src, uint8_t* packed) {
   if (f == WeightFormat::kQ8_0) {
+    const int64_t nb = n / kQ8BlockSize;
+    const Q8Parts parts = q8_parts(n_tok, n);
     for (int t = 0; t < n_tok; ++t) {
-      auto* blocks = reinterpret_cast<QuantBlockQ8*>(packed) + t * (n / kQ8BlockSize);
-      for (int64_t k = k0; k < k1; k += kQ8BlockSize)
-        quantize_block_q8(src[t] + (k - k0), &blocks[k / kQ8BlockSize]);
+      auto* blocks = reinterpret_cast<QuantBlockQ8*>(packed) + t * nb;
+      uint8_t* u8 = packed + parts.u8 + static_cast<std::size_t>(t) * n;
+      float* scales = reinterpret_cast<float*>(packed + parts.scales) + t * nb * 8;
+      for (int64_t k = k0; k < k1; k += kQ8BlockSize) {
+        const int64_t b = k / kQ8BlockSize;
+        QuantBlockQ8& blk = blocks[b];
+        quantize_block_q8(src[t] + (k - k0), &blk);
+        for (int i = 0; i < kQ8BlockSize; ++i)
+          u8[k + i] = static_cast<uint8_t>(static_cast<int>(blk.q[i]) + 128);
+        for (int i = 0; i < 8; ++i) scales[b * 8 + i] = blk.d;
+      }
     }
     return;
   }
@@ -44,21 +82,53 @@ void avx_pack(WeightFormat f, int n_tok, int64_t n, int64_t k0, int64_t k1,
   }
 }
 
-inline float hsum256(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
+// Software prefetch of R row streams, `dist` bytes ahead of the loads. Row j of the current pass
+// is at w + j * stride and is `row_len` bytes long; the stream continues with row j + R, j + 2R,
+// ... (the next passes), and stops at row `rows_left` (rows of this call from the current pass
+// on), so that nothing beyond the caller's rows is fetched.
+template <int R>
+struct RowPrefetcher {
+  const uint8_t* w;
+  std::size_t stride, row_len, off;
+  int64_t ahead_rows, rows_left;
+  bool on;
+  RowPrefetcher(const uint8_t* w_, std::size_t stride_, std::size_t row_len_, int64_t rows_left_,
+                bool enabled)
+      : w(w_), stride(stride_), row_len(row_len_), off(0), ahead_rows(0), rows_left(rows_left_) {
+    const std::size_t dist = static_cast<std::size_t>(prefetch_bytes());
+    on = enabled && dist > 0;
+    off = dist;
+    while (on && off >= row_len) {
+      off -= row_len;
+      ahead_rows += R;
+    }
+  }
+  // Call once per step of `step` bytes consumed in each row.
+  inline void step(std::size_t bytes) {
+    if (!on) return;
+    for (int j = 0; j < R; ++j)
+      if (j + ahead_rows < rows_left)
+        _mm_prefetch(reinterpret_cast<const char*>(w + (j + ahead_rows) * stride + off),
+                     _MM_HINT_T0);
+    off += bytes;
+    if (off >= row_len) {
+      off -= row_len;
+      ahead_rows += R;
+    }
+  }
+};
 
+// y[t * ldy + r] for R rows x NT tokens. rows_left: rows of the call from this pass on (prefetch).
 template <int R, int NT>
 inline void bf16_block(const uint8_t* w, std::size_t stride, int64_t n_in, const uint16_t* act,
-                       int64_t act_stride, float* y, int64_t ldy) {
+                       int64_t act_stride, float* y, int64_t ldy, int64_t rows_left, bool pf) {
   __m512 acc[R][NT];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_setzero_ps();
+  RowPrefetcher<R> pre(w, stride, static_cast<std::size_t>(n_in) * 2, rows_left, pf);
   int64_t k = 0;
   for (; k + 32 <= n_in; k += 32) {
+    pre.step(64);
     __m512i a[NT];
     for (int t = 0; t < NT; ++t) a[t] = _mm512_loadu_si512(act + t * act_stride + k);
     for (int r = 0; r < R; ++r) {
@@ -81,67 +151,116 @@ inline void bf16_block(const uint8_t* w, std::size_t stride, int64_t n_in, const
     for (int t = 0; t < NT; ++t) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
+// The two fp16 scales of blocks b and b+1 (at blk and blk + 34) as lanes 0-7 and 8-15.
+inline __m512 q8_pair_scales(const uint8_t* blk) {
+  uint16_t d0, d1;
+  std::memcpy(&d0, blk, 2);
+  std::memcpy(&d1, blk + kQ8BlockBytes, 2);
+  const __m256i h = _mm256_inserti128_si256(
+      _mm256_castsi128_si256(_mm_set1_epi16(static_cast<short>(d0))),
+      _mm_set1_epi16(static_cast<short>(d1)), 1);
+  return _mm512_cvtph_ps(h);
+}
+
+// Q8: R rows x NT tokens. u8: token 0's u8 activations (token t at + t * n_in); sc: token 0's
+// expanded scales (token t at + t * nb * 8).
 template <int R, int NT>
-inline void q8_block(const uint8_t* w, std::size_t stride, int64_t nb, const QuantBlockQ8* act,
-                     int64_t act_stride, float* y, int64_t ldy) {
-  __m256 acc[R][NT];
+inline void q8_block(const uint8_t* w, std::size_t stride, int64_t nb, const uint8_t* u8,
+                     const float* sc, float* y, int64_t ldy, int64_t rows_left, bool pf) {
+  const int64_t n_in = nb * kQ8BlockSize;
+  __m512 acc[R][NT];
   for (int r = 0; r < R; ++r)
-    for (int t = 0; t < NT; ++t) acc[r][t] = _mm256_setzero_ps();
-  const __m256i zero = _mm256_setzero_si256();
-  for (int64_t b = 0; b < nb; ++b) {
-    __m256i aw[R];
-    __mmask32 neg[R];
-    float dw[R];
+    for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_setzero_ps();
+  const __m512i c128 = _mm512_set1_epi8(static_cast<char>(0x80));
+  const __m512i zero = _mm512_setzero_si512();
+  RowPrefetcher<R> pre(w, stride, static_cast<std::size_t>(nb) * kQ8BlockBytes, rows_left, pf);
+  int64_t b = 0;
+  for (; b + 2 <= nb; b += 2) {
+    pre.step(2 * kQ8BlockBytes);
+    __m512i xv[NT];
+    __m512 dx[NT];
+    for (int t = 0; t < NT; ++t) {
+      xv[t] = _mm512_loadu_si512(u8 + t * n_in + b * kQ8BlockSize);
+      dx[t] = _mm512_loadu_ps(sc + (t * nb + b) * 8);
+    }
     for (int r = 0; r < R; ++r) {
       const uint8_t* blk = w + r * stride + b * kQ8BlockBytes;
-      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
-      aw[r] = _mm256_abs_epi8(q);
-      neg[r] = _mm256_movepi8_mask(q);
-      uint16_t d;
-      __builtin_memcpy(&d, blk, 2);
-      dw[r] = _cvtsh_ss(d);
+      const __m512i q = _mm512_inserti64x4(
+          _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2))),
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + kQ8BlockBytes + 2)), 1);
+      const __m512 dw = q8_pair_scales(blk);
+      // -128 * (sum of each 4 weights): start value of every token's vpdpbusd.
+      const __m512i neg_corr = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, c128, q));
+      for (int t = 0; t < NT; ++t) {
+        const __m512i dp = _mm512_dpbusd_epi32(neg_corr, xv[t], q);
+        const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(dp), dx[t]);
+        acc[r][t] = _mm512_fmadd_ps(f, dw, acc[r][t]);
+      }
     }
+  }
+  if (b < nb) {  // odd block count: the last block in the low 256 bits, high lanes left as they are
+    __m512i xv[NT];
+    __m512 dx[NT];
     for (int t = 0; t < NT; ++t) {
-      const QuantBlockQ8& a = act[t * act_stride + b];
-      const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q));
-      for (int r = 0; r < R; ++r) {
-        const __m256i sx = _mm256_mask_sub_epi8(xq, neg[r], zero, xq);
-        const __m256i dp = _mm256_dpbusd_epi32(zero, aw[r], sx);
-        acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dp), _mm256_set1_ps(dw[r] * a.d), acc[r][t]);
+      xv[t] = _mm512_zextsi256_si512(_mm256_loadu_si256(
+          reinterpret_cast<const __m256i*>(u8 + t * n_in + b * kQ8BlockSize)));
+      dx[t] = _mm512_maskz_loadu_ps(0x00ff, sc + (t * nb + b) * 8);
+    }
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* blk = w + r * stride + b * kQ8BlockBytes;
+      const __m512i q = _mm512_zextsi256_si512(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2)));
+      uint16_t d0;
+      std::memcpy(&d0, blk, 2);
+      const __m512 dw = _mm512_cvtph_ps(_mm256_set1_epi16(static_cast<short>(d0)));
+      const __m512i neg_corr = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, c128, q));
+      for (int t = 0; t < NT; ++t) {
+        const __m512i dp = _mm512_dpbusd_epi32(neg_corr, xv[t], q);
+        const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(dp), dx[t]);
+        acc[r][t] = _mm512_mask3_fmadd_ps(f, dw, acc[r][t], 0x00ff);
       }
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int t = 0; t < NT; ++t) y[t * ldy + r] = hsum256(acc[r][t]);
+    for (int t = 0; t < NT; ++t) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
+// R rows, all n_tok tokens in chunks of 4 (weights are prefetched on the first chunk only; the
+// later chunks find the R rows in L1/L2).
 template <int R>
 void bf16_rows(const uint8_t* w, std::size_t stride, int64_t n_in, const uint16_t* act,
-               int64_t act_stride, int n_tok, float* y, int64_t ldy) {
+               int64_t act_stride, int n_tok, float* y, int64_t ldy, int64_t rows_left) {
   int t = 0;
   for (; t + 4 <= n_tok; t += 4)
-    bf16_block<R, 4>(w, stride, n_in, act + t * act_stride, act_stride, y + t * ldy, ldy);
+    bf16_block<R, 4>(w, stride, n_in, act + t * act_stride, act_stride, y + t * ldy, ldy,
+                     rows_left, t == 0);
   const uint16_t* a = act + t * act_stride;
   float* yt = y + t * ldy;
+  const bool pf = t == 0;
   switch (n_tok - t) {
-    case 3: bf16_block<R, 3>(w, stride, n_in, a, act_stride, yt, ldy); break;
-    case 2: bf16_block<R, 2>(w, stride, n_in, a, act_stride, yt, ldy); break;
-    case 1: bf16_block<R, 1>(w, stride, n_in, a, act_stride, yt, ldy); break;
+    case 3: bf16_block<R, 3>(w, stride, n_in, a, act_stride, yt, ldy, rows_left, pf); break;
+    case 2: bf16_block<R, 2>(w, stride, n_in, a, act_stride, yt, ldy, rows_left, pf); break;
+    case 1: bf16_block<R, 1>(w, stride, n_in, a, act_stride, yt, ldy, rows_left, pf); break;
     default: break;
   }
 }
 
 template <int R>
-void q8_rows(const uint8_t* w, std::size_t stride, int64_t nb, const QuantBlockQ8* act, int n_tok,
-             float* y, int64_t ldy) {
+void q8_rows(const uint8_t* w, std::size_t stride, int64_t nb, const uint8_t* u8, const float* sc,
+             int n_tok, float* y, int64_t ldy, int64_t rows_left) {
+  const int64_t n_in = nb * kQ8BlockSize;
   int t = 0;
-  for (; t + 4 <= n_tok; t += 4) q8_block<R, 4>(w, stride, nb, act + t * nb, nb, y + t * ldy, ldy);
-  const QuantBlockQ8* a = act + t * nb;
+  for (; t + 4 <= n_tok; t += 4)
+    q8_block<R, 4>(w, stride, nb, u8 + t * n_in, sc + t * nb * 8, y + t * ldy, ldy, rows_left,
+                   t == 0);
+  const uint8_t* u = u8 + t * n_in;
+  const float* s = sc + t * nb * 8;
   float* yt = y + t * ldy;
+  const bool pf = t == 0;
   switch (n_tok - t) {
-    case 3: q8_block<R, 3>(w, stride, nb, a, nb, yt, ldy); break;
-    case 2: q8_block<R, 2>(w, stride, nb, a, nb, yt, ldy); break;
-    case 1: q8_block<R, 1>(w, stride, nb, a, nb, yt, ldy); break;
+    case 3: q8_block<R, 3>(w, stride, nb, u, s, yt, ldy, rows_left, pf); break;
+    case 2: q8_block<R, 2>(w, stride, nb, u, s, yt, ldy, rows_left, pf); break;
+    case 1: q8_block<R, 1>(w, stride, nb, u, s, yt, ldy, rows_left, pf); break;
     default: break;
   }
 }
@@ -152,16 +271,30 @@ void avx_dot_rows(WeightFormat f, const uint8_t* w, std::size_t row_stride, int6
   if (f == WeightFormat::kBF16) {
     const auto* act = reinterpret_cast<const uint16_t*>(packed);
     const int64_t as = round32(n_in);
-    for (; r + 2 <= rows; r += 2)
-      bf16_rows<2>(w + r * row_stride, row_stride, n_in, act, as, n_tok, y + r, ldy);
-    if (r < rows) bf16_rows<1>(w + r * row_stride, row_stride, n_in, act, as, n_tok, y + r, ldy);
+    for (; r + kRows <= rows; r += kRows)
+      bf16_rows<kRows>(w + r * row_stride, row_stride, n_in, act, as, n_tok, y + r, ldy, rows - r);
+    const uint8_t* wr = w + r * row_stride;
+    switch (rows - r) {
+      case 3: bf16_rows<3>(wr, row_stride, n_in, act, as, n_tok, y + r, ldy, 3); break;
+      case 2: bf16_rows<2>(wr, row_stride, n_in, act, as, n_tok, y + r, ldy, 2); break;
+      case 1: bf16_rows<1>(wr, row_stride, n_in, act, as, n_tok, y + r, ldy, 1); break;
+      default: break;
+    }
     return;
   }
-  const auto* act = reinterpret_cast<const QuantBlockQ8*>(packed);
   const int64_t nb = n_in / kQ8BlockSize;
-  for (; r + 2 <= rows; r += 2)
-    q8_rows<2>(w + r * row_stride, row_stride, nb, act, n_tok, y + r, ldy);
-  if (r < rows) q8_rows<1>(w + r * row_stride, row_stride, nb, act, n_tok, y + r, ldy);
+  const Q8Parts parts = q8_parts(n_tok, n_in);
+  const uint8_t* u8 = packed + parts.u8;
+  const auto* sc = reinterpret_cast<const float*>(packed + parts.scales);
+  for (; r + kRows <= rows; r += kRows)
+    q8_rows<kRows>(w + r * row_stride, row_stride, nb, u8, sc, n_tok, y + r, ldy, rows - r);
+  const uint8_t* wr = w + r * row_stride;
+  switch (rows - r) {
+    case 3: q8_rows<3>(wr, row_stride, nb, u8, sc, n_tok, y + r, ldy, 3); break;
+    case 2: q8_rows<2>(wr, row_stride, nb, u8, sc, n_tok, y + r, ldy, 2); break;
+    case 1: q8_rows<1>(wr, row_stride, nb, u8, sc, n_tok, y + r, ldy, 1); break;
+    default: break;
+  }
 }
 
 }  // namespace

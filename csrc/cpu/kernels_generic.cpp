@@ -2,6 +2,7 @@
 // CPU, and the reference the SIMD variants are tested against. BF16 keeps activations in fp32
 // (exact products); Q8_0 quantises activations per 32-block like the SIMD variants and sums the
 // int8 x int8 products of a block exactly in int32 before scaling by d_w * d_x.
+#include <cstdlib>
 #include <vector>
 
 #include "core/check.h"
@@ -73,6 +74,20 @@ void generic_dot_rows(WeightFormat f, const uint8_t* w, std::size_t row_stride, 
 }
 
 }  // namespace
+
+int prefetch_bytes() {
+  static const int bytes = [] {
+    const char* v = std::getenv("HYBRID_MOE_PREFETCH");
+    if (!v || !*v) return kDefaultPrefetchBytes;
+    char* end = nullptr;
+    const long n = std::strtol(v, &end, 10);
+    HM_CHECK(end && *end == '\0' && n >= 0 && n <= (1 << 20),
+             "environment variable HYBRID_MOE_PREFETCH='", v,
+             "': expected bytes in [0, 1048576] (0: no software prefetch)");
+    return static_cast<int>(n);
+  }();
+  return bytes;
+}
 
 const KernelOps& generic_ops() {
   static const KernelOps ops{Isa::kGeneric, generic_packed_bytes, generic_pack, generic_dot_rows};

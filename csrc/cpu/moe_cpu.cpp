@@ -60,6 +60,13 @@ class ScratchCache {
   std::vector<std::pair<Buffer, std::size_t>> free_;
 };
 
+// Software prefetch of the first `bytes` of `rows` rows: the start of the next kernel call's
+// streams, issued before the current call so that its first loads do not wait for DRAM.
+inline void prefetch_rows(const uint8_t* w, std::size_t stride, int64_t rows, std::size_t bytes) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (std::size_t off = 0; off < bytes; off += 64) __builtin_prefetch(w + r * stride + off, 0, 3);
+}
+
 struct Group {
   int32_t expert;
   int64_t slot0;  // first slot (index into slot_token / slot_weight)
@@ -139,6 +146,9 @@ class MoeJob final : public Job {
     yu.resize(yg.size());
     src.resize(g.n_tok);
     const uint8_t* xp = scratch() + g.x_off;
+    const std::size_t pf = std::min<std::size_t>(prefetch_bytes(), stride);
+    prefetch_rows(base + L.gate_offset + r0 * stride, stride, std::min<int64_t>(rows, 4), pf);
+    prefetch_rows(base + L.up_offset + r0 * stride, stride, std::min<int64_t>(rows, 4), pf);
     ops_.dot_rows(L.format, base + L.gate_offset + r0 * stride, stride, rows, L.hidden, xp, g.n_tok,
                   yg.data(), rows);
     ops_.dot_rows(L.format, base + L.up_offset + r0 * stride, stride, rows, L.hidden, xp, g.n_tok,
@@ -153,7 +163,16 @@ class MoeJob final : public Job {
     const int64_t r0 = item * kRowsPhase2, rows = std::min(kRowsPhase2, L.hidden - r0);
     const std::size_t stride = row_bytes(L.format, L.intermediate);
     thread_local std::vector<float> y;
-    for (const Group& g : groups_) {
+    const std::size_t pf = std::min<std::size_t>(prefetch_bytes(), stride);
+    const auto first_rows = [&](const Group& g) {
+      return args_.experts[g.expert] + L.down_offset + r0 * stride;
+    };
+    if (!groups_.empty()) prefetch_rows(first_rows(groups_[0]), stride, std::min<int64_t>(rows, 4), pf);
+    for (std::size_t gi = 0; gi < groups_.size(); ++gi) {
+      const Group& g = groups_[gi];
+      // The next expert's rows start streaming while this one computes.
+      if (gi + 1 < groups_.size())
+        prefetch_rows(first_rows(groups_[gi + 1]), stride, std::min<int64_t>(rows, 4), pf);
       y.resize(static_cast<std::size_t>(g.n_tok) * rows);
       ops_.dot_rows(L.format, args_.experts[g.expert] + L.down_offset + r0 * stride, stride, rows,
                     L.intermediate, scratch() + g.h_off, g.n_tok, y.data(), rows);
@@ -211,6 +230,7 @@ void validate(const MoeLayerArgs& a) {
 
 JobHandle submit_moe_layer(ThreadPool& pool, const MoeLayerArgs& args, Isa isa) {
   validate(args);
+  prefetch_bytes();  // a malformed HYBRID_MOE_PREFETCH raises here, in the caller's thread
   return pool.submit(std::make_shared<MoeJob>(args, kernel_ops(isa)));
 }
 

@@ -69,6 +69,7 @@ void check_layer(WeightFormat f, int64_t H, int64_t I, int T, int E, int k, hm::
   std::vector<float> x(T * H), out(T * H), ref(T * H);
   for (auto& v : x) v = nd(rng);
   for (int i = 0; i < T * H; ++i) out[i] = ref[i] = nd(rng);  // accumulates into existing values
+  const std::vector<float> init = out;
   std::vector<hm::cpu::ExpertAssignment> as;
   for (int t = 0; t < T; ++t)
     for (int j = 0; j < k; ++j) as.push_back({t, static_cast<int32_t>((t * 5 + j * 3) % E), 0.1f + 0.2f * j});
@@ -99,11 +100,14 @@ void check_layer(WeightFormat f, int64_t H, int64_t I, int T, int E, int k, hm::
   args.out = out.data();
   hm::cpu::ThreadPool pool(3, false);
   hm::cpu::run_moe_layer(pool, args, isa);
+  // Tolerance relative to the layer's contribution (not to the initial values of out, which
+  // would dwarf it and let a wrong kernel pass).
   double max_err = 0, max_ref = 0;
   for (int i = 0; i < T * H; ++i) {
     max_err = std::fmax(max_err, std::fabs(out[i] - ref[i]));
-    max_ref = std::fmax(max_ref, std::fabs(ref[i]));
+    max_ref = std::fmax(max_ref, std::fabs(double(ref[i]) - init[i]));
   }
+  HM_EXPECT(max_ref > 1e-3);
   HM_EXPECT(max_err <= tol * max_ref);
   if (!(max_err <= tol * max_ref))
     std::cerr << "  " << hm::format_name(f) << " " << hm::cpu::isa_name(isa) << " T=" << T
