@@ -125,3 +125,22 @@ def test_cuda_graph_replay_of_moe_blocks(cuda_device):
     st = rt.stats()
     assert st["forwards"] >= 2 * 53 and st["cpu_pairs"] + st["gpu_pairs"] == st["pairs"]
     assert st["gpu_pairs"] > 0  # the cache served replays
+
+
+def test_patch_on_cpu_then_move_model_to_gpu(cuda_device):
+    """The README's order for a model too large for the GPU: load and patch on the host (experts go
+    into the runtime's store and are released), then move the rest of the model to the GPU."""
+    original = _model().to(cuda_device)
+    patched = _model()  # on the host
+    rt = Runtime(budget="30%", policy="value", device=cuda_device, threads=2)
+    patch(patched, rt)
+    patched.to(cuda_device)
+    g = torch.Generator().manual_seed(2)
+    for step in range(3):
+        ids = torch.randint(0, 128, (1, 5 if step == 0 else 1), generator=g).to(cuda_device)
+        with torch.no_grad():
+            want, got = original(ids).logits, patched(ids).logits
+        assert got.device == want.device and _rel(got, want) < 5e-2, (step, _rel(got, want))
+        rt.wait_copies()
+    rt.synchronize()
+    assert rt.stats()["gpu_pairs"] > 0
