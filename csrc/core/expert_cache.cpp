@@ -18,6 +18,7 @@ ExpertCache::ExpertCache(int n_layer, int n_expert, int n_slots, bool simulated_
   pins_.assign(n_slots, 0);
   ready_at_.assign(n_slots, 0.0);
   key_.assign(n_slots, 0.0);
+  hkey_.assign(n_slots, 0.0);
   heap_pos_.assign(n_slots, -1);
   heap_.reserve(n_slots);
   scratch_.reserve(64);
@@ -40,15 +41,22 @@ void ExpertCache::unpin(int slot) {
 int ExpertCache::choose_victim(double now) const {
   // The unevictable slots (pinned or still loading) are few, so walk the heap from the root and
   // prune every subtree whose root is evictable (its descendants have larger keys) or whose root
-  // key is not below the best evictable found so far.
+  // hkey (a lower bound of the subtree's keys) is not below the best evictable found so far.
+  // A stale root (hkey < key) is sifted down first; that only permutes its own subtree, which holds
+  // no position still on the stack.
   int best = -1;
   scratch_.clear();
   if (!heap_.empty()) scratch_.push_back(0);
   while (!scratch_.empty()) {
     const int pos = scratch_.back();
     scratch_.pop_back();
+    if (best >= 0 && hkey_[heap_[pos]] >= key_[best]) continue;  // subtree keys are >= this
+    while (hkey_[heap_[pos]] < key_[heap_[pos]]) {  // repair: the key rose since the last sift
+      hkey_[heap_[pos]] = key_[heap_[pos]];
+      sift_down(pos);
+    }
     const int slot = heap_[pos];
-    if (best >= 0 && key_[slot] >= key_[best]) continue;  // subtree keys are >= this key
+    if (best >= 0 && key_[slot] >= key_[best]) continue;
     if (pins_[slot] == 0 && is_ready(slot, now)) {
       best = slot;  // children have keys >= this one: no need to descend
       continue;
@@ -66,23 +74,29 @@ void ExpertCache::begin_load(int slot, int layer, int expert, double ready_at, d
   HM_CHECK(expert >= 0 && expert < n_expert_, "expert must be in [0, ", n_expert_, "), got ", expert);
   HM_CHECK(table_[index(layer, expert)] < 0, "begin_load: expert (", layer, ", ", expert,
            ") already has slot ", table_[index(layer, expert)]);
-  if (state_[slot] != SlotState::kFree) evict(slot);
-  // evict() pushed the slot on the free stack; take it out (it is at the top).
-  HM_CHECK(!free_.empty(), "begin_load: no free slot");
-  if (free_.back() != slot) {
-    for (auto& s : free_)
-      if (s == slot) std::swap(s, free_.back());
+  if (state_[slot] != SlotState::kFree) {
+    // Re-take a used slot in place: it keeps its heap position (cheaper than remove + push).
+    HM_CHECK(pins_[slot] == 0, "begin_load: slot ", slot, " is pinned ", pins_[slot],
+             " time(s): an expert in use is never evicted");
+    table_[index(layer_[slot], expert_[slot])] = -1;
+  } else {
+    // Take it off the free stack (usually its top).
+    if (free_.empty() || free_.back() != slot) {
+      for (auto& s : free_)
+        if (s == slot) std::swap(s, free_.back());
+    }
+    HM_CHECK(!free_.empty() && free_.back() == slot, "begin_load: slot ", slot, " is not free");
+    free_.pop_back();
+    ++n_used_;
+    hkey_[slot] = key;
+    heap_push(slot);
   }
-  HM_CHECK(free_.back() == slot, "begin_load: slot ", slot, " is not free");
-  free_.pop_back();
   state_[slot] = SlotState::kLoading;
   layer_[slot] = layer;
   expert_[slot] = expert;
   ready_at_[slot] = ready_at;
-  key_[slot] = key;
   table_[index(layer, expert)] = slot;
-  ++n_used_;
-  heap_push(slot);
+  set_key(slot, key);
 }
 
 void ExpertCache::complete_load(int slot) {
@@ -114,7 +128,17 @@ int ExpertCache::preload(int layer, int expert, double key) {
 
 void ExpertCache::set_key(int slot, double key) {
   key_[slot] = key;
-  if (heap_pos_[slot] >= 0) heap_fix(slot);
+  const int pos = heap_pos_[slot];
+  if (pos < 0) return;
+  if (key < hkey_[slot]) {  // a fall moves it up now
+    hkey_[slot] = key;
+    sift_up(pos);
+  } else if (4 * static_cast<std::size_t>(pos) + 3 >= heap_.size()) {
+    // A rise where the slot has no grandchildren (about 3/4 of the slots) costs one level now;
+    // higher up it waits for choose_victim (see [NOTE]).
+    hkey_[slot] = key;
+    sift_down(pos);
+  }
 }
 
 bool ExpertCache::consistent() const {
@@ -126,20 +150,23 @@ bool ExpertCache::consistent() const {
     }
     ++used;
     if (table_[index(layer_[s], expert_[s])] != s || heap_pos_[s] < 0) return false;
+    if (!(hkey_[s] <= key_[s])) return false;
   }
+  for (std::size_t p = 1; p < heap_.size(); ++p)
+    if (hkey_[heap_[p]] < hkey_[heap_[(p - 1) / 2]]) return false;  // heap order by hkey
   int mapped = 0;
   for (int v : table_) mapped += v >= 0;
   return used == n_used_ && mapped == used && static_cast<int>(heap_.size()) == used &&
          used + static_cast<int>(free_.size()) == n_slots();
 }
 
-void ExpertCache::swap_pos(int a, int b) {
+void ExpertCache::swap_pos(int a, int b) const {
   std::swap(heap_[a], heap_[b]);
   heap_pos_[heap_[a]] = a;
   heap_pos_[heap_[b]] = b;
 }
 
-void ExpertCache::sift_up(int pos) {
+void ExpertCache::sift_up(int pos) const {
   while (pos > 0) {
     const int parent = (pos - 1) / 2;
     if (!less(pos, parent)) break;
@@ -148,7 +175,7 @@ void ExpertCache::sift_up(int pos) {
   }
 }
 
-void ExpertCache::sift_down(int pos) {
+void ExpertCache::sift_down(int pos) const {
   const int n = static_cast<int>(heap_.size());
   for (;;) {
     const int l = 2 * pos + 1, r = l + 1;
@@ -161,13 +188,13 @@ void ExpertCache::sift_down(int pos) {
   }
 }
 
-void ExpertCache::heap_push(int slot) {
+void ExpertCache::heap_push(int slot) const {
   heap_.push_back(slot);
   heap_pos_[slot] = static_cast<int>(heap_.size()) - 1;
   sift_up(heap_pos_[slot]);
 }
 
-void ExpertCache::heap_remove(int slot) {
+void ExpertCache::heap_remove(int slot) const {
   const int pos = heap_pos_[slot];
   const int last = static_cast<int>(heap_.size()) - 1;
   if (pos != last) swap_pos(pos, last);
@@ -178,11 +205,6 @@ void ExpertCache::heap_remove(int slot) {
     sift_up(pos);
     sift_down(heap_pos_[moved]);
   }
-}
-
-void ExpertCache::heap_fix(int slot) {
-  sift_up(heap_pos_[slot]);
-  sift_down(heap_pos_[slot]);
 }
 
 }  // namespace hm

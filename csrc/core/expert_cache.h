@@ -14,6 +14,14 @@
 // change with time (LRU: last access tick; LFU: count; value: log of a decayed score; oracle:
 // minus next use). An indexed binary min-heap over slots finds the smallest evictable key in
 // O(log slots), so choosing a victim costs the same at 10 or 10,000 slots.
+//
+// Lazy increases (speed: a hit raises its key, which would sift it to the heap's bottom on every
+// access): the heap is ordered by hkey (the key when the slot was last sifted), and hkey <= key
+// always. set_key() sifts up at once when the key falls below hkey, and only records a rise.
+// choose_victim() repairs a stale slot (hkey < key) when its walk reaches it: hkey := key and a
+// sift-down, then the walk looks at that heap position again. Subtrees are pruned by hkey, a lower
+// bound of every true key below it, so the victim is exactly the evictable slot of smallest key.
+// A slot re-taken by begin_load keeps its heap position (its new key, usually larger, is a rise).
 #pragma once
 
 #include <cstdint>
@@ -59,6 +67,7 @@ class ExpertCache {
   // A free slot, or -1 when all are used.
   int free_slot() const { return free_.empty() ? -1 : free_.back(); }
   // The evictable slot (resident or done loading by `now`, unpinned) with the smallest key, or -1.
+  // Const to callers: it only re-sorts the heap's stale entries (see [NOTE]).
   int choose_victim(double now) const;
 
   // Take `slot` (free, or an unpinned evictable one, whose expert is dropped) for (layer, expert):
@@ -83,14 +92,14 @@ class ExpertCache {
   void check_slot(int slot) const {
     HM_CHECK(slot >= 0 && slot < n_slots(), "slot must be in [0, ", n_slots(), "), got ", slot);
   }
-  // Indexed min-heap over used slots, keyed by key_.
-  void heap_push(int slot);
-  void heap_remove(int slot);
-  void heap_fix(int slot);
-  void sift_up(int pos);
-  void sift_down(int pos);
-  bool less(int a, int b) const { return key_[heap_[a]] < key_[heap_[b]]; }
-  void swap_pos(int a, int b);
+  // Indexed min-heap over used slots, ordered by hkey_ (<= key_; see [NOTE]). Mutable: the
+  // const choose_victim() repairs stale entries, which changes positions, never contents.
+  void heap_push(int slot) const;
+  void heap_remove(int slot) const;
+  void sift_up(int pos) const;
+  void sift_down(int pos) const;
+  bool less(int a, int b) const { return hkey_[heap_[a]] < hkey_[heap_[b]]; }
+  void swap_pos(int a, int b) const;
 
   int n_layer_, n_expert_;
   bool simulated_clock_;
@@ -99,9 +108,10 @@ class ExpertCache {
   std::vector<SlotState> state_;
   std::vector<int> layer_, expert_, pins_;
   std::vector<double> ready_at_, key_;
-  std::vector<int> free_;      // stack of free slots
-  std::vector<int> heap_;      // slots, min-heap by key
-  std::vector<int> heap_pos_;  // slot -> position in heap_ or -1
+  mutable std::vector<double> hkey_;   // heap order key, <= key_
+  std::vector<int> free_;              // stack of free slots
+  mutable std::vector<int> heap_;      // slots, min-heap by hkey_
+  mutable std::vector<int> heap_pos_;  // slot -> position in heap_ or -1
   mutable std::vector<int> scratch_;  // choose_victim's search stack (no allocation once warm)
 };
 

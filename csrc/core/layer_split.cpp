@@ -96,6 +96,22 @@ SplitResult LayerSplitter::split(SplitItem* items, int n, const Queues& q, doubl
     }
   }
   SplitResult best = eval(items, n, q, ovh);
+  // Prune (exact): a free item whose GPU option cannot finish before the all-CPU assignment's
+  // finish F0 never helps: any assignment putting it on the GPU ends at or after
+  //   max(max(now, gpu_free) + overhead, its ready time) + t_gpu >= F0,
+  // (its ready time for a fetch: at least max(now, copy_free) + t_copy), so the minimum over the
+  // assignments that keep it on the CPU is the global minimum. In decode with a busy copy engine
+  // this drops every miss from the search.
+  {
+    const double gpu0 = std::max(q.now, q.gpu_free) + ovh, copy0 = std::max(q.now, q.copy_free);
+    std::size_t kept = 0;
+    for (int i : free_) {
+      const SplitItem& it = items[i];
+      const double ready = it.needs_copy ? copy0 + it.t_copy : it.ready;
+      if (std::max(gpu0, ready) + it.t_gpu < best.finish - 1e-9) free_[kept++] = i;
+    }
+    free_.resize(kept);
+  }
   if (free_.empty()) return best;
   auto gpu_of = [items](int i) { return items[i].needs_copy ? Where::kFetch : Where::kGpu; };
   best_where_.assign(n, 0);

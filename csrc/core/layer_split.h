@@ -14,7 +14,8 @@
 // each group go to the GPU: exact whenever the product of (group size + 1) is <= kMaxCombos (always
 // for <= 12 free items; decode's identical misses give k + 1 cases). Beyond that (prefill with
 // many distinct token counts) it tries every prefix of the items sorted by t_cpu / (t_copy +
-// t_gpu), which includes "upload the whole layer" and "all on the CPU".
+// t_gpu), which includes "upload the whole layer" and "all on the CPU". Before searching, free
+// items whose GPU option alone ends after the all-CPU finish are dropped (exact: see split()).
 #pragma once
 
 #include <cstdint>
