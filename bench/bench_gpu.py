@@ -1,5 +1,6 @@
 """GPU-side benchmarks (issue 5): expert copy throughput (alone and under 16 CPU threads of
-memory-bound work), the decode kernels against torch bmm and the HBM copy ceiling, and the prefill
+memory-bound work), the decode kernels against torch bmm and the HBM copy ceiling (also without
+programmatic dependent launch between the two decode phases, HM_DECODE_PDL=0), and the prefill
 path against torch's grouped matmul. Qwen3-30B-A3B expert shapes (H=2048, I=768). Medians of
 repeats; ratios against baselines measured in the same run; JSON out.
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import threading
 import time
@@ -187,8 +189,15 @@ def bench_decode(fmt, n_exp, n_rot, hbm):
 
     t_graph = graph_time_us(ours, n_rot)
     t_eager = cuda_time_us(ours, 3) / n_rot
+    # A/B in the same run: phase 2 without programmatic dependent launch (plain stream order)
+    os.environ["HM_DECODE_PDL"] = "0"
+    try:
+        t_graph_nopdl = graph_time_us(ours, n_rot)
+    finally:
+        del os.environ["HM_DECODE_PDL"]
     bytes_ = 8 * lay["weight_bytes"]
     res = {"format": fmt, "weight_bytes": bytes_, "ours_graph_us": t_graph, "ours_eager_us": t_eager,
+           "ours_graph_us_pdl_off": t_graph_nopdl,
            "ours_GBps": bytes_ / t_graph / 1e3, "hbm_copy_GBps": hbm,
            "fraction_of_hbm": bytes_ / t_graph / 1e3 / hbm}
     if fmt == "bf16":
@@ -280,7 +289,8 @@ def main():
         extra = (f", torch bmm graph {d['torch_bmm_graph_us']:.1f} us / eager {d['torch_bmm_eager_us']:.1f} us "
                  f"-> {d['speedup_vs_bmm_graph']:.1f}x / {d['speedup_vs_bmm_eager']:.1f}x") if "torch_bmm_graph_us" in d else ""
         print(f"decode {d['format']:5s} 8x1: {d['ours_graph_us']:.1f} us ({d['ours_GBps']:.0f} GB/s = "
-              f"{100 * d['fraction_of_hbm']:.0f}% of HBM {d['hbm_copy_GBps']:.0f}){extra}")
+              f"{100 * d['fraction_of_hbm']:.0f}% of HBM {d['hbm_copy_GBps']:.0f}; PDL off "
+              f"{d['ours_graph_us_pdl_off']:.1f} us){extra}")
     for p in res["prefill"]:
         g = p.get("torch_grouped_mm_us")
         gs = f"grouped_mm {g:.0f} us (ratio {p['ratio_ours_over_grouped_mm']:.2f})" if g else p.get("torch_grouped_mm_error", "")

@@ -1,13 +1,32 @@
 // [NOTE] Decode expert kernels (few tokens, memory-bound): see expert_kernels.h for the math.
-// Phase 1 (gate/up): grid (ceil(I / 8), max_pairs), 8 warps per block, one warp per (pair, row):
-//   the warp streams the gate and up rows of its slot with 16-byte loads (BF16), or stages them
-//   in shared memory 64 Q8_0 blocks at a time and has each lane decode whole 34-byte blocks.
-// Phase 2 (down): grid (ceil(H / 8), n_tokens), one warp per (token, output row), looping over
-//   the token's pairs (CSR token_ptr), so each out element has exactly one writer.
+// Phase 1 (gate/up): grid (ceil(I / 8), max_pairs), 8 warps per block, one warp per (pair, row).
+//   BF16: each lane issues KC (<= 4) 16-byte loads of the gate row, KC of the up row and KC of x
+//   before the first use (2 * KC weight loads in flight per lane), then sums in fp32.
+//   Q8_0: the warp loads a piece of 64 blocks (2176 bytes = 136 x 16) of the gate and of the up
+//   row with 16-byte loads (5 + 5 per lane, all in flight together), stores it to its own shared
+//   buffer, and each lane decodes whole 34-byte blocks from there with 4-byte reads and a funnel
+//   shift (the quants sit at 2 mod 4 or 0 mod 4); int8 -> fp32 by PRMT + FADD (no I2F). Rows that
+//   are not a multiple of 16 bytes (n_in / 32 not a multiple of 8) are copied with 2-byte loads.
+// Phase 2 (down): grid (ceil(H / 8), n_tokens), one warp per (token, output row), so each out
+//   element has exactly one writer. The warp walks the token's pairs (CSR token_ptr) in groups of
+//   4 and loads the down rows of all 4 pairs before using any (BF16: 4 x KC 16-byte loads per
+//   lane; Q8_0: pieces of 32 blocks = 1088 bytes, staged in shared memory like phase 1).
+// Overlap: on sm_90+ phase 2 is launched as a programmatic dependent of phase 1 (PDL; phase 1
+//   triggers at its start). Phase-2 blocks therefore start while phase 1's last blocks run, read
+//   the plan and issue their first group's down-row loads (weights and plan are not written by
+//   phase 1), and only then wait (griddepcontrol.wait) for phase 1's h. This hides the launch gap
+//   and phase 1's tail. HM_DECODE_PDL=0 turns it off (for A/B benchmarks). Inside a CUDA graph the
+//   launch becomes a programmatic edge.
 // Both phases read the pair count from device memory and exit blocks beyond it (graph replay).
-// With Qwen3-30B-A3B (H=2048, I=768), 8 pairs: 6144 warps in phase 1 and 2048 in phase 2 cover
-// all 132 SMs of an H200; each lane has several 16-byte loads in flight.
+// h (fp32 [max_pairs, I]) is read with ld.global.ca after the wait: it is written by phase 1
+// while phase 2 may already be running, so not through the read-only (nc) path.
+// With Qwen3-30B-A3B (H=2048, I=768), 8 pairs: 6144 warps in phase 1 and 2048 in phase 2.
 #include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
 
 #include "cuda/cuda_check.h"
 #include "cuda/expert_kernels.h"
@@ -17,8 +36,17 @@ namespace hm::cuda {
 namespace {
 
 constexpr int kWarps = 8;
-constexpr int kQ8PieceBlocks = 64;  // Q8_0 blocks staged per warp and row at a time
-constexpr int kQ8PieceBytes = kQ8PieceBlocks * kQ8BlockBytes;  // 2176, a multiple of 16
+constexpr int kMaxChunks = 4;  // BF16: 16-byte chunks per lane and row segment (template KC)
+constexpr int kPairGroup = 4;  // phase 2: pairs whose down rows are loaded before any is used
+constexpr int kStagePad = 16;  // q8_load_block_smem may read 4 bytes past a block
+// Q8_0 pieces: multiples of 8 blocks (272 bytes = 17 x 16), so 16-byte chunks tile them exactly.
+constexpr int kQ8P1Blocks = 64;                                  // phase 1: 2176 bytes
+constexpr int kQ8P1Bytes = kQ8P1Blocks * kQ8BlockBytes;
+constexpr int kQ8P1Chunks = (kQ8P1Bytes / 16 + 31) / 32;         // 5 per lane
+constexpr int kQ8P2Blocks = 32;                                  // phase 2: 1088 bytes
+constexpr int kQ8P2Bytes = kQ8P2Blocks * kQ8BlockBytes;
+constexpr int kQ8P2Chunks = (kQ8P2Bytes / 16 + 31) / 32;         // 3 per lane
+static_assert(kQ8P1Bytes % 16 == 0 && kQ8P2Bytes % 16 == 0, "Q8_0 pieces must tile in 16 bytes");
 
 struct KernelSlab {
   const uint8_t* base;
@@ -31,28 +59,95 @@ KernelSlab kernel_slab(const SlabView& s) {
           static_cast<int>(s.layout.hidden), static_cast<int>(s.layout.intermediate)};
 }
 
+__device__ __forceinline__ const uint8_t* expert_ptr(const KernelSlab& sl, int slot) {
+  return sl.base + static_cast<std::size_t>(slot) * sl.stride;
+}
+
+// A warp loads the nchunks (>= 1) 16-byte chunks of a 16-byte aligned range into registers,
+// chunk c = lane + 32 k into r[k]. Indices past the end are clamped to the last chunk instead of
+// predicated, so the N loads are unconditional and the compiler issues them all before any use
+// (with predicated loads ptxas interleaved each load with its use); callers ignore those copies.
+// The same clamping is used for every load batch below.
+template <int N>
+__device__ __forceinline__ void warp_load16(uint4 (&r)[N], const uint8_t* src, int nchunks,
+                                            int lane) {
+  const uint4* s = reinterpret_cast<const uint4*>(src);
+#pragma unroll
+  for (int k = 0; k < N; ++k) r[k] = dev::ld_stream(s + min(lane + 32 * k, nchunks - 1));
+}
+
+template <int N>
+__device__ __forceinline__ void warp_store16(uint8_t* dst, const uint4 (&r)[N], int nchunks,
+                                             int lane) {
+  uint4* d = reinterpret_cast<uint4*>(dst);
+#pragma unroll
+  for (int k = 0; k < N; ++k) {
+    const int c = lane + 32 * k;
+    if (c < nchunks) d[c] = r[k];
+  }
+}
+
+// Fallback for rows that are not 16-byte multiples: 2-byte copies (src and nbytes even).
+__device__ __forceinline__ void warp_copy2(uint8_t* dst, const uint8_t* src, int nbytes, int lane) {
+  const uint16_t* s = reinterpret_cast<const uint16_t*>(src);
+  uint16_t* d = reinterpret_cast<uint16_t*>(dst);
+  for (int c = lane; c < nbytes / 2; c += 32) d[c] = s[c];
+}
+
+// ---------------------------------------------------------------- phase 1: gate/up -> h
+// 16-byte asynchronous global -> shared copy (cp.async, sm_80+; L2 only). The copies hold no
+// registers and the wait is a hard ordering point, so all of a lane's copies are in flight
+// together: with register loads ptxas interleaved each load with its use (one load in flight).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
+}
+// Waits for all of this thread's cp.async copies; they are then visible to this thread.
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+}
+
+template <int KC>
 __global__ void __launch_bounds__(kWarps * 32)
     gate_up_bf16_kernel(KernelSlab sl, DevicePlan plan, const __nv_bfloat16* __restrict__ x,
                         float* __restrict__ h) {
+  // Per warp: KC * 32 chunks of the gate row and of the up row (KC = 4: 4 KB per warp).
+  __shared__ __align__(16) uint4 stage[kWarps][2][KC * 32];
+  dev::pdl_launch_dependents();
   const int pair = blockIdx.y;
   if (pair >= plan.token_ptr[plan.n_tokens]) return;
-  const int lane = threadIdx.x & 31;
-  const int row = blockIdx.x * kWarps + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int row = blockIdx.x * kWarps + warp;
   if (row >= sl.I) return;
-  const uint8_t* e = sl.base + static_cast<std::size_t>(plan.pair_slot[pair]) * sl.stride;
+  const uint8_t* e = expert_ptr(sl, plan.pair_slot[pair]);
   const std::size_t row_bytes = static_cast<std::size_t>(sl.H) * 2;
   const uint4* g = reinterpret_cast<const uint4*>(e + sl.gate_off + row * row_bytes);
   const uint4* u = reinterpret_cast<const uint4*>(e + sl.up_off + row * row_bytes);
-  const uint4* xv = reinterpret_cast<const uint4*>(x + static_cast<int64_t>(plan.pair_token[pair]) * sl.H);
+  const uint4* xv =
+      reinterpret_cast<const uint4*>(x + static_cast<int64_t>(plan.pair_token[pair]) * sl.H);
+  uint4* st_g = stage[warp][0];
+  uint4* st_u = stage[warp][1];
   const int n16 = sl.H / 8;
   float sg = 0.f, su = 0.f;
-#pragma unroll 4
-  for (int c = lane; c < n16; c += 32) {
-    const uint4 wg = dev::ld_stream(g + c);
-    const uint4 wu = dev::ld_stream(u + c);
-    const uint4 xx = __ldg(xv + c);
-    sg += dev::dot8_bf16(wg, xx);
-    su += dev::dot8_bf16(wu, xx);
+  for (int c0 = 0; c0 < n16; c0 += 32 * KC) {
+    uint4 xx[KC];
+#pragma unroll
+    for (int k = 0; k < KC; ++k) {  // clamped indices: 2 KC copies in flight per lane
+      const int c = min(c0 + 32 * k + lane, n16 - 1);
+      cp_async16(st_g + 32 * k + lane, g + c);
+      cp_async16(st_u + 32 * k + lane, u + c);
+    }
+#pragma unroll
+    for (int k = 0; k < KC; ++k) xx[k] = __ldg(xv + min(c0 + 32 * k + lane, n16 - 1));
+    cp_async_wait_all();  // each lane reads back only the chunks it copied itself
+#pragma unroll
+    for (int k = 0; k < KC; ++k) {
+      const bool ok = c0 + 32 * k + lane < n16;  // drop the clamped duplicates
+      const float dg = dev::dot8_bf16(st_g[32 * k + lane], xx[k]);
+      const float du = dev::dot8_bf16(st_u[32 * k + lane], xx[k]);
+      sg += ok ? dg : 0.f;
+      su += ok ? du : 0.f;
+    }
   }
   sg = dev::warp_sum(sg);
   su = dev::warp_sum(su);
@@ -62,30 +157,54 @@ __global__ void __launch_bounds__(kWarps * 32)
 __global__ void __launch_bounds__(kWarps * 32)
     gate_up_q8_kernel(KernelSlab sl, DevicePlan plan, const __nv_bfloat16* __restrict__ x,
                       float* __restrict__ h) {
-  __shared__ __align__(16) uint8_t stage[kWarps][2][kQ8PieceBytes];
+  __shared__ __align__(16) uint8_t stage[kWarps][2][kQ8P1Bytes + kStagePad];
+  dev::pdl_launch_dependents();
   const int pair = blockIdx.y;
   if (pair >= plan.token_ptr[plan.n_tokens]) return;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int row = blockIdx.x * kWarps + warp;
   if (row >= sl.I) return;
-  const uint8_t* e = sl.base + static_cast<std::size_t>(plan.pair_slot[pair]) * sl.stride;
+  const uint8_t* e = expert_ptr(sl, plan.pair_slot[pair]);
   const int nb = sl.H / kQ8BlockSize;
   const std::size_t row_bytes = static_cast<std::size_t>(nb) * kQ8BlockBytes;
+  // 16-byte path when rows are 16-byte multiples: matrices start 256-byte aligned, so every row
+  // and every piece (a multiple of 2176 bytes into the row) is then 16-byte aligned too.
+  const bool wide = row_bytes % 16 == 0;
   const uint8_t* g = e + sl.gate_off + row * row_bytes;
   const uint8_t* u = e + sl.up_off + row * row_bytes;
   const __nv_bfloat16* xr = x + static_cast<int64_t>(plan.pair_token[pair]) * sl.H;
+  uint8_t* st_g = stage[warp][0];
+  uint8_t* st_u = stage[warp][1];
   float sg = 0.f, su = 0.f;
-  for (int b0 = 0; b0 < nb; b0 += kQ8PieceBlocks) {
-    const int nblk = min(kQ8PieceBlocks, nb - b0);
-    dev::warp_copy_to_shared(stage[warp][0], g + b0 * kQ8BlockBytes, nblk * kQ8BlockBytes, lane);
-    dev::warp_copy_to_shared(stage[warp][1], u + b0 * kQ8BlockBytes, nblk * kQ8BlockBytes, lane);
+  for (int b0 = 0; b0 < nb; b0 += kQ8P1Blocks) {
+    const int nblk = min(kQ8P1Blocks, nb - b0);
+    const int nbytes = nblk * kQ8BlockBytes;
+    if (wide) {
+      uint4 rg[kQ8P1Chunks], ru[kQ8P1Chunks];
+      warp_load16(rg, g + b0 * kQ8BlockBytes, nbytes / 16, lane);
+      warp_load16(ru, u + b0 * kQ8BlockBytes, nbytes / 16, lane);
+      __syncwarp();  // scheduling fence: all 10 loads are issued before the first store waits
+      warp_store16(st_g, rg, nbytes / 16, lane);
+      warp_store16(st_u, ru, nbytes / 16, lane);
+    } else {
+      warp_copy2(st_g, g + b0 * kQ8BlockBytes, nbytes, lane);
+      warp_copy2(st_u, u + b0 * kQ8BlockBytes, nbytes, lane);
+    }
     __syncwarp();
     for (int b = lane; b < nblk; b += 32) {
-      const uint8_t* bg = stage[warp][0] + b * kQ8BlockBytes;
-      const uint8_t* bu = stage[warp][1] + b * kQ8BlockBytes;
-      const __nv_bfloat16* xb = xr + (b0 + b) * kQ8BlockSize;
-      sg = fmaf(dev::q8_scale(bg), dev::q8_dot_bf16(bg, xb), sg);
-      su = fmaf(dev::q8_scale(bu), dev::q8_dot_bf16(bu, xb), su);
+      uint32_t qg[8], qu[8];
+      const float dg = dev::q8_load_block_smem(st_g + b * kQ8BlockBytes, qg);
+      const float du = dev::q8_load_block_smem(st_u + b * kQ8BlockBytes, qu);
+      const uint4* xv = reinterpret_cast<const uint4*>(xr + (b0 + b) * kQ8BlockSize);
+      float tg = 0.f, tu = 0.f;
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const uint4 xx = __ldg(xv + c);
+        tg += dev::q8_dot8_bf16(qg[2 * c], qg[2 * c + 1], xx);
+        tu += dev::q8_dot8_bf16(qu[2 * c], qu[2 * c + 1], xx);
+      }
+      sg = fmaf(dg, tg, sg);
+      su = fmaf(du, tu, su);
     }
     __syncwarp();
   }
@@ -94,9 +213,10 @@ __global__ void __launch_bounds__(kWarps * 32)
   if (lane == 0) h[static_cast<int64_t>(pair) * sl.I + row] = dev::silu(sg) * su;
 }
 
-template <typename OutT>
+// ---------------------------------------------------------------- phase 2: down, weighted sum
+template <int KC, typename OutT>
 __global__ void __launch_bounds__(kWarps * 32)
-    down_bf16_kernel(KernelSlab sl, DevicePlan plan, const float* __restrict__ h, OutT* out) {
+    down_bf16_kernel(KernelSlab sl, DevicePlan plan, const float* h, OutT* out) {
   const int t = blockIdx.y;
   const int lane = threadIdx.x & 31;
   const int row = blockIdx.x * kWarps + (threadIdx.x >> 5);
@@ -105,26 +225,50 @@ __global__ void __launch_bounds__(kWarps * 32)
   const std::size_t row_bytes = static_cast<std::size_t>(sl.I) * 2;
   const int n16 = sl.I / 8;
   float acc = 0.f;
-  for (int p = beg; p < end; ++p) {
-    const uint8_t* e = sl.base + static_cast<std::size_t>(plan.pair_slot[p]) * sl.stride;
-    const uint4* d = reinterpret_cast<const uint4*>(e + sl.down_off + row * row_bytes);
-    const float4* hp = reinterpret_cast<const float4*>(h + static_cast<int64_t>(p) * sl.I);
-    float s = 0.f;
-#pragma unroll 4
-    for (int c = lane; c < n16; c += 32) {
-      const uint4 w = dev::ld_stream(d + c);
-      s += dev::dot8_bf16_f32(w, hp[2 * c], hp[2 * c + 1]);
+  bool waited = false;
+  for (int c0 = 0; c0 < n16; c0 += 32 * KC) {
+    for (int p0 = beg; p0 < end; p0 += kPairGroup) {
+      // Pairs past the token's end and chunks past the row's end are clamped (loads stay
+      // unconditional, all kPairGroup * KC in flight) and their results dropped by selects.
+      uint4 w[kPairGroup][KC];
+#pragma unroll
+      for (int j = 0; j < kPairGroup; ++j) {
+        const int p = min(p0 + j, end - 1);
+        const uint4* d = reinterpret_cast<const uint4*>(expert_ptr(sl, plan.pair_slot[p]) +
+                                                        sl.down_off + row * row_bytes);
+#pragma unroll
+        for (int k = 0; k < KC; ++k) w[j][k] = dev::ld_stream(d + min(c0 + 32 * k + lane, n16 - 1));
+      }
+      if (!waited) {  // the first group's loads are in flight; now h must be complete
+        dev::pdl_wait();
+        waited = true;
+      }
+#pragma unroll
+      for (int j = 0; j < kPairGroup; ++j) {
+        const int p = min(p0 + j, end - 1);
+        const float4* hp = reinterpret_cast<const float4*>(h + static_cast<int64_t>(p) * sl.I);
+        float s = 0.f;
+#pragma unroll
+        for (int k = 0; k < KC; ++k) {
+          const int c = c0 + 32 * k + lane;
+          const int cc = min(c, n16 - 1);
+          const float v = dev::dot8_bf16_f32(w[j][k], __ldca(hp + 2 * cc), __ldca(hp + 2 * cc + 1));
+          s += c < n16 ? v : 0.f;
+        }
+        const float contrib = plan.pair_weight[p] * s;
+        acc += p0 + j < end ? contrib : 0.f;
+      }
     }
-    acc = fmaf(plan.pair_weight[p], s, acc);
   }
+  if (!waited) dev::pdl_wait();
   acc = dev::warp_sum(acc);
   if (lane == 0) dev::add_out(out, static_cast<int64_t>(t) * sl.H + row, acc);
 }
 
 template <typename OutT>
 __global__ void __launch_bounds__(kWarps * 32)
-    down_q8_kernel(KernelSlab sl, DevicePlan plan, const float* __restrict__ h, OutT* out) {
-  __shared__ __align__(16) uint8_t stage[kWarps][kQ8PieceBytes];
+    down_q8_kernel(KernelSlab sl, DevicePlan plan, const float* h, OutT* out) {
+  __shared__ __align__(16) uint8_t stage[kWarps][kPairGroup][kQ8P2Bytes + kStagePad];
   const int t = blockIdx.y;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int row = blockIdx.x * kWarps + warp;
@@ -132,24 +276,55 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int beg = plan.token_ptr[t], end = plan.token_ptr[t + 1];
   const int nb = sl.I / kQ8BlockSize;
   const std::size_t row_bytes = static_cast<std::size_t>(nb) * kQ8BlockBytes;
+  const bool wide = row_bytes % 16 == 0;  // as in phase 1 (pieces are multiples of 1088 bytes)
   float acc = 0.f;
-  for (int p = beg; p < end; ++p) {
-    const uint8_t* e = sl.base + static_cast<std::size_t>(plan.pair_slot[p]) * sl.stride;
-    const uint8_t* d = e + sl.down_off + row * row_bytes;
-    const float* hp = h + static_cast<int64_t>(p) * sl.I;
-    float s = 0.f;
-    for (int b0 = 0; b0 < nb; b0 += kQ8PieceBlocks) {
-      const int nblk = min(kQ8PieceBlocks, nb - b0);
-      dev::warp_copy_to_shared(stage[warp], d + b0 * kQ8BlockBytes, nblk * kQ8BlockBytes, lane);
+  bool waited = false;
+  for (int b0 = 0; b0 < nb; b0 += kQ8P2Blocks) {
+    const int nblk = min(kQ8P2Blocks, nb - b0);
+    const int nbytes = nblk * kQ8BlockBytes;
+    for (int p0 = beg; p0 < end; p0 += kPairGroup) {
+      const int np = min(kPairGroup, end - p0);
+      if (wide) {
+        uint4 r[kPairGroup][kQ8P2Chunks];  // pairs past np re-load pair np - 1, never stored
+#pragma unroll
+        for (int j = 0; j < kPairGroup; ++j) {
+          const uint8_t* d = expert_ptr(sl, plan.pair_slot[p0 + min(j, np - 1)]) + sl.down_off +
+                             row * row_bytes + b0 * kQ8BlockBytes;
+          warp_load16(r[j], d, nbytes / 16, lane);
+        }
+        __syncwarp();  // scheduling fence, as in phase 1
+#pragma unroll
+        for (int j = 0; j < kPairGroup; ++j)
+          warp_store16(stage[warp][j], r[j], j < np ? nbytes / 16 : 0, lane);
+      } else {
+        for (int j = 0; j < np; ++j)
+          warp_copy2(stage[warp][j],
+                     expert_ptr(sl, plan.pair_slot[p0 + j]) + sl.down_off + row * row_bytes +
+                         b0 * kQ8BlockBytes,
+                     nbytes, lane);
+      }
       __syncwarp();
-      for (int b = lane; b < nblk; b += 32) {
-        const uint8_t* blk = stage[warp] + b * kQ8BlockBytes;
-        s = fmaf(dev::q8_scale(blk), dev::q8_dot_f32(blk, hp + (b0 + b) * kQ8BlockSize), s);
+      if (!waited) {  // weights are staged; now h must be complete
+        dev::pdl_wait();
+        waited = true;
+      }
+      for (int it = lane; it < np * nblk; it += 32) {
+        const int j = it / nblk, b = it - j * nblk;
+        const int p = p0 + j;
+        uint32_t q[8];
+        const float d = dev::q8_load_block_smem(stage[warp][j] + b * kQ8BlockBytes, q);
+        const float4* hp = reinterpret_cast<const float4*>(h + static_cast<int64_t>(p) * sl.I +
+                                                           (b0 + b) * kQ8BlockSize);
+        float s = 0.f;
+#pragma unroll
+        for (int c = 0; c < 4; ++c)
+          s += dev::q8_dot8_f32(q[2 * c], q[2 * c + 1], __ldca(hp + 2 * c), __ldca(hp + 2 * c + 1));
+        acc = fmaf(plan.pair_weight[p] * d, s, acc);
       }
       __syncwarp();
     }
-    acc = fmaf(plan.pair_weight[p], s, acc);
   }
+  if (!waited) dev::pdl_wait();
   acc = dev::warp_sum(acc);
   if (lane == 0) dev::add_out(out, static_cast<int64_t>(t) * sl.H + row, acc);
 }
@@ -162,6 +337,69 @@ __global__ void add_partials_kernel(OutT* out, const float* __restrict__ partial
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// Programmatic dependent launch for phase 2: only on compute capability >= 9 (cached per device)
+// and unless HM_DECODE_PDL=0.
+bool use_pdl() {
+  const char* env = std::getenv("HM_DECODE_PDL");
+  if (env != nullptr && env[0] == '0') return false;
+  int dev = 0;
+  HM_CUDA_CHECK(cudaGetDevice(&dev));
+  static std::atomic<int> cc_major[64];  // 0 = not yet asked
+  if (dev < 0 || dev >= 64) return false;
+  int major = cc_major[dev].load(std::memory_order_relaxed);
+  if (major == 0) {
+    HM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    cc_major[dev].store(major, std::memory_order_relaxed);
+  }
+  return major >= 9;
+}
+
+template <typename... Params, typename... Args>
+void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream,
+                   bool programmatic, Args... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1] = {};
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = programmatic ? 1 : 0;
+  HM_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, args...));
+}
+
+// 16-byte chunks per lane and row segment for a row of n16 chunks: ceil(n16 / 32) in [1, 4].
+int chunks_per_lane(int n16) { return std::clamp((n16 + 31) / 32, 1, kMaxChunks); }
+
+using GateUpFn = void (*)(KernelSlab, DevicePlan, const __nv_bfloat16*, float*);
+
+GateUpFn gate_up_bf16(int kc) {
+  switch (kc) {
+    case 1: return gate_up_bf16_kernel<1>;
+    case 2: return gate_up_bf16_kernel<2>;
+    case 3: return gate_up_bf16_kernel<3>;
+    default: return gate_up_bf16_kernel<4>;
+  }
+}
+
+template <typename OutT>
+void launch_down(const KernelSlab& sl, const DevicePlan& plan, const float* h, OutT* out, bool q8,
+                 dim3 grid, dim3 block, cudaStream_t stream, bool pdl) {
+  using Fn = void (*)(KernelSlab, DevicePlan, const float*, OutT*);
+  Fn fn = down_q8_kernel<OutT>;
+  if (!q8) {
+    switch (chunks_per_lane(sl.I / 8)) {
+      case 1: fn = down_bf16_kernel<1, OutT>; break;
+      case 2: fn = down_bf16_kernel<2, OutT>; break;
+      case 3: fn = down_bf16_kernel<3, OutT>; break;
+      default: fn = down_bf16_kernel<4, OutT>; break;
+    }
+  }
+  launch_kernel(fn, grid, block, stream, pdl, sl, plan, h, out);
+}
 
 }  // namespace
 
@@ -177,6 +415,7 @@ void check_decode_args(const SlabView& slab, const DevicePlan& plan, const void*
            plan.max_pairs);
   HM_CHECK(x && h_workspace && out, "x, h_workspace and out must not be null");
   HM_CHECK(aligned16(x) && aligned16(h_workspace), "x and h_workspace must be 16-byte aligned");
+  HM_CHECK(aligned16(slab.base), "slab base must be 16-byte aligned");
   HM_CHECK(L.hidden % 32 == 0 && L.intermediate % 32 == 0,
            "decode kernels need hidden and intermediate multiples of 32, got H=", L.hidden,
            " I=", L.intermediate);
@@ -192,25 +431,18 @@ void launch_decode(const SlabView& slab, const DevicePlan& plan, const void* x, 
   const dim3 grid1((sl.I + kWarps - 1) / kWarps, plan.max_pairs);
   const dim3 grid2((sl.H + kWarps - 1) / kWarps, plan.n_tokens);
   const bool q8 = slab.layout.format == WeightFormat::kQ8_0;
+  const bool pdl = use_pdl();
+  // Phase 1 is an ordinary launch: it overwrites h, which the previous decode's phase 2 reads.
   if (q8)
     gate_up_q8_kernel<<<grid1, block, 0, stream>>>(sl, plan, xb, h_workspace);
   else
-    gate_up_bf16_kernel<<<grid1, block, 0, stream>>>(sl, plan, xb, h_workspace);
+    gate_up_bf16(chunks_per_lane(sl.H / 8))<<<grid1, block, 0, stream>>>(sl, plan, xb, h_workspace);
   HM_CUDA_CHECK(cudaGetLastError());
-  if (out_dtype == OutDtype::kFloat32) {
-    auto* o = static_cast<float*>(out);
-    if (q8)
-      down_q8_kernel<<<grid2, block, 0, stream>>>(sl, plan, h_workspace, o);
-    else
-      down_bf16_kernel<<<grid2, block, 0, stream>>>(sl, plan, h_workspace, o);
-  } else {
-    auto* o = static_cast<__nv_bfloat16*>(out);
-    if (q8)
-      down_q8_kernel<<<grid2, block, 0, stream>>>(sl, plan, h_workspace, o);
-    else
-      down_bf16_kernel<<<grid2, block, 0, stream>>>(sl, plan, h_workspace, o);
-  }
-  HM_CUDA_CHECK(cudaGetLastError());
+  if (out_dtype == OutDtype::kFloat32)
+    launch_down(sl, plan, h_workspace, static_cast<float*>(out), q8, grid2, block, stream, pdl);
+  else
+    launch_down(sl, plan, h_workspace, static_cast<__nv_bfloat16*>(out), q8, grid2, block, stream,
+                pdl);
 }
 
 void launch_add_partials(void* out, OutDtype out_dtype, const float* partial, int64_t n,
