@@ -44,7 +44,7 @@ def test_profiles_load_by_name_and_path(tmp_path):
         load_profile("nope")
     bad = json.loads(json.dumps(p))
     del bad["copy"]["h2d_gbps"]
-    with pytest.raises(ValueError, match="copy.h2d_gbps"):
+    with pytest.raises(ValueError, match=r"copy\.h2d_gbps"):
         load_profile(bad)
 
 
@@ -75,7 +75,7 @@ def test_budget_parsing():
 def test_simulate_all_policies_conserve_counts():
     tr = make_trace()
     results = {p: simulate(tr, "consumer-4090", p, "40%", **SHAPE) for p in policy_names()}
-    for p, r in results.items():
+    for r in results.values():
         assert r["decode_tokens"] == 150 and r["prefill_tokens"] == 12
         assert r["selections"] == 150 * 4 * 4
         assert r["cpu_experts"] + r["gpu_experts"] == r["selections"]
@@ -169,7 +169,7 @@ def test_profile_from_heat(tmp_path):
     f.write_text(json.dumps({"layers": rows}))
     np.testing.assert_array_equal(profile_from_heat(f), heat)
     f.write_text(json.dumps({"layers": [{"layer": 0}]}))
-    with pytest.raises(ValueError, match="layers\\[\\].heat"):
+    with pytest.raises(ValueError, match=r"layers\[\]\.heat"):
         profile_from_heat(f)
 
 

@@ -145,6 +145,8 @@ HM_BINDINGS(engine) {
         if (value_params.contains("horizon_steps")) cfg.value.horizon_steps = value_params["horizon_steps"].cast<double>();
         if (value_params.contains("weight_mix")) cfg.value.weight_mix = value_params["weight_mix"].cast<double>();
         if (value_params.contains("copy_factor")) cfg.value.copy_factor = value_params["copy_factor"].cast<double>();
+        if (value_params.contains("horizon_lifetimes"))
+          cfg.value.horizon_lifetimes = value_params["horizon_lifetimes"].cast<double>();
         cfg.static_profile.assign(static_profile.data(), static_profile.data() + static_profile.size());
         const hm::HardwareProfile prof = to_profile(profile);
         const hm::ExpertLayout layout = hm::make_expert_layout(hm::parse_format(fmt), hidden, intermediate);

@@ -80,6 +80,12 @@ struct ValueParams {
   double weight_mix = 0.0;      // 0: every use counts 1; 1: counts weight * top_k (0.5 before
                                 // 2026-11-28: 0 is as good on both traces and skips a log2)
   double copy_factor = 0.0;     // admission needs value > victim's value + copy_factor * t_copy
+  // > 0: the horizon follows the cache instead: horizon_lifetimes * the measured mean time an
+  // expert stays cached (n_slots / evictions per step, a moving average; horizon_steps until
+  // measured). The horizon weighs a resident's predicted uses against a prefetch's imminent use,
+  // and the right weight is how long the newcomer will stay: ~10 steps at a 10% budget, ~30 at 25%
+  // on the tuning traces, where fixed horizons 8 and 24-32 were best respectively. 0: fixed.
+  double horizon_lifetimes = 0.0;
 };
 
 std::unique_ptr<Policy> make_policy(const std::string& name, const ValueParams& vp = ValueParams());

@@ -115,6 +115,8 @@ class ValuePolicy final : public Policy {
     HM_CHECK(vp.weight_mix >= 0 && vp.weight_mix <= 1, "value policy: weight_mix must be in [0, 1], got ",
              vp.weight_mix);
     HM_CHECK(vp.copy_factor >= 0, "value policy: copy_factor must be >= 0, got ", vp.copy_factor);
+    HM_CHECK(vp.horizon_lifetimes >= 0, "value policy: horizon_lifetimes must be >= 0, got ",
+             vp.horizon_lifetimes);
     inv_h_ = 1.0 / vp.halflife_steps;
     per_step_ = 1.0 - std::exp2(-inv_h_);
     value_scale_ = per_step_ * vp_.horizon_steps;
@@ -128,9 +130,15 @@ class ValuePolicy final : public Policy {
     Policy::reset(n_layer, n_expert, top_k, cost);
     const std::size_t n = static_cast<std::size_t>(n_layer) * n_expert;
     log_score_.assign(n, -std::numeric_limits<double>::infinity());
+    value_scale_ = per_step_ * vp_.horizon_steps;
+    cur_step_ = 0;
+    evictions_ = 0;
+    evict_rate_ = -1;  // unknown until the first slot is known (admit) and a step has passed
+    n_slots_ = 0;
   }
 
   void on_access(const Access& a) override {
+    if (a.step != cur_step_) new_step(a.step);
     const int i = a.layer * n_expert_ + a.expert;
     double w = 1.0;
     if (vp_.weight_mix > 0)
@@ -151,15 +159,39 @@ class ValuePolicy final : public Policy {
 
   bool admit(const ExpertCache& cache, int l, int e, int victim, int64_t step,
              double imminent) const override {
+    n_slots_ = cache.n_slots();
     if (victim < 0) return true;
     const double mine = value_us(l, e, step) + imminent * saved_us_;
     const double theirs = value_us(cache.slot_layer(victim), cache.slot_expert(victim), step);
-    return mine > theirs + vp_.copy_factor * copy_us_;
+    const bool yes = mine > theirs + vp_.copy_factor * copy_us_;
+    evictions_ += yes;  // the scheduler takes the slot whenever admit says yes
+    return yes;
   }
 
  private:
+  // Adaptive horizon (horizon_lifetimes > 0): fold the evictions of the steps since the last call
+  // into a moving average (time constant kRateSteps steps) and set the horizon to
+  // horizon_lifetimes * n_slots / evictions per step, within [1, 4 * n_slots].
+  void new_step(int64_t step) {
+    const int64_t gap = std::max<int64_t>(1, step - cur_step_);
+    cur_step_ = step;
+    if (vp_.horizon_lifetimes <= 0 || n_slots_ <= 0) return;
+    const double per_step = static_cast<double>(evictions_) / static_cast<double>(gap);
+    evictions_ = 0;
+    constexpr double kRateSteps = 8.0;
+    evict_rate_ = evict_rate_ < 0 ? static_cast<double>(n_slots_) / vp_.horizon_steps : evict_rate_;
+    evict_rate_ += (per_step - evict_rate_) * std::min(1.0, static_cast<double>(gap) / kRateSteps);
+    const double life = static_cast<double>(n_slots_) / std::max(evict_rate_, 1e-9);
+    const double horizon = std::clamp(vp_.horizon_lifetimes * life, 1.0, 4.0 * n_slots_);
+    value_scale_ = per_step_ * horizon;
+  }
+
   ValueParams vp_;
   double inv_h_ = 0, per_step_ = 0, value_scale_ = 0;
+  int64_t cur_step_ = 0;
+  mutable int64_t evictions_ = 0;  // admits that evicted since cur_step_ (admit is const)
+  mutable int n_slots_ = 0;        // the cache's size, learnt in admit
+  double evict_rate_ = -1;         // evictions per step, moving average; < 0: none measured yet
   std::vector<double> log_score_;  // [n_layer * n_expert] log2 sum w * 2^(t / halflife)
 };
 

@@ -49,7 +49,7 @@ def parse_budget(budget: int | float | str, n_experts_total: int, expert_bytes: 
     if isinstance(budget, float):
         if not 0 < budget <= 1:
             raise ValueError(f"budget fraction must be in (0, 1], got {budget}")
-        return int(round(budget * n_experts_total))
+        return round(budget * n_experts_total)
     return _bad(budget)
 
 
@@ -102,7 +102,8 @@ def simulate(
     profile_from_heat, profile_from_trace); None: counted from `trace` itself (optimistic).
     """
     if not isinstance(trace, RouteTrace):
-        raise ValueError(f"trace must be a hybrid_moe.trace_model.RouteTrace, got {type(trace).__name__}")
+        raise ValueError("trace must be a hybrid_moe.trace_model.RouteTrace, got "
+                         f"{type(trace).__name__}")
     if policy not in policy_names():
         raise ValueError(f"unknown policy {policy!r}: expected one of {policy_names()}")
     if fmt not in FORMATS:
@@ -115,7 +116,8 @@ def simulate(
     from hybrid_moe._native import native
 
     total = trace.n_layer * trace.n_expert
-    ebytes = 3 * hidden * intermediate * 2 if fmt == "bf16" else 3 * hidden * intermediate // 32 * 34
+    n_weights = 3 * hidden * intermediate
+    ebytes = n_weights * 2 if fmt == "bf16" else n_weights // 32 * 34  # Q8_0: 34 bytes per 32
     slots = parse_budget(budget, total, ebytes)
     if policy != "cpu" and slots < trace.top_k:
         raise ValueError(f"budget {budget!r} gives {slots} expert slots, fewer than top_k = "

@@ -291,3 +291,35 @@ HM_TEST(value_policy_key_matches_plain_sum) {
     }
   }
 }
+
+// Adaptive horizon: a 4-slot cache fed a new expert every step evicts one expert per step, so an
+// expert stays cached 4 steps; with horizon_lifetimes = f the values equal those of a fixed horizon
+// of 4 * f steps (after the moving average settled), and a bad value is refused.
+HM_TEST(value_policy_adaptive_horizon_follows_slot_lifetime) {
+  CostModel cost(round_profile(), make_expert_layout(WeightFormat::kBF16, 2048, 768));
+  std::vector<int> seq;
+  for (int t = 0; t < 400; ++t) seq.push_back(t % 30);
+  for (double f : {0.5, 1.0, 2.0}) {
+    ValueParams adaptive, fixed;
+    adaptive.horizon_lifetimes = f;  // starts from horizon_steps = 8
+    fixed.horizon_steps = 4.0 * f;
+    auto pa = make_policy("value", adaptive), pf = make_policy("value", fixed);
+    pa->reset(1, 30, 1, cost);
+    pf->reset(1, 30, 1, cost);
+    ExpertCache ca(1, 30, 4), cf(1, 30, 4);
+    HM_EXPECT(run_sequence(*pa, ca, seq) == 0 && run_sequence(*pf, cf, seq) == 0);
+    // One more access starts step 400, which folds step 399's eviction into the average.
+    Access a;
+    a.layer = 0, a.expert = 5, a.step = 400, a.tick = 400;
+    pa->on_access(a);
+    pf->on_access(a);
+    for (int e : {5, 9, 29}) {
+      const double want = value_estimate_us(*pf, 0, e, 400);
+      HM_EXPECT(want > 0);
+      HM_EXPECT_NEAR(value_estimate_us(*pa, 0, e, 400), want, 1e-6 * want);
+    }
+  }
+  ValueParams bad;
+  bad.horizon_lifetimes = -1;
+  HM_EXPECT_THROWS(make_policy("value", bad), hm::ValueError);
+}
