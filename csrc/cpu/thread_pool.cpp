@@ -76,8 +76,15 @@ int default_threads() {
 
 void JobHandle::wait() {
   HM_CHECK(job_ != nullptr, "JobHandle::wait on an empty handle");
-  // Spin briefly: the runtime's join usually arrives when the job is nearly done.
-  for (int i = 0; i < 2000 && !job_->finished_.load(std::memory_order_acquire); ++i) HM_PAUSE();
+  // Spin briefly (~100 us): the runtime's join usually arrives when the job is nearly done. The
+  // caller is not pinned and may share a core with a pinned worker, so the spin yields: a worker
+  // with items left gets the core at once instead of after a scheduler tick.
+  const auto spin_end = std::chrono::steady_clock::now() + std::chrono::microseconds(100);
+  while (!job_->finished_.load(std::memory_order_acquire)) {
+    for (int i = 0; i < 8; ++i) HM_PAUSE();
+    std::this_thread::yield();
+    if (std::chrono::steady_clock::now() > spin_end) break;
+  }
   if (!job_->finished_.load(std::memory_order_acquire)) {
     std::unique_lock<std::mutex> lk(job_->m_);
     job_->cv_.wait(lk, [&] { return job_->finished_.load(std::memory_order_acquire); });
@@ -177,8 +184,11 @@ void ThreadPool::worker_loop(int) {
         lk.unlock();
         // Spin a little before sleeping: decode layers arrive every few hundred microseconds.
         const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us_);
+        // The spin yields so that a thread waiting for this core (the unpinned caller, woken by
+        // the end of a job) runs at once rather than after the spin or a scheduler tick.
         while (epoch_.load(std::memory_order_acquire) == seen) {
           for (int i = 0; i < 64; ++i) HM_PAUSE();
+          std::this_thread::yield();
           if (std::chrono::steady_clock::now() > deadline) break;
         }
         lk.lock();
