@@ -16,6 +16,12 @@
 // use indicator); times horizon_steps it is the predicted number of uses within the horizon, times
 // saved_per_use = t_cpu(1) - t_gpu(1) it is the microseconds a cached copy saves:
 //   value = rate * horizon * saved_per_use  (+ imminent * saved_per_use for a next-layer prediction)
+// The horizon (ValueParams::horizon_lifetimes > 0, the default) is 0.75 x the measured time an
+// expert stays cached, n_slots / evictions per step (moving average over ~8 steps; evictions are
+// the admissions that took a used slot). Only the prefetch bonus depends on it (both values scale
+// with it alike): a longer stay makes a resident's remaining uses weigh more against one imminent
+// use, so large budgets prefetch more selectively (measured: 25% budget 1.13x -> 1.16-1.18x over
+// lru, 10% unchanged within 0.02x; bench/RESULTS.md).
 // Admission: a miss (or a predicted next-layer expert) replaces the lowest-key victim only when its
 // value exceeds the victim's value plus copy_factor * t_copy: a copy must earn back the PCIe time it
 // takes (which delays other copies) and whatever the victim would still have saved. A free slot

@@ -161,6 +161,7 @@ void Scheduler::plan_layer(const PlanInput& in, LayerPlan& out) {
 
   // Background copies use only the copy engine's idle time before the layer ends.
   const double horizon = out.timing.finish;
+  const double saved1 = std::max(t_cpu1 - t_gpu1, 1e-9);  // us a one-token hit saves
   auto background = [&](CopyKind kind, int layer, int expert, double imminent) {
     if (copy_free >= horizon) return false;
     CopyRequest req;
@@ -169,6 +170,16 @@ void Scheduler::plan_layer(const PlanInput& in, LayerPlan& out) {
     req.expert = expert;
     req.start = std::max(now, copy_free);
     req.ready = req.start + t_copy;
+    if (kind == CopyKind::kPrefetch) {
+      // A prefetch saves its imminent use only by what is left after waiting for it: when the
+      // copy ends `late` us after the next layer's plan and that layer's CPU has m other misses
+      // to run (m: this layer's CPU count, a proxy), the layer ends at max(m t_cpu, late + t_gpu)
+      // instead of (m + 1) t_cpu.
+      const double late = std::max(0.0, req.ready - (horizon + cost_.layer_fixed()));
+      const double m = out.timing.n_cpu;
+      const double gain = std::min(saved1, (m + 1) * t_cpu1 - std::max(m * t_cpu1, late + t_gpu1));
+      imminent *= std::max(0.0, gain) / saved1;
+    }
     const int slot = take_slot(now, layer, expert, in.step, imminent, req);
     if (slot < 0) return true;  // not admitted: the engine stays free for the next candidate
     cache_.begin_load(slot, layer, expert, req.ready, policy_.key(layer, expert));

@@ -8,7 +8,9 @@
 //      the policy admits the expert, else into a staging buffer outside the budget), then
 //      prefetches of predicted next-layer experts, then background admissions of misses the CPU
 //      computed; prefetches and admissions only while the copy engine would otherwise sit idle
-//      before the layer ends (it never queues more than the layer's own length ahead);
+//      before the layer ends (it never queues more than the layer's own length ahead); a
+//      prefetch's imminent use counts only by the time it would still save at the next layer
+//      (a copy ending after that layer's plan is waited for, or bypassed when the CPU is faster);
 //   5. pins every slot the plan names; release() unpins them once the layer finished, so a
 //      victim is never an expert in use or one still being copied.
 // Residency (begin_load) changes here, between plans; the runtime's mover flips loading ->

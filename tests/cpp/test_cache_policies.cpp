@@ -303,6 +303,7 @@ HM_TEST(value_policy_adaptive_horizon_follows_slot_lifetime) {
     ValueParams adaptive, fixed;
     adaptive.horizon_lifetimes = f;  // starts from horizon_steps = 8
     fixed.horizon_steps = 4.0 * f;
+    fixed.horizon_lifetimes = 0;  // fixed horizon
     auto pa = make_policy("value", adaptive), pf = make_policy("value", fixed);
     pa->reset(1, 30, 1, cost);
     pf->reset(1, 30, 1, cost);
