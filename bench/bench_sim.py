@@ -9,9 +9,9 @@ the co-activation heat of 200 other prompts (--heat), for the synthetic trace th
 N..2N of the same generator run (a continuation: same model, disjoint tokens). The targets are
 checked against the best fair baseline (static-ext, lru, lfu, lru-fetch) and, reported alongside,
 against the best including the optimistic static.
-`value-ah` is the value policy with the adaptive horizon (--adaptive-horizon lifetimes, see
-ValueParams::horizon_lifetimes), reported beside the default `value`; the targets are checked for
-both.
+`value-fixed` is the value policy with the fixed 8-step horizon of before 2026-11-28
+(horizon_lifetimes=0; the default `value` scales its horizon with the measured slot lifetime),
+reported beside `value` for comparison; the targets are computed for both.
 Simulator speed: median of --repeats runs of every policy on the synthetic trace (one core).
 """
 
@@ -31,8 +31,8 @@ from hybrid_moe.traces import load_trace, synthetic_trace
 
 FAIR = ("static-ext", "lru", "lfu", "lru-fetch")
 BASELINES = ("static", *FAIR)
-POLICIES = ("cpu", *BASELINES, "value", "value-ah", "oracle")
-VALUES = ("value", "value-ah")
+POLICIES = ("cpu", *BASELINES, "value", "value-fixed", "oracle")
+VALUES = ("value", "value-fixed")
 
 
 def tail(tr: RouteTrace, start: int) -> RouteTrace:
@@ -53,8 +53,6 @@ def main() -> None:
     ap.add_argument("--profile", default="consumer-4090")
     ap.add_argument("--budgets", default="10%,25%")
     ap.add_argument("--predictor-accuracy", type=float, default=0.8)
-    ap.add_argument("--adaptive-horizon", type=float, default=0.85,
-                    help="value-ah's horizon_lifetimes (chosen on the dev trace and seeds 1-3)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default="bench_sim.json")
     args = ap.parse_args()
@@ -71,9 +69,9 @@ def main() -> None:
         for b in args.budgets.split(","):
             res = {}
             for p in POLICIES:
-                vp = {"horizon_lifetimes": args.adaptive_horizon} if p == "value-ah" else None
+                vp = {"horizon_lifetimes": 0.0} if p == "value-fixed" else None
                 res[p] = simulate(tr, args.profile, {"static-ext": "static",
-                                                     "value-ah": "value"}.get(p, p), b,
+                                                     "value-fixed": "value"}.get(p, p), b,
                                   predictor_accuracy=args.predictor_accuracy,
                                   model="qwen3-30b-a3b", value_params=vp,
                                   static_profile=ext if p == "static-ext" else None)
