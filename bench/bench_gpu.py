@@ -62,16 +62,7 @@ def random_experts(fmt, n_exp, seed=0):
     G = (torch.randn(n_exp, I, H, device="cuda") / H**0.5).bfloat16()
     U = (torch.randn(n_exp, I, H, device="cuda") / H**0.5).bfloat16()
     D = (torch.randn(n_exp, H, I, device="cuda") / I**0.5).bfloat16()
-    lay = gpu.expert_layout(fmt, H, I)
-    packed = torch.zeros(n_exp, lay["stride"], dtype=torch.uint8)
-    for e in range(n_exp):
-        for name, m in (("gate", G[e]), ("up", U[e]), ("down", D[e])):
-            o, nb = lay[f"{name}_offset"], lay[f"{name}_bytes"]
-            if fmt == "bf16":
-                packed[e, o : o + nb] = m.cpu().view(torch.uint8).reshape(-1)
-            else:
-                packed[e, o : o + nb] = gpu.quantize_q8_0(m.float().cpu()).reshape(-1)
-    return packed, G, U, D
+    return gpu.pack_experts(G, U, D, fmt), G, U, D
 
 
 def filled(fmt, n_exp, n_slots=None, seed=0):

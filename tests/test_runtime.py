@@ -32,7 +32,7 @@ def _weights(fmt: str, seed: int) -> ExpertWeights:
         return w.to_bf16()
     from hybrid_moe.cpu_experts import quantize_q8_0
 
-    q = [torch.from_numpy(quantize_q8_0(t)) for t in (gate, up, down)]
+    q = [quantize_q8_0(t) for t in (gate, up, down)]
     return ExpertWeights("q8_0", *q)
 
 

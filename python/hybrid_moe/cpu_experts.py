@@ -1,5 +1,5 @@
 """CPU expert kernels from Python: expert stores in the project's byte layout, one MoE layer on the
-CPU, Q8_0 (GGUF) quantisation helpers and a float32 torch reference (for tests and benchmarks).
+CPU, and aliases of the Q8_0 helpers (hybrid_moe.formats) and float32 reference (reference.py).
 
     store = CpuExpertStore.from_tensors(gate[E, I, H], up[E, I, H], down[E, H, I], fmt="q8_0")
     out = run_layer(store, x[T, H], topk_ids[T, k], topk_weights[T, k])   # -> fp32 [T, H]
@@ -15,53 +15,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from hybrid_moe import formats
 from hybrid_moe._native import native
+from hybrid_moe.formats import FORMATS
+from hybrid_moe.reference import reference_moe
 
-FORMATS = ("bf16", "q8_0")
 ISAS = ("generic", "avx512", "amx")
-Q8_BLOCK = 32
-Q8_BLOCK_BYTES = 34
-
-
-def quantize_q8_0(w: torch.Tensor | np.ndarray) -> np.ndarray:
-    """GGUF Q8_0 encoding of w[..., n] (n % 32 == 0) -> uint8 [..., n / 32 * 34].
-
-    Per block of 32: d = max|w| / 127 stored as fp16, q = round-half-away(w / d) (gguf-py's rule).
-    """
-    a = w.detach().to(torch.float32).cpu().numpy() if isinstance(w, torch.Tensor) else np.asarray(w)
-    a = a.astype(np.float32, copy=False)
-    if a.ndim < 1 or a.shape[-1] % Q8_BLOCK != 0:
-        raise ValueError(f"quantize_q8_0: last dimension must be a multiple of 32, got {a.shape}")
-    lead, n = a.shape[:-1], a.shape[-1]
-    blocks = a.reshape(-1, Q8_BLOCK)
-    d = np.abs(blocks).max(axis=1, keepdims=True) / 127.0
-    with np.errstate(divide="ignore"):
-        inv = np.where(d == 0, 0.0, 1.0 / d)
-    x = blocks * inv
-    q = (np.sign(x) * np.floor(np.abs(x) + 0.5)).astype(np.int8)
-    out = np.empty((blocks.shape[0], Q8_BLOCK_BYTES), dtype=np.uint8)
-    out[:, :2] = d.astype(np.float16).view(np.uint8).reshape(-1, 2)
-    out[:, 2:] = q.view(np.uint8)
-    return out.reshape(*lead, n // Q8_BLOCK * Q8_BLOCK_BYTES)
-
-
-def dequantize_q8_0(data: np.ndarray, n: int) -> torch.Tensor:
-    """Inverse of quantize_q8_0: uint8 [..., n / 32 * 34] -> float32 tensor [..., n]."""
-    data = np.ascontiguousarray(data, dtype=np.uint8)
-    if n % Q8_BLOCK != 0 or data.shape[-1] != n // Q8_BLOCK * Q8_BLOCK_BYTES:
-        raise ValueError(f"dequantize_q8_0: expected last dim {n // 32 * 34} for n={n}, got {data.shape}")
-    blocks = data.reshape(-1, Q8_BLOCK_BYTES)
-    d = blocks[:, :2].copy().view(np.float16).astype(np.float32)
-    q = blocks[:, 2:].view(np.int8).astype(np.float32)
-    return torch.from_numpy((d * q).reshape(*data.shape[:-1], n))
-
-
-def _encode_rows(w: torch.Tensor, fmt: str) -> np.ndarray:
-    """[E, rows, n] float -> uint8 [E, rows * row_bytes] in format fmt."""
-    if fmt == "bf16":
-        b = w.detach().to(torch.bfloat16).contiguous().view(torch.int16).numpy()
-        return b.view(np.uint8).reshape(w.shape[0], -1)
-    return quantize_q8_0(w).reshape(w.shape[0], -1)
+# Thin aliases kept for callers of cpu_experts.*: the one implementation is in hybrid_moe.formats.
+quantize_q8_0 = formats.quantize_q8_0  # [..., n] float -> uint8 torch [..., n / 32 * 34]
+dequantize_q8_0 = formats.dequantize_q8_0  # uint8 [..., n / 32 * 34] -> float32 [..., n]
 
 
 def _check_weight(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> None:
@@ -111,28 +73,12 @@ class CpuExpertStore:
         _check_weight("down", down, (E, H, I))
         if fmt == "q8_0" and (H % 32 or I % 32):
             raise ValueError(f"q8_0 needs H and I to be multiples of 32, got H={H}, I={I}")
-        lay = dict(native.expert_layout(fmt, H, I))
-        stride = int(lay["stride"])
-        buf = np.zeros((E, stride), dtype=np.uint8)
-        for key, w in (("gate", gate), ("up", up), ("down", down)):
-            off, nbytes = int(lay[f"{key}_offset"]), int(lay[f"{key}_bytes"])
-            buf[:, off : off + nbytes] = _encode_rows(w, fmt)
-        return cls(fmt, H, I, torch.from_numpy(buf), lay)
+        packed = formats.pack_experts(gate, up, down, fmt)
+        return cls(fmt, H, I, packed, formats.expert_layout(fmt, H, I))
 
     def dequantized(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The weights as the kernel sees them, float32: gate, up [E, I, H], down [E, H, I]."""
-        E, H, I = self.n_experts, self.hidden, self.intermediate
-        raw = self.data.numpy()
-        out = []
-        for key, rows, n in (("gate", I, H), ("up", I, H), ("down", H, I)):
-            off, nbytes = int(self.layout[f"{key}_offset"]), int(self.layout[f"{key}_bytes"])
-            part = raw[:, off : off + nbytes]
-            if self.fmt == "bf16":
-                t = torch.from_numpy(part.copy().view(np.int16)).view(torch.bfloat16).float()
-            else:
-                t = dequantize_q8_0(part.reshape(E, rows, -1), n)
-            out.append(t.reshape(E, rows, n))
-        return out[0], out[1], out[2]
+        return formats.unpack_experts(self.data, self.fmt, self.hidden, self.intermediate)
 
 
 def _check_routing(x, topk_ids, topk_weights, n_experts: int, hidden: int):
@@ -202,15 +148,9 @@ def run_layer(
 
 
 def reference_layer(gate, up, down, x, topk_ids, topk_weights) -> torch.Tensor:
-    """float32 torch reference: gate, up [E, I, H], down [E, H, I]; returns [T, H]."""
-    x = x.float()
-    out = torch.zeros(x.shape[0], down.shape[1], dtype=torch.float32)
-    for e in topk_ids.unique().tolist():
-        rows, cols = (topk_ids == e).nonzero(as_tuple=True)
-        xe = x[rows]
-        h = torch.nn.functional.silu(xe @ gate[e].float().T) * (xe @ up[e].float().T)
-        out.index_add_(0, rows, (h @ down[e].float().T) * topk_weights[rows, cols].float()[:, None])
-    return out
+    """float32 torch reference: gate, up [E, I, H], down [E, H, I]; returns [T, H].
+    Argument order kept for its callers; the computation is reference.reference_moe."""
+    return reference_moe(x, topk_ids, topk_weights, gate, up, down)
 
 
 def available_isas() -> list[str]:

@@ -4,7 +4,8 @@ The native code (csrc/cuda) works on raw pointers and a cudaStream_t; this modul
 tensors and passes their data_ptr() and torch.cuda.current_stream().cuda_stream. Shapes: x is
 bf16 [T, H]; a plan is three 1-D tensors of one length P: tokens (int, in [0, T)), slots (int, in
 [0, n_slots)) and weights (float); out is [T, H] float32 or bfloat16 and is ADDED to.
-Expert bytes follow core/weight_format.h: pack_experts() builds them from float weights.
+Expert bytes follow core/weight_format.h: formats.pack_experts() (alias gpu.pack_experts) builds
+them from float weights.
 Without a CUDA build every GPU entry raises RuntimeError("... built without CUDA ...").
 """
 
@@ -15,9 +16,10 @@ from typing import Any
 
 import torch
 
+from hybrid_moe import formats
+from hybrid_moe import reference as _reference
 from hybrid_moe._native import native
-
-FORMATS = ("bf16", "q8_0")
+from hybrid_moe.formats import FORMATS  # noqa: F401  (kept: gpu.FORMATS)
 
 
 def gpu_built() -> bool:
@@ -29,86 +31,31 @@ def _require_gpu() -> None:
         raise RuntimeError("hybrid_moe was built without CUDA: the GPU side is unavailable")
 
 
-def expert_layout(fmt: str, hidden: int, intermediate: int) -> dict[str, Any]:
-    """Byte layout of one expert: offsets/bytes of gate, up, down and the stride (bytes)."""
-    return dict(native.gpu_expert_layout(fmt, int(hidden), int(intermediate)))
-
-
-# ------------------------------------------------------------------ formats (CPU, torch)
-def quantize_q8_0(w: torch.Tensor) -> torch.Tensor:
-    """[rows, n] float -> uint8 [rows, n / 32 * 34] GGUF Q8_0 blocks (fp16 scale + 32 int8)."""
-    if w.dim() != 2 or w.shape[1] % 32 != 0:
-        raise ValueError(f"quantize_q8_0: w must be [rows, n] with n % 32 == 0, got {tuple(w.shape)}")
-    rows, n = w.shape
-    blocks = w.detach().float().cpu().reshape(rows, n // 32, 32)
-    d = (blocks.abs().amax(dim=-1) / 127.0).to(torch.float16)
-    df = d.float()
-    q = torch.where(df[..., None] > 0, blocks / df.clamp_min(1e-30)[..., None], 0.0)
-    q = q.round().clamp(-127, 127).to(torch.int8)
-    out = torch.cat([d.view(torch.uint8).reshape(rows, n // 32, 2), q.view(torch.uint8)], dim=-1)
-    return out.reshape(rows, n // 32 * 34).contiguous()
-
-
-def dequantize_q8_0(b: torch.Tensor, n: int) -> torch.Tensor:
-    """uint8 [rows, n / 32 * 34] -> float32 [rows, n]."""
-    rows = b.shape[0]
-    blk = b.reshape(rows, n // 32, 34)
-    d = blk[..., :2].contiguous().view(torch.float16).float()  # [rows, nb, 1]
-    q = blk[..., 2:].contiguous().view(torch.int8).float()
-    return (d * q).reshape(rows, n)
-
-
-def pack_experts(gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, fmt: str) -> torch.Tensor:
-    """gate/up [E, I, H], down [E, H, I] (float) -> uint8 [E, stride] in the expert layout."""
-    if fmt not in FORMATS:
-        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
-    if gate.dim() != 3 or up.shape != gate.shape or down.shape != (gate.shape[0], gate.shape[2], gate.shape[1]):
-        raise ValueError(
-            "pack_experts: expected gate/up [E, I, H] and down [E, H, I], got "
-            f"{tuple(gate.shape)}, {tuple(up.shape)}, {tuple(down.shape)}"
-        )
-    n_exp, inter, hidden = gate.shape
-    lay = expert_layout(fmt, hidden, inter)
-    out = torch.zeros(n_exp, lay["stride"], dtype=torch.uint8)
-
-    def enc(m: torch.Tensor) -> torch.Tensor:  # [rows, n_in] -> bytes [rows * row_bytes]
-        if fmt == "bf16":
-            return m.detach().cpu().to(torch.bfloat16).contiguous().view(torch.uint8).reshape(-1)
-        return quantize_q8_0(m).reshape(-1)
-
-    for e in range(n_exp):
-        for name, m in (("gate", gate[e]), ("up", up[e]), ("down", down[e])):
-            off, nb = lay[f"{name}_offset"], lay[f"{name}_bytes"]
-            out[e, off : off + nb] = enc(m)
-    return out
-
-
-def unpack_expert(row: torch.Tensor, fmt: str, hidden: int, inter: int):
-    """uint8 [stride] -> (gate [I, H], up [I, H], down [H, I]) in float32 (exact dequantization)."""
-    lay = expert_layout(fmt, hidden, inter)
-    row = row.cpu()
-
-    def dec(name: str, rows: int, n_in: int) -> torch.Tensor:
-        b = row[lay[f"{name}_offset"] : lay[f"{name}_offset"] + lay[f"{name}_bytes"]]
-        if fmt == "bf16":
-            return b.contiguous().view(torch.bfloat16).reshape(rows, n_in).float()
-        return dequantize_q8_0(b.reshape(rows, -1), n_in)
-
-    return dec("gate", inter, hidden), dec("up", inter, hidden), dec("down", hidden, inter)
+# ------------------------------------------------------------------ formats (hybrid_moe.formats)
+# Thin aliases kept for callers of gpu.*: the one implementation lives in hybrid_moe.formats.
+expert_layout = formats.expert_layout  # (fmt, hidden, intermediate) -> layout dict
+quantize_q8_0 = formats.quantize_q8_0  # [..., n] float -> uint8 [..., n / 32 * 34] (GGUF exact)
+dequantize_q8_0 = formats.dequantize_q8_0  # uint8 [..., n / 32 * 34] -> float32 [..., n]
+pack_experts = formats.pack_experts  # gate/up [E, I, H], down [E, H, I] -> uint8 [E, stride]
+unpack_expert = formats.unpack_experts  # uint8 [stride] -> float32 (gate, up, down) of one expert
 
 
 def reference_moe(x: torch.Tensor, tokens, weights, experts_f32) -> torch.Tensor:
-    """float32 reference: out[t] = sum_p w_p * down_p @ (silu(gate_p @ x_t) * (up_p @ x_t)).
+    """float32 reference in the kernels' pair form: out[t] = sum_p w_p * expert_p(x_t),
+    t = tokens[p].
 
-    experts_f32: list (one per pair) of (gate, up, down) float32 tensors on x's device.
+    experts_f32: list (one per pair) of (gate [I, H], up [I, H], down [H, I]) tensors on x's
+    device; equal tuples (same tensor objects) are stacked once. Calls reference.reference_moe.
     """
-    xf = x.float()
-    out = torch.zeros_like(xf)
-    for p, (g, u, d) in enumerate(experts_f32):
-        t = int(tokens[p])
-        h = torch.nn.functional.silu(g @ xf[t]) * (u @ xf[t])
-        out[t] += float(weights[p]) * (d @ h)
-    return out
+    index: dict[tuple[int, int, int], int] = {}
+    pair_expert = [index.setdefault(tuple(map(id, gud)), len(index)) for gud in experts_f32]
+    uniq = {v: gud for gud, v in zip(experts_f32, pair_expert, strict=True)}
+    gate, up, down = (torch.stack([uniq[i][j] for i in range(len(uniq))]) for j in range(3))
+    tok = torch.as_tensor(tokens).reshape(-1).to(x.device, torch.int64)
+    ids = torch.tensor(pair_expert, dtype=torch.int64, device=x.device)[:, None]  # [P, 1]
+    w = torch.as_tensor(weights).reshape(-1, 1).to(x.device, torch.float32)  # [P, 1]
+    per_pair = _reference.reference_moe(x[tok], ids, w, gate, up, down)  # [P, H]
+    return torch.zeros(x.shape[0], x.shape[1], device=x.device).index_add_(0, tok, per_pair)
 
 
 # ------------------------------------------------------------------ store, slab, mover

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from hybrid_moe._native import native
+from hybrid_moe import formats
 from hybrid_moe.loaders.tensors import ExpertWeights
 from hybrid_moe.runtime import Runtime
 
@@ -30,20 +30,12 @@ _HIDDEN_DTYPES = (torch.bfloat16, torch.float32, torch.float16)
 
 def pack_expert_weights(weights: ExpertWeights) -> tuple[str, torch.Tensor]:
     """ExpertWeights -> (format, uint8 [E, stride]) in the one-contiguous-range expert layout
-    (csrc/core/weight_format.h). 'f32' is rounded to 'bf16'; Q8_0 blocks are copied as they are."""
+    (csrc/core/weight_format.h), by formats.pack_encoded. 'f32' is rounded to 'bf16'; Q8_0
+    blocks are copied as they are (never re-quantized)."""
     w = weights.to_bf16()
-    fmt = w.format
-    lay = native.expert_layout(fmt, w.hidden, w.intermediate)
-    E = w.n_expert
-    packed = torch.zeros(E, int(lay["stride"]), dtype=torch.uint8)
-    for name in ("gate", "up", "down"):
-        t = getattr(w, name).detach().to("cpu").contiguous()
-        raw = t.view(torch.uint8).reshape(E, -1)  # bf16 -> 2 bytes per value; q8_0 already bytes
-        off, nb = int(lay[f"{name}_offset"]), int(lay[f"{name}_bytes"])
-        if raw.shape[1] != nb:
-            raise ValueError(f"{name}: expected {nb} bytes per expert, got {raw.shape[1]}")
-        packed[:, off:off + nb] = raw
-    return fmt, packed
+    raw = [getattr(w, n).detach().to("cpu").contiguous().view(torch.uint8)  # bf16: 2 B/value
+           for n in ("gate", "up", "down")]
+    return w.format, formats.pack_encoded(w.format, w.hidden, w.intermediate, *raw)
 
 
 class HybridMoELayer(nn.Module):

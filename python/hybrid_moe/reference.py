@@ -6,6 +6,8 @@ computed in float32 (weights decoded to float32: bf16 exactly, Q8_0 as d * q), o
 input's dtype. Same call signature as the runtime's HybridMoELayer (DESIGN.md section 7):
 forward(hidden [T, H], topk_ids [T, k] int, topk_weights [T, k] float) -> [T, H].
 It loops over the experts that were hit, gathering their tokens: slow, simple, obviously right.
+reference_moe() is that computation as a plain function on dense tensors, the one float32
+reference that cpu_experts.reference_layer and gpu.reference_moe call too.
 """
 
 from __future__ import annotations
@@ -15,6 +17,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from hybrid_moe.loaders.tensors import ExpertWeights
+
+
+def reference_moe(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
+                  gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """THE float32 reference of routed experts (every other reference in the package calls it).
+
+    x [T, H] (any float dtype); topk_ids [T, k] int in [0, E); topk_weights [T, k] float;
+    gate, up [E, I, H] and down [E, H, I] dense (any float dtype; cast to float32 per expert).
+    Returns float32 [T, H] on x's device: out[t] = sum_j w[t, j] * down_e(silu(gate_e x_t) *
+    up_e x_t), e = topk_ids[t, j]; ids and weights are moved to x's device. No input checks:
+    callers validate (ReferenceExperts._check_inputs)."""
+    xf = x.to(torch.float32)
+    out = torch.zeros(xf.shape[0], down.shape[1], dtype=torch.float32, device=xf.device)
+    ids = topk_ids.to(xf.device, torch.int64)
+    w = topk_weights.to(xf.device, torch.float32)
+    for e in torch.unique(ids).tolist():
+        tok, slot = torch.nonzero(ids == e, as_tuple=True)
+        xe = xf[tok]  # [n, H]
+        g, u, d = (t[e].to(xf.device, torch.float32) for t in (gate, up, down))
+        act = F.silu(xe @ g.T) * (xe @ u.T)  # [n, I]
+        out.index_add_(0, tok, (act @ d.T) * w[tok, slot, None])
+    return out
 
 
 class ReferenceExperts(nn.Module):
@@ -36,15 +60,7 @@ class ReferenceExperts(nn.Module):
     def forward(self, hidden: torch.Tensor, topk_ids: torch.Tensor,
                 topk_weights: torch.Tensor) -> torch.Tensor:
         _check_inputs(hidden, topk_ids, topk_weights, self.hidden, self.n_expert)
-        x = hidden.to(torch.float32)
-        out = torch.zeros_like(x)
-        ids = topk_ids.to(torch.int64)
-        w = topk_weights.to(torch.float32)
-        for e in torch.unique(ids).tolist():
-            tok, slot = torch.nonzero(ids == e, as_tuple=True)
-            xe = x[tok]  # [n, H]
-            act = F.silu(xe @ self.gate[e].T) * (xe @ self.up[e].T)  # [n, I]
-            out.index_add_(0, tok, (act @ self.down[e].T) * w[tok, slot, None])
+        out = reference_moe(hidden, topk_ids, topk_weights, self.gate, self.up, self.down)
         return out.to(hidden.dtype)
 
     def extra_repr(self) -> str:

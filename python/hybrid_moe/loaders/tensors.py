@@ -25,31 +25,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-Q8_0_BLOCK = 32  # values per Q8_0 block
-Q8_0_BYTES = 34  # bytes per Q8_0 block: fp16 scale + 32 int8
+# Q8_0 constants and helpers live in hybrid_moe.formats; re-exported here for the loaders' API.
+from hybrid_moe.formats import Q8_0_BLOCK, Q8_0_BYTES, dequantize_q8_0, q8_0_row_bytes
+
+__all__ = ["FORMATS", "Q8_0_BLOCK", "Q8_0_BYTES", "ExpertWeights", "dequantize_q8_0",
+           "load_state_dict_experts", "q8_0_row_bytes"]
 
 FORMATS = ("bf16", "f32", "q8_0")
 _DENSE_DTYPES = {"bf16": torch.bfloat16, "f32": torch.float32}
-
-
-def q8_0_row_bytes(n_in: int) -> int:
-    """Bytes of one Q8_0 row of n_in values (n_in must be a multiple of 32)."""
-    if n_in <= 0 or n_in % Q8_0_BLOCK:
-        raise ValueError(f"q8_0 rows need a positive multiple of {Q8_0_BLOCK} values, got {n_in}")
-    return n_in // Q8_0_BLOCK * Q8_0_BYTES
-
-
-def dequantize_q8_0(blocks: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 [..., n_in/32*34] GGUF Q8_0 rows -> dtype [..., n_in] (d * q, exact in float32)."""
-    if blocks.dtype != torch.uint8:
-        raise ValueError(f"q8_0 blocks must be torch.uint8, got {blocks.dtype}")
-    if blocks.shape[-1] % Q8_0_BYTES:
-        raise ValueError(f"q8_0 row bytes must be a multiple of {Q8_0_BYTES}, got "
-                         f"{blocks.shape[-1]}")
-    b = blocks.reshape(*blocks.shape[:-1], blocks.shape[-1] // Q8_0_BYTES, Q8_0_BYTES)
-    d = b[..., :2].contiguous().view(torch.float16).to(torch.float32)  # [..., nb, 1]
-    q = b[..., 2:].contiguous().view(torch.int8).to(torch.float32)  # [..., nb, 32]
-    return (d * q).reshape(*blocks.shape[:-1], -1).to(dtype)
 
 
 @dataclass
