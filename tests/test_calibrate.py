@@ -224,6 +224,110 @@ def test_kernel_faster_than_torch_read_keeps_efficiency_in_range():
     load_profile(prof)
 
 
+# ------------------------------------------------------------------ GPU fit on real measurements
+# measurements.gpu of `hybrid-moe calibrate` on the lent H200 (2026-11-28, .device run 11),
+# medians of 7 repeats: (format, kernel, experts E, tokens per expert n, layer time us). The
+# decode kernel streams an expert's weights once per (token, expert) pair: ~2.3 us per bf16 pair
+# (9.4 MB at ~4 TB/s), so its time is ~linear in n from n = 1.
+H200_GPU_ROWS = [
+    ("bf16", "decode", 1, 1, 22.220),
+    ("bf16", "decode", 4, 1, 21.364),
+    ("bf16", "decode", 16, 1, 49.344),
+    ("bf16", "decode", 16, 4, 167.692),
+    ("bf16", "decode", 16, 16, 601.908),
+    ("bf16", "prefill", 16, 64, 201.084),
+    ("bf16", "prefill", 16, 256, 444.013),
+    ("q8_0", "decode", 1, 1, 20.356),
+    ("q8_0", "decode", 4, 1, 27.368),
+    ("q8_0", "decode", 16, 1, 91.088),
+    ("q8_0", "decode", 16, 4, 207.248),
+    ("q8_0", "decode", 16, 16, 783.040),
+    ("q8_0", "prefill", 16, 64, 402.108),
+    ("q8_0", "prefill", 16, 256, 1083.383),
+]
+
+
+@pytest.fixture
+def h200_gpu_rows():
+    return [
+        {"format": f, "kernel": k, "experts": e, "n": n, "layer_us": t}
+        for f, k, e, n, t in H200_GPU_ROWS
+    ]
+
+
+def _profile_with_gpu_rows(gpu_rows, formats=("bf16", "q8_0")):
+    cpu_rows, ovh_rows, _, copy_rows = _synthetic_rows()
+    return cal.build_profile(
+        cpu_rows=[r for r in cpu_rows if r["format"] in formats],
+        overhead_rows=[r for r in ovh_rows if r["format"] in formats],
+        dram_gbps=TRUE["dram"],
+        gpu_rows=gpu_rows,
+        copy_rows=copy_rows,
+        base="consumer-4090",
+        formats=list(formats),
+        hidden=H,
+        intermediate=INTER,
+        threads=16,
+        name="h200-real",
+    )
+
+
+def test_gpu_fit_reproduces_real_h200_decode_measurements(h200_gpu_rows):
+    prof = _profile_with_gpu_rows(h200_gpu_rows)
+    load_profile(prof)
+    # Through the native cost model (cost_model.h), as the runtime and simulator see it.
+    rows = [r for r in cal.comparison_rows(prof) if r["what"] == "gpu decode"]
+    assert len(rows) == 10
+    for r in rows:
+        assert 1 / 1.3 <= r["ratio"] <= 1.3, r
+    # Physically sane constants: ~4 TB/s of HBM (the old fit said 332 GB/s), a ~15 us launch.
+    assert 3000 < prof["gpu"]["vram_gbps"] < 4800
+    assert 5 < prof["gpu"]["layer_overhead_us"] < 22
+    for fmt in ("bf16", "q8_0"):
+        assert prof["fit"]["gpu"]["formats"][fmt]["tflops_from"] == "decode"
+        # The prefill path's own line (not in cost_model.h's form) is recorded for reference.
+        line = prof["fit"]["gpu"]["formats"][fmt]["prefill_line"]
+        assert line["fixed_us"] > 50 and line["tflops"] > 10 * prof["formats"][fmt]["gpu_tflops"]
+
+
+def test_gpu_fit_recovers_per_pair_decode_kernel_constants():
+    # Decode rows FLOP-bound at every n (like the real kernel): L, g and both f recovered; the
+    # bandwidth is then only bounded (memory term = FLOP term at n = 1 for the tighter format).
+    L, g, tf = 15.0, 0.5, {"bf16": 4.0, "q8_0": 3.0}
+    rows = []
+    for fmt in ("bf16", "q8_0"):
+        f = F1 / (tf[fmt] * 1e6)
+        for e, n in ((1, 1), (4, 1), (16, 1), (16, 4), (16, 16)):
+            rows.append(
+                {
+                    "format": fmt,
+                    "kernel": "decode",
+                    "experts": e,
+                    "n": n,
+                    "layer_us": L + e * (g + f * n),
+                }
+            )
+    ebytes = {"bf16": 3 * H * INTER * 2, "q8_0": 3 * H * INTER // 32 * 34}
+    fit = cal.fit_gpu_decode(rows, ["bf16", "q8_0"], ebytes, F1)
+    assert fit["layer_overhead_us"] == pytest.approx(L, rel=1e-6)
+    assert fit["expert_overhead_us"] == pytest.approx(g, rel=1e-6)
+    assert fit["rms_log_error"] < 1e-9
+    assert fit["vram_is_lower_bound"]
+    for fmt in ("bf16", "q8_0"):
+        assert fit["formats"][fmt]["tflops"] == pytest.approx(tf[fmt], rel=1e-6)
+        assert fit["formats"][fmt]["mem_us"] <= fit["formats"][fmt]["us_per_token"] * (1 + 1e-9)
+    with pytest.raises(ValueError, match="decode rows"):
+        cal.fit_gpu_decode(rows[:1], ["bf16"], ebytes, F1)
+
+
+def test_gpu_fit_single_format_reproduces_its_rows(h200_gpu_rows):
+    rows = [r for r in h200_gpu_rows if r["format"] == "bf16"]
+    prof = _profile_with_gpu_rows(rows, formats=("bf16",))
+    for r in cal.comparison_rows(prof):
+        if r["what"] == "gpu decode":
+            assert 1 / 1.3 <= r["ratio"] <= 1.3, r
+
+
 # ------------------------------------------------------------------ real (small) calibration here
 SMALL = cal.CalibrationPlan(tokens=(1, 4), experts_per_call=8, pool_mib=24, dram_mib=64, reps=2)
 

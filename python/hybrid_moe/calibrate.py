@@ -18,11 +18,14 @@ Q8_0 blocks with small fp16 scales).
             memory term: cpu_efficiency = bytes / m / dram_read_gbps) and f (cpu_tflops = flops per
             token / f).
   GPU       the decode kernel (gpu.launch_decode_raw, CUDA events) for E = 1, 4, 16 experts at
-            n = 1: a line in E gives gpu.layer_overhead_us (intercept); then E = 16 at n = 1, 4, 16
-            (decode) and 64, 256 (prefill path, host clock after synchronize). Per expert times
-            (layer time - layer overhead) / E are fitted like the CPU's; the memory terms of the two
-            formats against their bytes give gpu.expert_overhead_us (intercept) and gpu.vram_gbps
-            (slope); f gives formats.*.gpu_tflops.
+            n = 1, then E = 16 at n = 1, 4, 16 (decode) and 64, 256 (prefill path, host clock after
+            synchronize). fit_gpu_decode fits layer_overhead + E * (expert_overhead + max(bytes /
+            vram, n * flops / gpu_tflops)) to all decode rows of both formats at once (least
+            squares of log(fit / measured)). The decode kernel re-reads an expert's weights for
+            each of its tokens, so its time is ~linear in n from n = 1 and gpu_tflops comes out
+            as its effective rate (a few TFLOP/s); the prefill path (a fixed ~100+ us plus a GEMM
+            rate) has no term in cost_model.h, so t_gpu(n) over-predicts it at n >= 64; its own
+            line is kept in fit.gpu.<fmt>.prefill_line.
   copy      pinned host -> device cudaMemcpyAsync (torch copy_, non_blocking) of sizes from 256 KiB
             to 64 MiB and the two expert sizes, `copy_batch` copies between CUDA events from
             distinct buffers; t = latency + bytes / bandwidth by least squares.
@@ -35,6 +38,7 @@ Without CUDA the gpu and copy sections and gpu_tflops come from the base profile
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 import os
@@ -138,6 +142,128 @@ def fit_line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
     if intercept < 0:
         intercept, slope = 0.0, float(np.dot(x, y) / np.dot(x, x))
     return intercept, slope
+
+
+def fit_gpu_decode(
+    rows: Sequence[dict], formats: Sequence[str], ebytes: dict[str, int], flops_per_token: float
+) -> dict[str, Any]:
+    """The GPU constants of cost_model.h from measured layer times (rows of measure_gpu).
+
+    Model of one layer: t = L + E * (g + max(B_fmt * inv_bw, n * f_fmt)) with L the layer
+    overhead, g the per expert overhead, inv_bw = 1 / VRAM bandwidth (us per byte), f_fmt the us
+    per token of the FLOP term (gpu_tflops = flops_per_token / f_fmt). It is fitted to every
+    decode-kernel row at once (each format's E-line at n = 1 and its n-line at E = 16) by least
+    squares of the relative error (t_fit - t) / t, so the 600 us points do not outweigh the 20 us
+    ones. Given which rows are memory-bound (for each format a prefix of its token counts) the
+    model is linear in (L, g, inv_bw, f_*): every such split is solved, with L and g free or
+    fixed at 0 (they must be >= 0), and the one with the smallest error under the full max()
+    model is kept (ties keep the most memory-bound split). What the rows leave open is set to
+    the bound they allow: with no memory-bound row, inv_bw = min over formats of f * n_min / B
+    (the lowest bandwidth that keeps every row FLOP-bound); a format with no FLOP-bound decode
+    row takes f from its prefill rows (least squares through the origin of the per expert time
+    above g against n), capped at m / n_max so its decode rows stay memory-bound.
+    The prefill path is not part of the fit otherwise: cost_model.h has one t_gpu(n) curve, and
+    the prefill path's cost (a fixed ~100+ us plus a GEMM rate) has no term there.
+    """
+    dec = [r for r in rows if r["kernel"] == "decode" and r["format"] in formats]
+    fmts = [f for f in formats if any(r["format"] == f for r in dec)]
+    if len(dec) < 2 or not fmts:
+        raise ValueError(f"fit_gpu_decode needs >= 2 decode rows of {list(formats)}")
+    t = np.array([r["layer_us"] for r in dec], dtype=np.float64)
+    E = np.array([r["experts"] for r in dec], dtype=np.float64)
+    n = np.array([r["n"] for r in dec], dtype=np.float64)
+    B = np.array([ebytes[r["format"]] for r in dec], dtype=np.float64)
+    fi = np.array([fmts.index(r["format"]) for r in dec])
+    if np.any(t <= 0) or np.any(E < 1) or np.any(n < 1):
+        raise ValueError("fit_gpu_decode: layer_us must be > 0, experts and n >= 1")
+    ns = [sorted({float(v) for v in n[fi == k]}) for k in range(len(fmts))]
+    P = 3 + len(fmts)  # L, g, inv_bw, f per format
+
+    def predict(p: np.ndarray) -> np.ndarray:
+        return p[0] + E * (p[1] + np.maximum(B * p[2], n * p[3 + fi]))
+
+    best: tuple[float, np.ndarray, tuple[int, ...]] | None = None
+    # Splits: format k's first j_k token counts memory-bound; most memory-bound first.
+    for split in itertools.product(*(range(len(v), -1, -1) for v in ns)):
+        mem = np.array(
+            [n[i] <= (ns[fi[i]][split[fi[i]] - 1] if split[fi[i]] else 0.0) for i in range(t.size)]
+        )
+        A = np.zeros((t.size, P))
+        A[:, 0], A[:, 1] = 1.0, E
+        A[mem, 2] = (E * B)[mem]
+        for i in np.flatnonzero(~mem):
+            A[i, 3 + fi[i]] = E[i] * n[i]
+        for fixed in ((), (0,), (1,), (0, 1)):
+            act = [c for c in range(P) if c not in fixed and np.any(A[:, c])]
+            Aw = A[:, act] / t[:, None]  # relative error: rows divided by the measured time
+            if np.linalg.matrix_rank(Aw) < len(act):
+                continue
+            sol = np.linalg.lstsq(Aw, np.ones(t.size), rcond=None)[0]
+            for _ in range(8):  # Gauss-Newton on log(fit / t), from the relative-error solution
+                fit_t = A[:, act] @ sol
+                if np.any(fit_t <= 0):
+                    break
+                step = np.linalg.lstsq(
+                    A[:, act] / fit_t[:, None], 1.0 + np.log(t / fit_t), rcond=None
+                )[0]
+                if np.allclose(step, sol, rtol=1e-12, atol=0):
+                    break
+                sol = step
+            p = np.full(P, np.nan)
+            p[list(fixed)] = 0.0
+            p[act] = sol
+            if np.any(p[[c for c in act if c >= 2]] <= 0) or np.any(p[[0, 1]] < -1e-9):
+                continue
+            p[:2] = np.maximum(p[:2], 0.0)
+            if np.isnan(p[2]):  # no memory-bound row: the lowest bandwidth keeping all FLOP-bound
+                p[2] = min(
+                    p[3 + k] * ns[k][0] / ebytes[f] for k, f in enumerate(fmts) if split[k] == 0
+                )
+            for k, f in enumerate(fmts):  # no FLOP-bound row: the largest f the rows allow
+                if np.isnan(p[3 + k]):
+                    p[3 + k] = ebytes[f] * p[2] / ns[k][-1]
+            err = float(np.sqrt(np.mean(np.log(predict(p) / t) ** 2)))
+            if best is None or err < best[0] - 1e-12:
+                best = (err, p, split)
+    assert best is not None  # the all-memory-bound split with L = g = 0 always solves
+    err, p, split = best
+    L, g, inv_bw = float(p[0]), float(p[1]), float(p[2])
+    out: dict[str, Any] = {
+        "layer_overhead_us": L,
+        "expert_overhead_us": g,
+        "vram_gbps": 1.0 / inv_bw / 1e3,
+        "vram_is_lower_bound": all(j == 0 for j in split),
+        "rms_log_error": err,
+        "formats": {},
+    }
+    for k, f in enumerate(fmts):
+        us_tok, source = float(p[3 + k]), "decode"
+        mem_us = ebytes[f] * inv_bw
+        pre = [r for r in rows if r["kernel"] == "prefill" and r["format"] == f]
+        mem_n_max = ns[k][split[k] - 1] if split[k] else 0.0  # largest memory-bound n
+        info: dict[str, Any] = {
+            "flop_bound_decode_points": int(np.sum((fi == k) & (n > mem_n_max)))
+        }
+        if split[k] == len(ns[k]):  # all decode rows memory-bound: f from the prefill rows
+            source = "bound"
+            pn = np.array([r["n"] for r in pre], dtype=np.float64)
+            py = np.array([(r["layer_us"] - L) / r["experts"] - g for r in pre])
+            flop = py > mem_us * (1 + 1e-6)
+            if np.any(flop):
+                f_pre = float(np.dot(pn[flop], py[flop]) / np.dot(pn[flop], pn[flop]))
+                if f_pre < us_tok:
+                    us_tok, source = f_pre, "prefill"
+        if len(pre) >= 2 and len({r["n"] for r in pre}) >= 2:  # what the prefill path costs
+            c0, slope = fit_line([r["n"] * r["experts"] for r in pre], [r["layer_us"] for r in pre])
+            info["prefill_line"] = {"fixed_us": c0, "tflops": flops_per_token / slope / 1e6}
+        out["formats"][f] = dict(
+            info,
+            us_per_token=us_tok,
+            mem_us=mem_us,
+            tflops=flops_per_token / us_tok / 1e6,
+            tflops_from=source,
+        )
+    return out
 
 
 # ----------------------------------------------------------------------------------- data
@@ -659,59 +785,28 @@ def build_profile(
         "max(bytes / (dram * efficiency), flops / cpu_tflops) fitted by least squares"
     )
 
-    # GPU: layer overhead (line in E at n = 1), per expert roofline per format, overhead and
-    # bandwidth from the formats' memory terms against their bytes.
+    # GPU: one joint fit of the decode kernel's rows (see fit_gpu_decode); the prefill rows fix
+    # a format's FLOP term only where the decode rows leave it open (no FLOP-bound decode point).
     if gpu_rows:
-        per_fmt = {}
-        layer_ovh = []
-        for fmt in formats:
-            rows = [r for r in gpu_rows if r["format"] == fmt]
-            line = [r for r in rows if r["kernel"] == "decode" and r["n"] == 1]
-            l0, _ = fit_line([r["experts"] for r in line], [r["layer_us"] for r in line])
-            layer_ovh.append(l0)
-            per_fmt[fmt] = rows
-        l0 = float(np.mean(layer_ovh))
-        mem = {}
-        for fmt in formats:
-            big = [
-                r for r in per_fmt[fmt] if r["experts"] == max(x["experts"] for x in per_fmt[fmt])
-            ]
-            pts = [(r["n"], max(r["layer_us"] - l0, 1e-3) / r["experts"]) for r in big]
-            fr0 = fit_roofline([p[0] for p in pts], [p[1] for p in pts])  # free overhead
-            mem[fmt] = (pts, fr0.overhead_us + fr0.mem_us)  # the memory-bound time per expert
-        if len(formats) >= 2:
-            g_ovh, inv_bw = fit_line([ebytes[f] for f in formats], [mem[f][1] for f in formats])
-            if inv_bw <= 0:  # the two formats disagree with the bytes: no overhead, mean bandwidth
-                g_ovh = 0.0
-                inv_bw = float(np.mean([mem[f][1] / ebytes[f] for f in formats]))
-        else:
-            f0 = formats[0]
-            g_ovh = min(float(base["gpu"]["expert_overhead_us"]), 0.5 * mem[f0][1])
-            inv_bw = (mem[f0][1] - g_ovh) / ebytes[f0]
-        vram = 1.0 / inv_bw / 1e3
+        gfit = fit_gpu_decode(gpu_rows, formats, ebytes, F1)
         prof["gpu"] = {
             "name": _gpu_name(),
-            "vram_gbps": round(vram, 2),
-            "expert_overhead_us": round(g_ovh, 3),
-            "layer_overhead_us": round(l0, 3),
+            "vram_gbps": round(gfit["vram_gbps"], 2),
+            "expert_overhead_us": round(gfit["expert_overhead_us"], 3),
+            "layer_overhead_us": round(gfit["layer_overhead_us"], 3),
         }
-        fit["gpu"]["layer_overhead_us"] = l0
         for fmt in formats:
-            pts = mem[fmt][0]
-            fr = fit_roofline([p[0] for p in pts], [p[1] for p in pts], overhead_us=g_ovh)
-            tflops = F1 / fr.us_per_token / 1e6 if fr.us_per_token > 0 else 1e4
-            prof["formats"][fmt]["gpu_tflops"] = round(tflops, 3)
-            fit["gpu"][fmt] = dict(
-                asdict(fr),
-                tflops=tflops,
-                tflops_is_lower_bound=fr.compute_bound_points == 0,
-                per_expert_points=pts,
-            )
+            prof["formats"][fmt]["gpu_tflops"] = round(gfit["formats"][fmt]["tflops"], 3)
+        fit["gpu"] = gfit
         sources["gpu"] = "measured"
         notes["gpu"] = (
             "decode kernel (CUDA events) and prefill path (host clock after synchronize); layer "
-            "overhead = intercept of layer time against experts at n = 1; expert overhead and "
-            "VRAM bandwidth from both formats' per expert memory terms against their bytes"
+            "time = layer_overhead + E * (expert_overhead + max(bytes / vram, n * flops / "
+            "gpu_tflops)) fitted jointly to every decode-kernel row by least squares of the "
+            "relative error. The decode kernel streams an expert's weights once per (token, "
+            "expert) pair, so its time grows ~linearly in n from n = 1: gpu_tflops is then that "
+            "kernel's effective rate, not the prefill GEMM's; the prefill rows set gpu_tflops "
+            "only for a format whose decode rows are all memory-bound (fit.gpu.<fmt>.tflops_from)"
         )
     else:
         sources["gpu"] = f"base:{base['name']} (no CUDA: not measured)"
