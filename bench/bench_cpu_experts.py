@@ -84,7 +84,9 @@ def q8_store(E, H, I, seed) -> CpuExpertStore:
     """Random Q8_0 experts (valid blocks: int8 in [-127, 127], fp16 scales ~1e-3)."""
     lay = dict(native.expert_layout("q8_0", H, I))
     g = torch.Generator().manual_seed(seed)
-    buf = torch.randint(-127, 128, (E, lay["stride"]), dtype=torch.int8, generator=g).view(torch.uint8)
+    buf = torch.randint(-127, 128, (E, lay["stride"]), dtype=torch.int8, generator=g).view(
+        torch.uint8
+    )
     scale = torch.tensor([1e-3], dtype=torch.float16).view(torch.uint8)
     for key in ("gate", "up", "down"):
         off, n = lay[f"{key}_offset"], lay[f"{key}_bytes"]
@@ -120,9 +122,17 @@ class KtLayer:
         E, I, H = gate.shape
         self.k = k
         self.w = AMXMoEWrapper(
-            layer_idx=layer_idx, num_experts=E, num_experts_per_tok=k, hidden_size=H,
-            moe_intermediate_size=I, gpu_experts_mask=None, cpuinfer_threads=threads,
-            threadpool_count=1, weight_path=tmpdir, chunked_prefill_size=512, method=method,
+            layer_idx=layer_idx,
+            num_experts=E,
+            num_experts_per_tok=k,
+            hidden_size=H,
+            moe_intermediate_size=I,
+            gpu_experts_mask=None,
+            cpuinfer_threads=threads,
+            threadpool_count=1,
+            weight_path=tmpdir,
+            chunked_prefill_size=512,
+            method=method,
         )
         self.w.load_weights_from_tensors(gate, up, down, torch.arange(E))
 
@@ -133,8 +143,15 @@ class KtLayer:
         ids64 = ids.to(torch.int64).contiguous()
         wf = w.to(torch.float32).contiguous()
         out = torch.zeros_like(x_bf16)
-        task = self.w.moe.forward_task(bsz.data_ptr(), self.k, ids64.data_ptr(), wf.data_ptr(),
-                                       x_bf16.data_ptr(), out.data_ptr(), False)
+        task = self.w.moe.forward_task(
+            bsz.data_ptr(),
+            self.k,
+            ids64.data_ptr(),
+            wf.data_ptr(),
+            x_bf16.data_ptr(),
+            out.data_ptr(),
+            False,
+        )
         self.w.cpu_infer.submit(task)
         return (bsz, ids64, wf, x_bf16, out)
 
@@ -161,7 +178,9 @@ def kt_batched_time(lay, calls, L, reps: int = 3) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--threads", type=int, default=int(native.cpu_default_threads()))
     ap.add_argument("--tokens", default="1,4,16,64,256,512")
     ap.add_argument("--experts", type=int, default=128)
@@ -186,17 +205,28 @@ def main() -> None:
         asked = a.isas.split(",") if a.isas else ["avx512", "amx"]
         isas = [s for s in asked if s in runnable] or ["generic"]
     kt_threads = a.kt_threads or a.threads
-    res = {"machine": {"cpu": dict(native.cpu_features())["brand"], "threads": a.threads,
-                       "pool": dict(native.cpu_pool_info(a.threads)), "isas_runnable": runnable},
-           "shape": {"E": E, "H": H, "I": I, "k": k, "layers": L}, "kt_threads": kt_threads,
-           "rows": [], "errors": {}}
+    res = {
+        "machine": {
+            "cpu": dict(native.cpu_features())["brand"],
+            "threads": a.threads,
+            "pool": dict(native.cpu_pool_info(a.threads)),
+            "isas_runnable": runnable,
+        },
+        "shape": {"E": E, "H": H, "I": I, "k": k, "layers": L},
+        "kt_threads": kt_threads,
+        "rows": [],
+        "errors": {},
+    }
     bw = dram_read_gbs(a.threads)
     res["dram_read_gbs"] = bw
     print(f"DRAM read (torch sum, {a.threads} threads): {bw:.1f} GB/s", flush=True)
 
     t0 = time.time()
     layers = make_layers(L, E, H, I)
-    stores = {"bf16": [bf16_store(*lw) for lw in layers], "q8_0": [q8_store(E, H, I, s) for s in range(L)]}
+    stores = {
+        "bf16": [bf16_store(*lw) for lw in layers],
+        "q8_0": [q8_store(E, H, I, s) for s in range(L)],
+    }
     ptrs = {f: [s.expert_ptrs() for s in v] for f, v in stores.items()}
     ebytes = {f: stores[f][0].layout["weight_bytes"] for f in stores}
     print(f"setup {time.time() - t0:.1f}s; expert bytes {ebytes}", flush=True)
@@ -216,17 +246,34 @@ def main() -> None:
             T = x.shape[0]
             out = torch.zeros(T, H, dtype=torch.float32)
             tok = np.repeat(np.arange(T, dtype=np.int32), k)
-            native.cpu_moe_layer(fmt, H, I, ptrs[fmt][l], x.data_ptr(), T, tok,
-                                 ids.to(torch.int32).reshape(-1).numpy(), w.reshape(-1).numpy(),
-                                 out.data_ptr(), a.threads, isa)
+            native.cpu_moe_layer(
+                fmt,
+                H,
+                I,
+                ptrs[fmt][l],
+                x.data_ptr(),
+                T,
+                tok,
+                ids.to(torch.int32).reshape(-1).numpy(),
+                w.reshape(-1).numpy(),
+                out.data_ptr(),
+                a.threads,
+                isa,
+            )
+
         return call
 
     methods = {f"ours_{f}_{i}": (ours(f, i), f) for f in ("bf16", "q8_0") for i in isas}
     if not a.skip_torch:
         methods["torch_bf16"] = (
-            lambda x, ids, w, li: torch_bf16_layer(*layers[li], x.to(torch.bfloat16), ids, w), "bf16")
+            lambda x, ids, w, li: torch_bf16_layer(*layers[li], x.to(torch.bfloat16), ids, w),
+            "bf16",
+        )
     for m, lay in kt.items():
-        methods[f"kt_{m}"] = (lambda x, ids, w, l, lay=lay: lay[l](x.to(torch.bfloat16), ids, w), "bf16")
+        methods[f"kt_{m}"] = (
+            lambda x, ids, w, l, lay=lay: lay[l](x.to(torch.bfloat16), ids, w),
+            "bf16",
+        )
 
     # Touch every expert of every layer once (first use page-faults).
     for name, (fn, _) in methods.items():
@@ -242,34 +289,48 @@ def main() -> None:
         row = {"T": T, "reps": reps}
         distinct = float(np.mean([len(c[1].unique()) for c in calls]))
 
-        timed = {name: (median_time(lambda i, fn=fn, calls=calls: fn(*calls[i], i % L), reps), fmt)
-                 for name, (fn, fmt) in methods.items()}
+        timed = {
+            name: (median_time(lambda i, fn=fn, calls=calls: fn(*calls[i], i % L), reps), fmt)
+            for name, (fn, fmt) in methods.items()
+        }
         for m, lay in kt.items():
             timed[f"kt_{m}_batched"] = (kt_batched_time(lay, calls, L), "bf16")
         for name, (dt, fmt) in timed.items():
-            row[name] = {"ms": dt * 1e3, "weight_gbs": distinct * ebytes[fmt] / dt / 1e9,
-                         "gflops": 2 * 3 * H * I * T * k / dt / 1e9}
+            row[name] = {
+                "ms": dt * 1e3,
+                "weight_gbs": distinct * ebytes[fmt] / dt / 1e9,
+                "gflops": 2 * 3 * H * I * T * k / dt / 1e9,
+            }
         names = list(row.keys() - {"T", "reps"})
         names.sort(key=lambda n: list(methods).index(n) if n in methods else len(methods) + len(n))
         base = row["torch_bf16"]["ms"] if "torch_bf16" in row else float("nan")
-        kt8 = min([row[n]["ms"] for n in ("kt_AMXINT8", "kt_AMXINT8_batched") if n in row],
-                  default=float("nan"))
+        kt8 = min(
+            [row[n]["ms"] for n in ("kt_AMXINT8", "kt_AMXINT8_batched") if n in row],
+            default=float("nan"),
+        )
         for name in names:
             row[name]["x_vs_torch_bf16"] = base / row[name]["ms"]
             row[name]["x_vs_kt_int8"] = kt8 / row[name]["ms"]
             row[name]["frac_dram"] = row[name]["weight_gbs"] / bw
         res["rows"].append(row)
-        print(f"T={T:4d} " + "  ".join(f"{n}={row[n]['ms']:.2f}ms/{row[n]['weight_gbs']:.0f}GB/s"
-                                        for n in names), flush=True)
+        print(
+            f"T={T:4d} "
+            + "  ".join(f"{n}={row[n]['ms']:.2f}ms/{row[n]['weight_gbs']:.0f}GB/s" for n in names),
+            flush=True,
+        )
 
-    print("\nper-layer ms | weight GB/s (fraction of DRAM) | x vs torch bf16 | "
-          "x vs kt AMXINT8 (best of per call, batched)")
+    print(
+        "\nper-layer ms | weight GB/s (fraction of DRAM) | x vs torch bf16 | "
+        "x vs kt AMXINT8 (best of per call, batched)"
+    )
     for row in res["rows"]:
         for name in [n for n in row if n not in ("T", "reps")]:
             r = row[name]
-            print(f"T={row['T']:4d} {name:20s} {r['ms']:8.3f} ms {r['weight_gbs']:6.1f} GB/s "
-                  f"({r['frac_dram']:.2f}) {r['gflops']:7.0f} GFLOP/s x{r['x_vs_torch_bf16']:.2f} "
-                  f"kt x{r.get('x_vs_kt_int8', float('nan')):.2f}")
+            print(
+                f"T={row['T']:4d} {name:20s} {r['ms']:8.3f} ms {r['weight_gbs']:6.1f} GB/s "
+                f"({r['frac_dram']:.2f}) {r['gflops']:7.0f} GFLOP/s x{r['x_vs_torch_bf16']:.2f} "
+                f"kt x{r.get('x_vs_kt_int8', float('nan')):.2f}"
+            )
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1)

@@ -132,8 +132,14 @@ def bench_copy(fmt, n_exp, n_copies, reps):
     with CpuLoad() as load:
         loaded = mover_gbps()
         cpu_iters = load.iters
-    return {"format": fmt, "expert_bytes": stride, "copies": n_copies, "mover_alone_GBps": alone,
-            "mover_with_16_cpu_threads_GBps": loaded, "cpu_load_iters": cpu_iters}
+    return {
+        "format": fmt,
+        "expert_bytes": stride,
+        "copies": n_copies,
+        "mover_alone_GBps": alone,
+        "mover_with_16_cpu_threads_GBps": loaded,
+        "cpu_load_iters": cpu_iters,
+    }
 
 
 def pinned_peak_gbps(reps):
@@ -149,7 +155,10 @@ def pinned_peak_gbps(reps):
             dst2[k].copy_(src2[k], non_blocking=True)
 
     t2 = cuda_time_us(eight, 4, reps)
-    return {"pinned_256MiB_GBps": (256 << 20) / t / 1e3, "pinned_10MiB_x8_GBps": 8 * (10 << 20) / t2 / 1e3}
+    return {
+        "pinned_256MiB_GBps": (256 << 20) / t / 1e3,
+        "pinned_10MiB_x8_GBps": 8 * (10 << 20) / t2 / 1e3,
+    }
 
 
 def hbm_gbps():
@@ -187,11 +196,18 @@ def bench_decode(fmt, n_exp, n_rot, hbm):
     finally:
         del os.environ["HM_DECODE_PDL"]
     bytes_ = 8 * lay["weight_bytes"]
-    res = {"format": fmt, "weight_bytes": bytes_, "ours_graph_us": t_graph, "ours_eager_us": t_eager,
-           "ours_graph_us_pdl_off": t_graph_nopdl,
-           "ours_GBps": bytes_ / t_graph / 1e3, "hbm_copy_GBps": hbm,
-           "fraction_of_hbm": bytes_ / t_graph / 1e3 / hbm}
+    res = {
+        "format": fmt,
+        "weight_bytes": bytes_,
+        "ours_graph_us": t_graph,
+        "ours_eager_us": t_eager,
+        "ours_graph_us_pdl_off": t_graph_nopdl,
+        "ours_GBps": bytes_ / t_graph / 1e3,
+        "hbm_copy_GBps": hbm,
+        "fraction_of_hbm": bytes_ / t_graph / 1e3 / hbm,
+    }
     if fmt == "bf16":
+
         def torch_bmm():
             for r in range(n_rot):
                 g, u, d, w = stacks[r]
@@ -261,31 +277,53 @@ def main():
     args = ap.parse_args()
     n_exp = 32 if args.quick else 128
     reps = 3 if args.quick else 5
-    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-           "date": time.strftime("%Y-%m-%d")}
+    res = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
     res["pinned_peak"] = pinned_peak_gbps(reps)
     res["copy"] = [bench_copy(f, 16, 64, reps) for f in ("q8_0", "bf16")]
     hbm = hbm_gbps()
-    res["decode"] = [bench_decode("bf16", n_exp, 16, hbm), bench_decode("q8_0", min(n_exp, 64), 8, hbm)]
+    res["decode"] = [
+        bench_decode("bf16", n_exp, 16, hbm),
+        bench_decode("q8_0", min(n_exp, 64), 8, hbm),
+    ]
     res["prefill"] = [bench_prefill("bf16", n_exp), bench_prefill("q8_0", min(n_exp, 64))]
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)
     pk = res["pinned_peak"]["pinned_256MiB_GBps"]
     print(f"\n== GPU side, {res['device']}, {res['date']} ==")
     for c in res["copy"]:
-        print(f"copy {c['format']:5s} {c['expert_bytes'] / 1e6:.1f} MB: alone {c['mover_alone_GBps']:.1f} GB/s, "
-              f"16 CPU threads {c['mover_with_16_cpu_threads_GBps']:.1f} GB/s = "
-              f"{100 * c['mover_with_16_cpu_threads_GBps'] / pk:.0f}% of pinned peak {pk:.1f}")
+        print(
+            f"copy {c['format']:5s} {c['expert_bytes'] / 1e6:.1f} MB: alone {c['mover_alone_GBps']:.1f} GB/s, "
+            f"16 CPU threads {c['mover_with_16_cpu_threads_GBps']:.1f} GB/s = "
+            f"{100 * c['mover_with_16_cpu_threads_GBps'] / pk:.0f}% of pinned peak {pk:.1f}"
+        )
     for d in res["decode"]:
-        extra = (f", torch bmm graph {d['torch_bmm_graph_us']:.1f} us / eager {d['torch_bmm_eager_us']:.1f} us "
-                 f"-> {d['speedup_vs_bmm_graph']:.1f}x / {d['speedup_vs_bmm_eager']:.1f}x") if "torch_bmm_graph_us" in d else ""
-        print(f"decode {d['format']:5s} 8x1: {d['ours_graph_us']:.1f} us ({d['ours_GBps']:.0f} GB/s = "
-              f"{100 * d['fraction_of_hbm']:.0f}% of HBM {d['hbm_copy_GBps']:.0f}; PDL off "
-              f"{d['ours_graph_us_pdl_off']:.1f} us){extra}")
+        extra = (
+            (
+                f", torch bmm graph {d['torch_bmm_graph_us']:.1f} us / eager {d['torch_bmm_eager_us']:.1f} us "
+                f"-> {d['speedup_vs_bmm_graph']:.1f}x / {d['speedup_vs_bmm_eager']:.1f}x"
+            )
+            if "torch_bmm_graph_us" in d
+            else ""
+        )
+        print(
+            f"decode {d['format']:5s} 8x1: {d['ours_graph_us']:.1f} us ({d['ours_GBps']:.0f} GB/s = "
+            f"{100 * d['fraction_of_hbm']:.0f}% of HBM {d['hbm_copy_GBps']:.0f}; PDL off "
+            f"{d['ours_graph_us_pdl_off']:.1f} us){extra}"
+        )
     for p in res["prefill"]:
         g = p.get("torch_grouped_mm_us")
-        gs = f"grouped_mm {g:.0f} us (ratio {p['ratio_ours_over_grouped_mm']:.2f})" if g else p.get("torch_grouped_mm_error", "")
-        print(f"prefill {p['format']:5s} T=512: ours {p['ours_us']:.0f} us, torch {gs}, loop {p['torch_loop_us']:.0f} us")
+        gs = (
+            f"grouped_mm {g:.0f} us (ratio {p['ratio_ours_over_grouped_mm']:.2f})"
+            if g
+            else p.get("torch_grouped_mm_error", "")
+        )
+        print(
+            f"prefill {p['format']:5s} T=512: ours {p['ours_us']:.0f} us, torch {gs}, loop {p['torch_loop_us']:.0f} us"
+        )
 
 
 if __name__ == "__main__":

@@ -39,16 +39,38 @@ def tail(tr: RouteTrace, start: int) -> RouteTrace:
     """The decode tokens start.. of a one-token-per-step decode trace (a continuation)."""
     ids, w = tr.ids[start:], tr.weights[start:]
     n = len(ids)
-    return RouteTrace(tr.n_layer, tr.n_expert, tr.top_k, ids, w, np.arange(n + 1),
-                      np.ones(n, dtype=np.int8), model=tr.model)
+    return RouteTrace(
+        tr.n_layer,
+        tr.n_expert,
+        tr.top_k,
+        ids,
+        w,
+        np.arange(n + 1),
+        np.ones(n, dtype=np.int8),
+        model=tr.model,
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dev-trace", default=str(Path(__file__).resolve().parents[2] / "shared" /
-                                               "traces" / "qwen3-30b-a3b.top6.route.csv"))
-    ap.add_argument("--heat", default=str(Path(__file__).resolve().parents[2] / "shared" /
-                                          "traces" / "qwen3-30b-a3b.coactivation.json"))
+    ap.add_argument(
+        "--dev-trace",
+        default=str(
+            Path(__file__).resolve().parents[2]
+            / "shared"
+            / "traces"
+            / "qwen3-30b-a3b.top6.route.csv"
+        ),
+    )
+    ap.add_argument(
+        "--heat",
+        default=str(
+            Path(__file__).resolve().parents[2]
+            / "shared"
+            / "traces"
+            / "qwen3-30b-a3b.coactivation.json"
+        ),
+    )
     ap.add_argument("--tokens", type=int, default=10_000)
     ap.add_argument("--profile", default="consumer-4090")
     ap.add_argument("--budgets", default="10%,25%")
@@ -61,28 +83,37 @@ def main() -> None:
     # (the generator is sequential: the first N tokens of a 2N run are the N-token trace).
     long = synthetic_trace("qwen3-30b-a3b", 2 * args.tokens, seed=0)
     syn = synthetic_trace("qwen3-30b-a3b", args.tokens, seed=0)
-    assert np.array_equal(long.ids[:args.tokens], syn.ids)
-    traces = {"dev": (load_trace(args.dev_trace), profile_from_heat(args.heat)),
-              "synthetic": (syn, profile_from_trace(tail(long, args.tokens)))}
+    assert np.array_equal(long.ids[: args.tokens], syn.ids)
+    traces = {
+        "dev": (load_trace(args.dev_trace), profile_from_heat(args.heat)),
+        "synthetic": (syn, profile_from_trace(tail(long, args.tokens))),
+    }
     rows = []
     for name, (tr, ext) in traces.items():
         for b in args.budgets.split(","):
             res = {}
             for p in POLICIES:
                 vp = {"horizon_lifetimes": 0.0} if p == "value-fixed" else None
-                res[p] = simulate(tr, args.profile, {"static-ext": "static",
-                                                     "value-fixed": "value"}.get(p, p), b,
-                                  predictor_accuracy=args.predictor_accuracy,
-                                  model="qwen3-30b-a3b", value_params=vp,
-                                  static_profile=ext if p == "static-ext" else None)
+                res[p] = simulate(
+                    tr,
+                    args.profile,
+                    {"static-ext": "static", "value-fixed": "value"}.get(p, p),
+                    b,
+                    predictor_accuracy=args.predictor_accuracy,
+                    model="qwen3-30b-a3b",
+                    value_params=vp,
+                    static_profile=ext if p == "static-ext" else None,
+                )
             fair = max(FAIR, key=lambda p: res[p]["tokens_per_s"])
             best = max(BASELINES, key=lambda p: res[p]["tokens_per_s"])
             lru, orc = (res[p]["hit_rate"] for p in ("lru", "oracle"))
             row = {
-                "trace": name, "budget": b,
+                "trace": name,
+                "budget": b,
                 "tokens_per_s": {p: r["tokens_per_s"] for p, r in res.items()},
                 "hit_rate": {p: r["hit_rate"] for p, r in res.items()},
-                "best_fair_baseline": fair, "best_baseline": best,
+                "best_fair_baseline": fair,
+                "best_baseline": best,
             }
             line = ""
             for vn in VALUES:
@@ -91,13 +122,20 @@ def main() -> None:
                 row[f"{vn}_speedup_vs_best_baseline"] = v / res[best]["tokens_per_s"]
                 gap = (val - lru) / (orc - lru) if orc > lru else None
                 row[f"{vn}_gap_closed_lru_to_oracle"] = gap
-                line += (f" | {vn}/{fair}={row[f'{vn}_speedup_vs_best_fair_baseline']:.3f}"
-                         f" {vn}/{best}={row[f'{vn}_speedup_vs_best_baseline']:.3f}"
-                         f" gap_closed={row[f'{vn}_gap_closed_lru_to_oracle']:.2f}")
+                line += (
+                    f" | {vn}/{fair}={row[f'{vn}_speedup_vs_best_fair_baseline']:.3f}"
+                    f" {vn}/{best}={row[f'{vn}_speedup_vs_best_baseline']:.3f}"
+                    f" gap_closed={row[f'{vn}_gap_closed_lru_to_oracle']:.2f}"
+                )
             rows.append(row)
-            print(f"{name:9s} {b:4s} " + " ".join(
-                f"{p}={res[p]['tokens_per_s']:.1f}/{res[p]['hit_rate']:.3f}" for p in res) + line,
-                flush=True)
+            print(
+                f"{name:9s} {b:4s} "
+                + " ".join(
+                    f"{p}={res[p]['tokens_per_s']:.1f}/{res[p]['hit_rate']:.3f}" for p in res
+                )
+                + line,
+                flush=True,
+            )
     tr = traces["synthetic"][0]
     speed = {}
     for p in ("cpu", "static", "lru", "lfu", "lru-fetch", "value", "oracle"):
@@ -107,12 +145,18 @@ def main() -> None:
             r = simulate(tr, args.profile, p, "25%", model="qwen3-30b-a3b")
             times.append(time.perf_counter() - t0)
         med = statistics.median(times)
-        speed[p] = {"layer_steps": r["layer_steps"], "median_s": med,
-                    "layer_steps_per_s": r["layer_steps"] / med}
-        print(f"simulator {p}: {r['layer_steps']} layer-steps in {med:.3f} s (median of "
-              f"{args.repeats}) = {r['layer_steps'] / med / 1e6:.2f} M layer-steps/s")
-    Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows, "speed": speed},
-                                         indent=1))
+        speed[p] = {
+            "layer_steps": r["layer_steps"],
+            "median_s": med,
+            "layer_steps_per_s": r["layer_steps"] / med,
+        }
+        print(
+            f"simulator {p}: {r['layer_steps']} layer-steps in {med:.3f} s (median of "
+            f"{args.repeats}) = {r['layer_steps'] / med / 1e6:.2f} M layer-steps/s"
+        )
+    Path(args.out).write_text(
+        json.dumps({"args": vars(args), "rows": rows, "speed": speed}, indent=1)
+    )
 
 
 if __name__ == "__main__":

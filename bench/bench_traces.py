@@ -44,8 +44,9 @@ def numpy_reference_router(n_layer: int, n_expert: int, k: int, n_tokens: int, s
     prev = None
     for t in range(n_tokens):
         z = 0.985 * z + 0.17 * rng.standard_normal((n_layer, n_expert), dtype=np.float32)
-        score = 2.3 * z - np.log(rng.standard_exponential((n_layer, n_expert), dtype=np.float32)
-                                 + 1e-30)
+        score = 2.3 * z - np.log(
+            rng.standard_exponential((n_layer, n_expert), dtype=np.float32) + 1e-30
+        )
         if prev is not None:
             score[rows, prev] += np.where(rng.random((n_layer, k)) < 0.4, 1e4, 0.0)
         top = np.argpartition(-score, k - 1, axis=1)[:, :k]
@@ -85,10 +86,13 @@ def main() -> None:
 
     trace = synthetic_trace(args.preset, args.tokens, seed=0)
     gen = median_time(lambda: synthetic_trace(args.preset, args.tokens, seed=0), args.repeats)
-    ref = median_time(lambda: numpy_reference_router(p.n_layer, p.n_expert, p.top_k,
-                                                     args.tokens, 0), max(1, args.repeats // 2))
-    curves = median_time(lambda: hit_rate_curves(trace, (8, 16, 32, 64), ("lru", "belady")),
-                         args.repeats)
+    ref = median_time(
+        lambda: numpy_reference_router(p.n_layer, p.n_expert, p.top_k, args.tokens, 0),
+        max(1, args.repeats // 2),
+    )
+    curves = median_time(
+        lambda: hit_rate_curves(trace, (8, 16, 32, 64), ("lru", "belady")), args.repeats
+    )
     native16 = hit_rate_curves(trace, (16,), ("lru",))["lru_hits"][:, 0]
     n_py = min(args.py_layers, p.n_layer)
     t0 = time.perf_counter()
@@ -98,11 +102,16 @@ def main() -> None:
     native_lru16 = median_time(lambda: hit_rate_curves(trace, (16,), ("lru",)), args.repeats)
 
     res = {
-        "preset": args.preset, "tokens": args.tokens, "layers": p.n_layer,
+        "preset": args.preset,
+        "tokens": args.tokens,
+        "layers": p.n_layer,
         "machine": platform.processor() or platform.machine(),
-        "synthetic_s": gen, "numpy_reference_router_s": ref, "generator_speedup": ref / gen,
+        "synthetic_s": gen,
+        "numpy_reference_router_s": ref,
+        "generator_speedup": ref / gen,
         "hit_rate_curves_s (lru+belady x 4 sizes)": curves,
-        "lru16_native_s": native_lru16, "lru16_python_s (scaled)": py_lru_all_layers,
+        "lru16_native_s": native_lru16,
+        "lru16_python_s (scaled)": py_lru_all_layers,
         "lru_speedup": py_lru_all_layers / native_lru16,
     }
     print(json.dumps(res, indent=1))

@@ -100,7 +100,9 @@ def test_bad_arguments_raise_clear_errors(change, match):
     args = {"x": torch.randn(2, H), "ids": ids, "w": w, "isa": None, "threads": None}
     change(args)
     with pytest.raises(ValueError, match=match):
-        run_layer(store, args["x"], args["ids"], args["w"], threads=args["threads"], isa=args["isa"])
+        run_layer(
+            store, args["x"], args["ids"], args["w"], threads=args["threads"], isa=args["isa"]
+        )
 
 
 def test_store_rejects_bad_weights():

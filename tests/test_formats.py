@@ -76,8 +76,9 @@ def test_rows_round_trip_exact(fmt):
     assert torch.equal(back, want)
 
 
-@pytest.mark.parametrize("fmt,hidden,inter",
-                         [("bf16", 200, 72), ("q8_0", 160, 96), ("q8_0", 64, 32)])
+@pytest.mark.parametrize(
+    "fmt,hidden,inter", [("bf16", 200, 72), ("q8_0", 160, 96), ("q8_0", 64, 32)]
+)
 def test_pack_matches_native_layout_offsets(fmt, hidden, inter):
     g = torch.Generator().manual_seed(hidden)
     E = 3
@@ -91,13 +92,18 @@ def test_pack_matches_native_layout_offsets(fmt, hidden, inter):
     assert lay == dict(native.expert_layout(fmt, hidden, inter))
     assert packed.shape == (E, lay["stride"]) and lay["stride"] % 256 == 0
     covered = torch.zeros(lay["stride"], dtype=torch.bool)
-    for name, t, rows, n_in in (("gate", gate, inter, hidden), ("up", up, inter, hidden),
-                                ("down", down, hidden, inter)):
+    for name, t, rows, n_in in (
+        ("gate", gate, inter, hidden),
+        ("up", up, inter, hidden),
+        ("down", down, hidden, inter),
+    ):
         off, nb = lay[f"{name}_offset"], lay[f"{name}_bytes"]
         assert off % 256 == 0 and nb == rows * formats.row_bytes(fmt, n_in)
         for e in range(E):  # each matrix's bytes sit exactly at its offset
-            assert torch.equal(packed[e, off:off + nb], formats.encode_rows(t[e], fmt).reshape(-1))
-        covered[off:off + nb] = True
+            assert torch.equal(
+                packed[e, off : off + nb], formats.encode_rows(t[e], fmt).reshape(-1)
+            )
+        covered[off : off + nb] = True
     assert (packed[:, ~covered] == 0).all()  # padding is zero
     # unpack: all experts at once and one expert (gpu.unpack_expert's form) agree, exactly.
     ug, uu, ud = formats.unpack_experts(packed, fmt, hidden, inter)
@@ -115,8 +121,11 @@ def test_pack_encoded_matches_pack_experts_and_layer_packer():
     from hybrid_moe.loaders import ExpertWeights
 
     g = torch.Generator().manual_seed(4)
-    gate, up, down = torch.randn(2, 32, 64, generator=g), torch.randn(2, 32, 64, generator=g), \
-        torch.randn(2, 64, 32, generator=g)
+    gate, up, down = (
+        torch.randn(2, 32, 64, generator=g),
+        torch.randn(2, 32, 64, generator=g),
+        torch.randn(2, 64, 32, generator=g),
+    )
     q = [formats.quantize_q8_0(t) for t in (gate, up, down)]
     fmt, packed = pack_expert_weights(ExpertWeights("q8_0", *q))
     assert fmt == "q8_0" and torch.equal(packed, formats.pack_experts(gate, up, down, "q8_0"))
@@ -142,9 +151,14 @@ def test_bad_inputs_raise_named_errors():
     with pytest.raises(ValueError, match=f"packed must be uint8 \\[E, {lay['stride']}\\]"):
         formats.unpack_experts(torch.zeros(2, 7, dtype=torch.uint8), "bf16", 64, 32)
     with pytest.raises(ValueError, match="down: expected 1 experts"):
-        formats.pack_encoded("bf16", 64, 32, torch.zeros(1, 32 * 128, dtype=torch.uint8),
-                             torch.zeros(1, 32 * 128, dtype=torch.uint8),
-                             torch.zeros(1, 5, dtype=torch.uint8))
+        formats.pack_encoded(
+            "bf16",
+            64,
+            32,
+            torch.zeros(1, 32 * 128, dtype=torch.uint8),
+            torch.zeros(1, 32 * 128, dtype=torch.uint8),
+            torch.zeros(1, 5, dtype=torch.uint8),
+        )
 
 
 def test_aliases_are_the_canonical_functions():

@@ -57,15 +57,19 @@ def _setup(fmt, hidden, inter, n_exp, n_slots=None):
 
 def _plan(n_tok, k, n_slots, seed):
     gen = torch.Generator().manual_seed(seed)
-    slots = torch.stack([torch.randperm(n_slots, generator=gen)[:k] for _ in range(n_tok)]).reshape(-1)
+    slots = torch.stack([torch.randperm(n_slots, generator=gen)[:k] for _ in range(n_tok)]).reshape(
+        -1
+    )
     tokens = torch.arange(n_tok).repeat_interleave(k)
     weights = torch.rand(n_tok * k, generator=gen) + 0.1
     perm = torch.randperm(tokens.numel(), generator=gen)  # any order is accepted
     return tokens[perm], slots[perm], weights[perm]
 
 
-@pytest.mark.parametrize("fmt,hidden,inter", [("bf16", 512, 256), ("q8_0", 512, 256),
-                                              ("bf16", 320, 96), ("q8_0", 320, 96)])
+@pytest.mark.parametrize(
+    "fmt,hidden,inter",
+    [("bf16", 512, 256), ("q8_0", 512, 256), ("bf16", 320, 96), ("q8_0", 320, 96)],
+)
 @pytest.mark.parametrize("path", ["decode", "prefill"])
 def test_expert_kernels_match_reference(cuda_device, fmt, hidden, inter, path):
     _, slab, _, _, f32 = _setup(fmt, hidden, inter, n_exp=12)
@@ -77,7 +81,9 @@ def test_expert_kernels_match_reference(cuda_device, fmt, hidden, inter, path):
         x = torch.randn(n_tok, hidden, device=cuda_device).bfloat16()
         ref = gpu.reference_moe(x, tokens, weights, [f32[int(s)] for s in slots])
         for out_dtype in (torch.float32, torch.bfloat16):
-            base = torch.randn(n_tok, hidden, device=cuda_device).to(out_dtype)  # poisoned, non-zero
+            base = torch.randn(n_tok, hidden, device=cuda_device).to(
+                out_dtype
+            )  # poisoned, non-zero
             out = run(slab, x, tokens, slots, weights, out=base.clone())
             torch.cuda.synchronize()
             got = out.float() - base.float()
@@ -142,8 +148,10 @@ def test_slab_budget_and_oom(cuda_device):
         gpu.DeviceSlab("bf16", 2048, 768, budget_bytes=free + 64 * lay["stride"])
 
 
-@pytest.mark.parametrize("fmt,hidden,inter", [("bf16", 2048, 768), ("q8_0", 2048, 768),
-                                              ("bf16", 2304, 1536), ("q8_0", 2304, 1536)])
+@pytest.mark.parametrize(
+    "fmt,hidden,inter",
+    [("bf16", 2048, 768), ("q8_0", 2048, 768), ("bf16", 2304, 1536), ("q8_0", 2304, 1536)],
+)
 def test_decode_model_shapes_top8(cuda_device, fmt, hidden, inter):
     """Qwen3-30B-A3B shapes (the benchmark's: full 16-byte segments, Q8_0 16-byte rows) and a
     shape with partial segments / several Q8_0 pieces per row (H=2304: 72 blocks; I=1536: 48)."""
@@ -170,10 +178,12 @@ def test_decode_graph_replay_and_pdl_off_match(cuda_device, fmt, monkeypatch):
     hidden, inter, n_tok, max_pairs = 512, 256, 2, 16
     _, slab, _, _, f32 = _setup(fmt, hidden, inter, n_exp=12)
     dev = cuda_device
-    buf = {"token_ptr": torch.zeros(n_tok + 1, dtype=torch.int32, device=dev),
-           "pair_token": torch.zeros(max_pairs, dtype=torch.int32, device=dev),
-           "pair_slot": torch.zeros(max_pairs, dtype=torch.int32, device=dev),
-           "pair_weight": torch.zeros(max_pairs, dtype=torch.float32, device=dev)}
+    buf = {
+        "token_ptr": torch.zeros(n_tok + 1, dtype=torch.int32, device=dev),
+        "pair_token": torch.zeros(max_pairs, dtype=torch.int32, device=dev),
+        "pair_slot": torch.zeros(max_pairs, dtype=torch.int32, device=dev),
+        "pair_weight": torch.zeros(max_pairs, dtype=torch.float32, device=dev),
+    }
     x = torch.randn(n_tok, hidden, device=dev).bfloat16()
     h = torch.empty(max_pairs, inter, dtype=torch.float32, device=dev)
     out = torch.zeros(n_tok, hidden, device=dev)

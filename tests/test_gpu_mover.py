@@ -83,8 +83,10 @@ def test_stress_random_plans_with_concurrent_fetches(cuda_device):
     packed, _, slab, mv = _small(fmt, hidden, inter, n_exp, n_slots)
     rng = random.Random(1234)
     dev = cuda_device
-    f32 = [tuple(t.to(dev) for t in gpu.unpack_expert(packed[e], fmt, hidden, inter))
-           for e in range(n_exp)]
+    f32 = [
+        tuple(t.to(dev) for t in gpu.unpack_expert(packed[e], fmt, hidden, inter))
+        for e in range(n_exp)
+    ]
     pool = torch.randn(16, hidden, device=dev).bfloat16()  # token vectors
     # reference output of every (expert, pool vector): [n_exp, 16, hidden] fp32
     xf = pool.float()
@@ -98,8 +100,12 @@ def test_stress_random_plans_with_concurrent_fetches(cuda_device):
     for pid in range(n_plans):
         # concurrent evictions / fetches, demand and (sometimes stale) prefetch
         for _ in range(rng.randint(0, 2)):
-            mv.request_fetch(rng.randrange(n_exp), rng.randrange(n_slots),
-                             prefetch=rng.random() < 0.5, generation=pid - rng.randint(0, 1))
+            mv.request_fetch(
+                rng.randrange(n_exp),
+                rng.randrange(n_slots),
+                prefetch=rng.random() < 0.5,
+                generation=pid - rng.randint(0, 1),
+            )
         mv.set_generation(pid)
         res = mv.residency()
         ready = [s for s in range(n_slots) if res[s] >= 0]

@@ -15,17 +15,21 @@ from hybrid_moe.loaders import ExpertWeights, GGUFExperts, dequantize_q8_0, load
 
 QT = gguf.GGMLQuantizationType
 # experts, hidden, expert intermediate (H, I multiples of 32 for Q8_0), top-k
-E, H, I, K = 4, 64, 96, 2  # noqa: E741 - I as in the docs
+E, H, I, K = 4, 64, 96, 2
 ARCH = "qwen3moe"
 
 
 def _source(seed: int, n_layer: int) -> dict[int, dict[str, np.ndarray]]:
     """Random float32 expert weights per layer: gate/up [E, I, H], down [E, H, I]."""
     rng = np.random.default_rng(seed)
-    return {n: {"gate": rng.standard_normal((E, I, H), dtype=np.float32),
-                "up": rng.standard_normal((E, I, H), dtype=np.float32),
-                "down": rng.standard_normal((E, H, I), dtype=np.float32) * 0.1}
-            for n in range(n_layer)}
+    return {
+        n: {
+            "gate": rng.standard_normal((E, I, H), dtype=np.float32),
+            "up": rng.standard_normal((E, I, H), dtype=np.float32),
+            "down": rng.standard_normal((E, H, I), dtype=np.float32) * 0.1,
+        }
+        for n in range(n_layer)
+    }
 
 
 def _encode(x: np.ndarray, qtype) -> np.ndarray:
@@ -33,8 +37,17 @@ def _encode(x: np.ndarray, qtype) -> np.ndarray:
     return gguf.quants.quantize(x, qtype)
 
 
-def write_gguf(path, src, qtype=QT.BF16, per_expert=False, dense_first=0, skip=(),
-               overrides=None, arch=ARCH, expert_count=E):
+def write_gguf(
+    path,
+    src,
+    qtype=QT.BF16,
+    per_expert=False,
+    dense_first=0,
+    skip=(),
+    overrides=None,
+    arch=ARCH,
+    expert_count=E,
+):
     """A tiny MoE GGUF: blocks < dense_first have no experts; `skip` leaves tensor names out;
     `overrides` maps a tensor name to its GGML type (to write one tensor in another type)."""
     overrides = overrides or {}
@@ -49,8 +62,11 @@ def write_gguf(path, src, qtype=QT.BF16, per_expert=False, dense_first=0, skip=(
     for j, mats in src.items():
         n = dense_first + j
         for p in ("gate", "up", "down"):
-            tensors = ({f"blk.{n}.ffn_{p}.{x}.weight": mats[p][x] for x in range(E)}
-                       if per_expert else {f"blk.{n}.ffn_{p}_exps.weight": mats[p]})
+            tensors = (
+                {f"blk.{n}.ffn_{p}.{x}.weight": mats[p][x] for x in range(E)}
+                if per_expert
+                else {f"blk.{n}.ffn_{p}_exps.weight": mats[p]}
+            )
             for name, t in tensors.items():
                 if name in skip:
                     continue
@@ -138,17 +154,20 @@ def test_unsupported_type_names_tensor_and_supported(tmp_path):
 
 def test_mixed_types_in_one_layer_is_an_error(tmp_path):
     src = _source(6, 1)
-    path = write_gguf(tmp_path / "x.gguf", src, QT.BF16,
-                      overrides={"blk.0.ffn_up_exps.weight": QT.Q8_0})
+    path = write_gguf(
+        tmp_path / "x.gguf", src, QT.BF16, overrides={"blk.0.ffn_up_exps.weight": QT.Q8_0}
+    )
     with pytest.raises(ValueError, match="mixes tensor types"):
         load_gguf_experts(path)
 
 
-@pytest.mark.parametrize("missing,per_expert", [("blk.0.ffn_down_exps.weight", False),
-                                                ("blk.0.ffn_up.3.weight", True)])
+@pytest.mark.parametrize(
+    "missing,per_expert", [("blk.0.ffn_down_exps.weight", False), ("blk.0.ffn_up.3.weight", True)]
+)
 def test_missing_tensor_is_named(tmp_path, missing, per_expert):
-    path = write_gguf(tmp_path / "m.gguf", _source(7, 1), QT.BF16, per_expert=per_expert,
-                      skip={missing})
+    path = write_gguf(
+        tmp_path / "m.gguf", _source(7, 1), QT.BF16, per_expert=per_expert, skip={missing}
+    )
     with pytest.raises(ValueError, match=rf"tensor {missing} is missing"):
         load_gguf_experts(path)
 

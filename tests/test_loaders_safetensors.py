@@ -19,14 +19,16 @@ from hybrid_moe.loaders import (  # noqa: E402
     load_state_dict_experts,
 )
 
-E, H, I = 4, 48, 24  # noqa: E741 - I as in the docs
+E, H, I = 4, 48, 24
 
 
 def _experts(seed: int, dtype=torch.bfloat16):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(E, I, H, generator=g).to(dtype),
-            torch.randn(E, I, H, generator=g).to(dtype),
-            torch.randn(E, H, I, generator=g).to(dtype))
+    return (
+        torch.randn(E, I, H, generator=g).to(dtype),
+        torch.randn(E, I, H, generator=g).to(dtype),
+        torch.randn(E, H, I, generator=g).to(dtype),
+    )
 
 
 def _per_expert_sd(layers: dict[int, tuple], mixtral=False) -> dict[str, torch.Tensor]:
@@ -47,8 +49,11 @@ def _per_expert_sd(layers: dict[int, tuple], mixtral=False) -> dict[str, torch.T
 
 def _check(w: ExpertWeights, src, fmt="bf16"):
     assert isinstance(w, ExpertWeights) and w.format == fmt
-    assert (w.n_expert, w.hidden, w.intermediate) == (src[0].shape[0], src[2].shape[1],
-                                                       src[0].shape[1])
+    assert (w.n_expert, w.hidden, w.intermediate) == (
+        src[0].shape[0],
+        src[2].shape[1],
+        src[0].shape[1],
+    )
     for got, want in zip((w.gate, w.up, w.down), src, strict=True):
         assert torch.equal(got, want.to(got.dtype))
 
@@ -92,8 +97,11 @@ def test_missing_tensor_is_named(tmp_path):
     sd = _per_expert_sd({5: _experts(5)})
     del sd["model.layers.5.mlp.experts.1.up_proj.weight"]
     safetensors_torch.save_file(sd, str(tmp_path / "m.safetensors"))
-    with pytest.raises(ValueError, match=r"model\.layers\.5\.mlp\.experts\.1\.up_proj\.weight is "
-                                         r"missing"):
+    with pytest.raises(
+        ValueError,
+        match=r"model\.layers\.5\.mlp\.experts\.1\.up_proj\.weight is "
+        r"missing",
+    ):
         load_safetensors_experts(tmp_path / "m.safetensors")
     # The last expert's absence is seen through config.json's expert count.
     sd = _per_expert_sd({0: _experts(6)})
@@ -115,11 +123,16 @@ def test_bad_dtype_shape_and_corrupt_file(tmp_path):
     sd = _per_expert_sd({0: _experts(7)})
     sd["model.layers.0.mlp.experts.2.down_proj.weight"] = torch.zeros(H, I, dtype=torch.int8)
     safetensors_torch.save_file(sd, str(tmp_path / "q.safetensors"))
-    with pytest.raises(ValueError, match=r"experts\.2\.down_proj\.weight has dtype torch.int8.*"
-                                         r"supported: bfloat16, float16, float32"):
+    with pytest.raises(
+        ValueError,
+        match=r"experts\.2\.down_proj\.weight has dtype torch.int8.*"
+        r"supported: bfloat16, float16, float32",
+    ):
         load_safetensors_experts(tmp_path / "q.safetensors")
-    bad = {"model.layers.0.mlp.experts.gate_up_proj": torch.randn(E, 2 * I, H - 8),
-           "model.layers.0.mlp.experts.down_proj": torch.randn(E, H, I)}
+    bad = {
+        "model.layers.0.mlp.experts.gate_up_proj": torch.randn(E, 2 * I, H - 8),
+        "model.layers.0.mlp.experts.down_proj": torch.randn(E, H, I),
+    }
     safetensors_torch.save_file(bad, str(tmp_path / "t.safetensors"))
     with pytest.raises(ValueError, match=r"gate_up_proj must be \[E, 2I, H\] = \[4, 48, 48\]"):
         load_safetensors_experts(tmp_path / "t.safetensors")
@@ -131,8 +144,9 @@ def test_bad_dtype_shape_and_corrupt_file(tmp_path):
     with pytest.raises(ValueError, match="corrupt or truncated"):
         load_safetensors_experts(cut)
     (tmp_path / "none.safetensors").unlink(missing_ok=True)
-    safetensors_torch.save_file({"lm_head.weight": torch.randn(2, 2)},
-                                str(tmp_path / "none.safetensors"))
+    safetensors_torch.save_file(
+        {"lm_head.weight": torch.randn(2, 2)}, str(tmp_path / "none.safetensors")
+    )
     with pytest.raises(ValueError, match="no routed expert tensors"):
         SafetensorsExperts(tmp_path / "none.safetensors")
     with pytest.raises(FileNotFoundError):
@@ -146,8 +160,12 @@ def test_state_dict_loader_and_views():
     assert list(got) == [3]
     _check(got[3], src)
     gate_up = torch.cat([src[0], src[1]], dim=1)
-    fused = load_state_dict_experts({"model.layers.1.mlp.experts.gate_up_proj": gate_up,
-                                     "model.layers.1.mlp.experts.down_proj": src[2]})[1]
+    fused = load_state_dict_experts(
+        {
+            "model.layers.1.mlp.experts.gate_up_proj": gate_up,
+            "model.layers.1.mlp.experts.down_proj": src[2],
+        }
+    )[1]
     _check(fused, src)
     assert fused.gate.data_ptr() == gate_up.data_ptr()  # fused layout: views, no copy
     with pytest.raises(ValueError, match="layer 7 has no routed experts"):
@@ -175,11 +193,18 @@ def test_loader_agrees_with_adapter_on_a_saved_hf_model(tmp_path):
     transformers = pytest.importorskip("transformers")
     from hybrid_moe.models import moe_block_specs
 
-    cfg = transformers.Qwen3MoeConfig(hidden_size=32, intermediate_size=64,
-                                      moe_intermediate_size=16, num_experts=4,
-                                      num_experts_per_tok=2, num_hidden_layers=2,
-                                      vocab_size=64, num_attention_heads=2, num_key_value_heads=1,
-                                      head_dim=16)
+    cfg = transformers.Qwen3MoeConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        moe_intermediate_size=16,
+        num_experts=4,
+        num_experts_per_tok=2,
+        num_hidden_layers=2,
+        vocab_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+    )
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16)
     with torch.no_grad():

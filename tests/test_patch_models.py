@@ -19,33 +19,72 @@ from hybrid_moe.models import SUPPORTED_MODEL_TYPES, moe_block_specs  # noqa: E4
 from hybrid_moe.patch import PatchedMoEBlock, patch, patched_blocks  # noqa: E402
 from hybrid_moe.reference import ReferenceExperts  # noqa: E402
 
-COMMON = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, vocab_size=128,
-              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-DEEPSEEK_MLA = dict(kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8, qk_nope_head_dim=8,
-                    v_head_dim=16, moe_intermediate_size=32, n_shared_experts=1,
-                    n_routed_experts=8, num_experts_per_tok=2)
+COMMON = dict(
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    vocab_size=128,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+)
+DEEPSEEK_MLA = dict(
+    kv_lora_rank=16,
+    q_lora_rank=None,
+    qk_rope_head_dim=8,
+    qk_nope_head_dim=8,
+    v_head_dim=16,
+    moe_intermediate_size=32,
+    n_shared_experts=1,
+    n_routed_experts=8,
+    num_experts_per_tok=2,
+)
 
 
 def _config(family: str):
     t = transformers
     if family == "qwen3_moe":
-        return t.Qwen3MoeConfig(**COMMON, moe_intermediate_size=32, num_experts=8,
-                                num_experts_per_tok=2, head_dim=16, norm_topk_prob=True)
+        return t.Qwen3MoeConfig(
+            **COMMON,
+            moe_intermediate_size=32,
+            num_experts=8,
+            num_experts_per_tok=2,
+            head_dim=16,
+            norm_topk_prob=True,
+        )
     if family == "qwen2_moe":
-        return t.Qwen2MoeConfig(**COMMON, moe_intermediate_size=32, num_experts=8,
-                                num_experts_per_tok=2, shared_expert_intermediate_size=48,
-                                norm_topk_prob=False)
+        return t.Qwen2MoeConfig(
+            **COMMON,
+            moe_intermediate_size=32,
+            num_experts=8,
+            num_experts_per_tok=2,
+            shared_expert_intermediate_size=48,
+            norm_topk_prob=False,
+        )
     if family == "mixtral":
         return t.MixtralConfig(**COMMON, num_local_experts=8, num_experts_per_tok=2)
     if family == "olmoe":
         return t.OlmoeConfig(**COMMON, num_experts=8, num_experts_per_tok=2)
     if family == "deepseek_v2":
-        return t.DeepseekV2Config(**COMMON, **DEEPSEEK_MLA, first_k_dense_replace=1,
-                                  topk_method="group_limited_greedy", n_group=4, topk_group=2,
-                                  routed_scaling_factor=1.5)
+        return t.DeepseekV2Config(
+            **COMMON,
+            **DEEPSEEK_MLA,
+            first_k_dense_replace=1,
+            topk_method="group_limited_greedy",
+            n_group=4,
+            topk_group=2,
+            routed_scaling_factor=1.5,
+        )
     if family == "deepseek_v3":
-        return t.DeepseekV3Config(**COMMON, **DEEPSEEK_MLA, first_k_dense_replace=1, n_group=4,
-                                  topk_group=2, routed_scaling_factor=2.5, norm_topk_prob=True)
+        return t.DeepseekV3Config(
+            **COMMON,
+            **DEEPSEEK_MLA,
+            first_k_dense_replace=1,
+            n_group=4,
+            topk_group=2,
+            routed_scaling_factor=2.5,
+            norm_topk_prob=True,
+        )
     raise AssertionError(family)
 
 
@@ -89,9 +128,12 @@ def test_patched_logits_equal_original(family, dtype):
     specs = moe_block_specs(model)
     assert len(specs) == (1 if family.startswith("deepseek") else 2)  # DeepSeek layer 0: dense
     block_io: list[tuple[torch.Tensor, torch.Tensor]] = []
-    hooks = [b.register_forward_hook(
-        lambda mod, args, out: block_io.append((args[0].clone(), _first(out).clone())))
-        for b, _ in specs]
+    hooks = [
+        b.register_forward_hook(
+            lambda mod, args, out: block_io.append((args[0].clone(), _first(out).clone()))
+        )
+        for b, _ in specs
+    ]
     with torch.no_grad():
         want = model(ids).logits
     for h in hooks:
@@ -141,8 +183,9 @@ def test_route_matches_hf_router(family):
             pytest.skip("4.x router is an nn.Linear; covered by the logits test")
         order, ref_order = ids.argsort(-1), ref_ids.argsort(-1)
         assert torch.equal(ids.gather(1, order), ref_ids.gather(1, ref_order))
-        torch.testing.assert_close(w.gather(1, order), ref_w.float().gather(1, ref_order),
-                                   atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(
+            w.gather(1, order), ref_w.float().gather(1, ref_order), atol=1e-6, rtol=1e-6
+        )
 
 
 def test_original_expert_params_are_released():
@@ -168,8 +211,11 @@ def test_unsupported_model_and_bad_arguments():
 
     plain = nn.Linear(4, 4)
     plain.config = Cfg()
-    with pytest.raises(ValueError, match=r"'llama' is not supported; supported model types: "
-                                         + ", ".join(SUPPORTED_MODEL_TYPES)):
+    with pytest.raises(
+        ValueError,
+        match=r"'llama' is not supported; supported model types: "
+        + ", ".join(SUPPORTED_MODEL_TYPES),
+    ):
         patch(plain, make_layer=lambda s: nn.Identity())
     with pytest.raises(ValueError, match=r"has no \.config"):
         patch(nn.Linear(4, 4), make_layer=lambda s: nn.Identity())
@@ -208,10 +254,15 @@ class _LegacyQwen3Block(nn.Module):
         self.top_k, self.norm_topk_prob = cfg.num_experts_per_tok, cfg.norm_topk_prob
         self.gate = nn.Linear(cfg.hidden_size, cfg.num_experts, bias=False)
         self.experts = nn.ModuleList(
-            nn.ModuleDict(dict(gate_proj=nn.Linear(64, 32, bias=False),
-                               up_proj=nn.Linear(64, 32, bias=False),
-                               down_proj=nn.Linear(32, 64, bias=False)))
-            for _ in range(cfg.num_experts))
+            nn.ModuleDict(
+                dict(
+                    gate_proj=nn.Linear(64, 32, bias=False),
+                    up_proj=nn.Linear(64, 32, bias=False),
+                    down_proj=nn.Linear(32, 64, bias=False),
+                )
+            )
+            for _ in range(cfg.num_experts)
+        )
         for e in self.experts:  # ModuleDict has no attribute access by name; alias them
             for k in ("gate_proj", "up_proj", "down_proj"):
                 object.__setattr__(e, k, e[k])

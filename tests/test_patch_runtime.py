@@ -24,11 +24,20 @@ POLICIES = ["cpu", "static", "lru", "lfu", "lru-fetch", "value"]
 
 def _model(seed: int = 0):
     torch.manual_seed(seed)
-    cfg = transformers.Qwen3MoeConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                      vocab_size=128, num_attention_heads=4, num_key_value_heads=2,
-                                      max_position_embeddings=64, moe_intermediate_size=32,
-                                      num_experts=8, num_experts_per_tok=2, head_dim=16,
-                                      norm_topk_prob=True)
+    cfg = transformers.Qwen3MoeConfig(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        vocab_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        moe_intermediate_size=32,
+        num_experts=8,
+        num_experts_per_tok=2,
+        head_dim=16,
+        norm_topk_prob=True,
+    )
     model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -25,8 +25,11 @@ TOL = 3e-2
 
 def _weights(fmt: str, seed: int) -> ExpertWeights:
     g = torch.Generator().manual_seed(seed)
-    gate, up, down = (torch.randn(E, I, H, generator=g) * 0.2, torch.randn(E, I, H, generator=g) * 0.2,
-                      torch.randn(E, H, I, generator=g) * 0.2)
+    gate, up, down = (
+        torch.randn(E, I, H, generator=g) * 0.2,
+        torch.randn(E, I, H, generator=g) * 0.2,
+        torch.randn(E, H, I, generator=g) * 0.2,
+    )
     w = ExpertWeights.dense(gate, up, down)
     if fmt == "bf16":
         return w.to_bf16()
@@ -39,7 +42,9 @@ def _weights(fmt: str, seed: int) -> ExpertWeights:
 def _route(T: int, g: torch.Generator, skew: bool = True):
     # Skewed choice (experts 0..3 most of the time) so caches get reuse.
     probs = torch.tensor([8, 6, 4, 3, 1, 1, 1, 1], dtype=torch.float32) if skew else torch.ones(E)
-    ids = torch.stack([torch.multinomial(probs, K, replacement=False, generator=g) for _ in range(T)])
+    ids = torch.stack(
+        [torch.multinomial(probs, K, replacement=False, generator=g) for _ in range(T)]
+    )
     w = torch.rand(T, K, generator=g) + 0.1
     return ids, w / w.sum(-1, keepdim=True)
 
@@ -163,7 +168,7 @@ def test_long_run_memory_flat(device):
     dev0 = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     free0 = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
     run(steps)
-    assert _rss_bytes() - rss0 < 8 * 2**20, (_rss_bytes() - rss0)
+    assert _rss_bytes() - rss0 < 8 * 2**20, _rss_bytes() - rss0
     if device.type == "cuda":
         assert torch.cuda.memory_allocated(device) == dev0
         assert abs(torch.cuda.mem_get_info(device)[0] - free0) < 16 * 2**20

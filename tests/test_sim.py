@@ -21,8 +21,9 @@ def make_trace(n_layer=4, n_expert=16, top_k=4, decode=150, prefill=12, seed=0) 
         for layer in range(n_layer):
             hot = rng.random() < 0.6
             pool = np.arange(5) if hot else np.arange(n_expert)
-            ids[t, layer] = rng.choice(pool if len(pool) >= top_k else np.arange(n_expert),
-                                       size=top_k, replace=False)
+            ids[t, layer] = rng.choice(
+                pool if len(pool) >= top_k else np.arange(n_expert), size=top_k, replace=False
+            )
     w = rng.random((n, n_layer, top_k)).astype(np.float32) + 0.1
     w /= w.sum(-1, keepdims=True)
     offsets = np.concatenate([[0, prefill], prefill + np.arange(1, decode + 1)])
@@ -87,8 +88,10 @@ def test_simulate_all_policies_conserve_counts():
         assert 0 <= r["hit_rate"] <= 1 and r["tokens_per_s"] > 0
     assert results["cpu"]["hit_rate"] == 0 and results["cpu"]["copy_bytes"] == 0
     # Any cache beats no cache on this skewed trace.
-    assert min(results[p]["tokens_per_s"] for p in ("static", "lru", "value")) > results["cpu"][
-        "tokens_per_s"]
+    assert (
+        min(results[p]["tokens_per_s"] for p in ("static", "lru", "value"))
+        > results["cpu"]["tokens_per_s"]
+    )
 
 
 def test_simulate_bad_inputs():
@@ -112,8 +115,10 @@ def test_dev_trace_value_beats_lru(traces_dir):
     from hybrid_moe.traces import load_trace
 
     tr = load_trace(traces_dir / "qwen3-30b-a3b.top6.route.csv")
-    r = {p: simulate(tr, "consumer-4090", p, "10%", model="qwen3-30b-a3b")
-         for p in ("lru", "value", "oracle")}
+    r = {
+        p: simulate(tr, "consumer-4090", p, "10%", model="qwen3-30b-a3b")
+        for p in ("lru", "value", "oracle")
+    }
     assert r["oracle"]["hit_rate"] >= r["lru"]["hit_rate"]
     assert r["value"]["tokens_per_s"] > r["lru"]["tokens_per_s"]
 
@@ -123,8 +128,23 @@ def test_sim_command_writes_json_and_plot(tmp_path):
     from hybrid_moe.cli import main
 
     out, png = tmp_path / "r.json", tmp_path / "s.png"
-    rc = main(["sim", "--synthetic", "qwen3-30b-a3b", "--tokens", "40", "--budget", "10%,25%",
-               "--policy", "cpu,lru,value", "--out", str(out), "--plot", str(png)])
+    rc = main(
+        [
+            "sim",
+            "--synthetic",
+            "qwen3-30b-a3b",
+            "--tokens",
+            "40",
+            "--budget",
+            "10%,25%",
+            "--policy",
+            "cpu,lru,value",
+            "--out",
+            str(out),
+            "--plot",
+            str(png),
+        ]
+    )
     assert rc == 0
     data = json.loads(out.read_text())
     assert {r["policy"] for r in data["results"]} == {"cpu", "lru", "value"}

@@ -36,6 +36,7 @@ def assert_same(a: RouteTrace, b: RouteTrace) -> None:
 
 # ----------------------------------------------------------------------------- dev trace
 
+
 def test_dev_trace_shape_and_reuse(traces_dir):
     t = load_trace(traces_dir / DEV)
     assert (t.n_layer, t.n_expert, t.top_k) == (48, 128, 6)
@@ -64,8 +65,9 @@ def test_dev_trace_round_trips(traces_dir, tmp_path):
 
 
 def test_multi_token_steps_round_trip_through_csv(tmp_path):
-    t = synthetic_trace("mixtral-8x7b", decode_tokens=20, seed=3, prefill_tokens=50,
-                        prefill_chunk=16)
+    t = synthetic_trace(
+        "mixtral-8x7b", decode_tokens=20, seed=3, prefill_tokens=50, prefill_chunk=16
+    )
     assert np.diff(t.step_offsets)[:4].tolist() == [16, 16, 16, 2]
     for ext in ("csv", "npz"):
         save_trace(t, tmp_path / f"t.{ext}")
@@ -73,6 +75,7 @@ def test_multi_token_steps_round_trip_through_csv(tmp_path):
 
 
 # ----------------------------------------------------------------------------- malformed
+
 
 def small_csv(tmp_path) -> list[str]:
     """A valid route_trace v1 file (2 layers, 5 experts, k=2, 1 prefill + 2 decode steps)."""
@@ -93,8 +96,7 @@ def small_csv(tmp_path) -> list[str]:
     [
         (lambda L: L.__setitem__(0, "# route_trace v2"), 1, "bad header"),
         (lambda L: L.__setitem__(1, L[1].replace("n_layer=2 ", "")), 2, "missing n_layer"),
-        (lambda L: L.__setitem__(1, L[1].replace("n_expert=5", "n_expert=x")), 2,
-         "not an integer"),
+        (lambda L: L.__setitem__(1, L[1].replace("n_expert=5", "n_expert=x")), 2, "not an integer"),
         (lambda L: L.__setitem__(4, L[4].replace("slot", "slots")), 5, "expected columns"),
         (lambda L: L.__setitem__(7, L[7] + ",9"), 8, "wrong column count: expected 9, got 10"),
         (lambda L: L.__setitem__(8, L[8].replace(",0,", ",abc,", 1)), 9, "non-numeric field"),
@@ -128,11 +130,19 @@ def test_bad_paths_and_npz(tmp_path):
 
 # ----------------------------------------------------------------------------- hit counting
 
+
 def one_layer_trace(steps: list[list[int]], n_expert: int) -> RouteTrace:
     k = len(steps[0])
     ids = np.array(steps, dtype=np.int32).reshape(len(steps), 1, k)
-    return RouteTrace(1, n_expert, k, ids, np.full(ids.shape, 1.0 / k), np.arange(len(steps) + 1),
-                      np.full(len(steps), DECODE))
+    return RouteTrace(
+        1,
+        n_expert,
+        k,
+        ids,
+        np.full(ids.shape, 1.0 / k),
+        np.arange(len(steps) + 1),
+        np.full(len(steps), DECODE),
+    )
 
 
 def test_lru_and_belady_hand_counts():
@@ -190,8 +200,9 @@ def test_belady_equals_brute_force_optimum():
 
 
 def test_native_cache_hits_checks_input():
-    assert native.cache_hits(np.array([0, 1, 0], np.int32), np.array([0, 1, 2, 3]), 2, 1,
-                             "lru") == (0, 3)
+    assert native.cache_hits(
+        np.array([0, 1, 0], np.int32), np.array([0, 1, 2, 3]), 2, 1, "lru"
+    ) == (0, 3)
     with pytest.raises(ValueError, match="out of range"):
         native.cache_hits(np.array([0, 5], np.int32), np.array([0, 1, 2]), 4, 2, "lru")
     with pytest.raises(ValueError, match="unknown cache policy"):
@@ -199,6 +210,7 @@ def test_native_cache_hits_checks_input():
 
 
 # ----------------------------------------------------------------------------- synthetic
+
 
 def test_synthetic_is_deterministic():
     a = synthetic_trace("qwen3-30b-a3b", 200, seed=5, prefill_tokens=100, prefill_chunk=64)
@@ -270,10 +282,26 @@ def test_every_preset_generates(name):
 
 # ----------------------------------------------------------------------------- command
 
+
 def test_trace_command(tmp_path, capsys):
     out = tmp_path / "s.npz"
-    assert cli_main(["trace", "synth", "gpt-oss-120b", str(out), "--decode", "300",
-                     "--prefill", "64", "--seed", "2"]) == 0
+    assert (
+        cli_main(
+            [
+                "trace",
+                "synth",
+                "gpt-oss-120b",
+                str(out),
+                "--decode",
+                "300",
+                "--prefill",
+                "64",
+                "--seed",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert cli_main(["trace", "convert", str(out), str(tmp_path / "s.csv")]) == 0
     assert_same(load_trace(out), load_trace(tmp_path / "s.csv"))
     capsys.readouterr()

@@ -12,5 +12,13 @@ from hybrid_moe.system import cuda_available, info, set_cpu_isa
 
 __version__ = native.__version__
 
-__all__ = ["HybridMoELayer", "Runtime", "__version__", "cuda_available", "info", "native", "patch",
-           "set_cpu_isa"]
+__all__ = [
+    "HybridMoELayer",
+    "Runtime",
+    "__version__",
+    "cuda_available",
+    "info",
+    "native",
+    "patch",
+    "set_cpu_isa",
+]

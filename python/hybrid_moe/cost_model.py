@@ -94,7 +94,9 @@ def to_native(profile: dict) -> dict[str, Any]:
     for fmt in FORMATS:
         eff = flat[f"{fmt}_cpu_efficiency"]
         if not 0 < eff <= 1:
-            raise ValueError(f"profile key 'formats.{fmt}.cpu_efficiency' must be in (0, 1], got {eff}")
+            raise ValueError(
+                f"profile key 'formats.{fmt}.cpu_efficiency' must be in (0, 1], got {eff}"
+            )
     for k in ("dram_read_gbps", "vram_gbps", "h2d_gbps"):
         if flat[k] <= 0:
             raise ValueError(f"profile key {k!r} must be > 0, got {flat[k]}")

@@ -93,11 +93,17 @@ def _check_routing(x, topk_ids, topk_weights, n_experts: int, hidden: int):
     if not isinstance(topk_ids, torch.Tensor) or topk_ids.dim() != 2 or topk_ids.shape[0] != T:
         raise ValueError(f"topk_ids must be a tensor [T={T}, k]")
     if topk_ids.dtype not in (torch.int32, torch.int64) or topk_ids.device.type != "cpu":
-        raise ValueError(f"topk_ids must be int32/int64 on the CPU, got {topk_ids.dtype} on {topk_ids.device}")
-    if not isinstance(topk_weights, torch.Tensor) or tuple(topk_weights.shape) != tuple(topk_ids.shape):
+        raise ValueError(
+            f"topk_ids must be int32/int64 on the CPU, got {topk_ids.dtype} on {topk_ids.device}"
+        )
+    if not isinstance(topk_weights, torch.Tensor) or tuple(topk_weights.shape) != tuple(
+        topk_ids.shape
+    ):
         raise ValueError(f"topk_weights must be a tensor of shape {list(topk_ids.shape)}")
     if not topk_weights.is_floating_point() or topk_weights.device.type != "cpu":
-        raise ValueError(f"topk_weights must be floating on the CPU, got {topk_weights.dtype} on {topk_weights.device}")
+        raise ValueError(
+            f"topk_weights must be floating on the CPU, got {topk_weights.dtype} on {topk_weights.device}"
+        )
     if topk_ids.numel() and (int(topk_ids.min()) < 0 or int(topk_ids.max()) >= n_experts):
         raise ValueError(
             f"topk_ids must be in [0, {n_experts}), got range [{int(topk_ids.min())}, {int(topk_ids.max())}]"
@@ -133,7 +139,11 @@ def run_layer(
     xf = x.to(torch.float32).contiguous()
     if out is None:
         out = torch.zeros(T, store.hidden, dtype=torch.float32)
-    elif out.dtype != torch.float32 or tuple(out.shape) != (T, store.hidden) or out.device.type != "cpu":
+    elif (
+        out.dtype != torch.float32
+        or tuple(out.shape) != (T, store.hidden)
+        or out.device.type != "cpu"
+    ):
         raise ValueError(f"out must be float32 [{T}, {store.hidden}] on the CPU")
     elif not out.is_contiguous():
         raise ValueError("out must be contiguous")
@@ -141,8 +151,18 @@ def run_layer(
     ids = topk_ids.to(torch.int32).reshape(-1).numpy()
     w = topk_weights.to(torch.float32).reshape(-1).numpy()
     native.cpu_moe_layer(
-        store.fmt, store.hidden, store.intermediate, store.expert_ptrs(), xf.data_ptr(), T,
-        tok, ids, w, out.data_ptr(), threads or 0, isa or "",
+        store.fmt,
+        store.hidden,
+        store.intermediate,
+        store.expert_ptrs(),
+        xf.data_ptr(),
+        T,
+        tok,
+        ids,
+        w,
+        out.data_ptr(),
+        threads or 0,
+        isa or "",
     )
     return out
 
@@ -158,10 +178,21 @@ def available_isas() -> list[str]:
     out = ["generic"]
     feats = dict(native.cpu_features())
     if native.avx512_built and all(
-        feats[f] for f in ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "avx512_vnni", "os_avx512")
+        feats[f]
+        for f in (
+            "avx512f",
+            "avx512bw",
+            "avx512vl",
+            "avx512dq",
+            "avx512_bf16",
+            "avx512_vnni",
+            "os_avx512",
+        )
     ):
         out.append("avx512")
-        if native.amx_built and all(feats[f] for f in ("amx_tile", "amx_bf16", "amx_int8", "os_amx")):
+        if native.amx_built and all(
+            feats[f] for f in ("amx_tile", "amx_bf16", "amx_int8", "os_amx")
+        ):
             cur = dict(native.cpu_isa())
             try:
                 native.set_cpu_isa("amx")

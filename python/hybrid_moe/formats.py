@@ -70,8 +70,10 @@ def quantize_q8_0(w: torch.Tensor | np.ndarray) -> torch.Tensor:
     [..., n / 32 * 34], byte-identical to gguf.quants.quantize(w, Q8_0)."""
     x = _as_float32_cpu(w)
     if x.dim() < 1 or x.shape[-1] % Q8_0_BLOCK or x.shape[-1] == 0:
-        raise ValueError(f"quantize_q8_0: w must be [..., n] with n a positive multiple of 32, "
-                         f"got {tuple(x.shape)}")
+        raise ValueError(
+            f"quantize_q8_0: w must be [..., n] with n a positive multiple of 32, "
+            f"got {tuple(x.shape)}"
+        )
     lead, n = tuple(x.shape[:-1]), int(x.shape[-1])
     blocks = x.reshape(-1, Q8_0_BLOCK)  # [nb, 32]
     d = blocks.abs().amax(dim=1, keepdim=True) / 127.0  # [nb, 1] float32
@@ -86,8 +88,9 @@ def quantize_q8_0(w: torch.Tensor | np.ndarray) -> torch.Tensor:
     return out.reshape(*lead, n // Q8_0_BLOCK * Q8_0_BYTES)
 
 
-def dequantize_q8_0(blocks: torch.Tensor | np.ndarray, dtype: torch.dtype = torch.float32
-                    ) -> torch.Tensor:
+def dequantize_q8_0(
+    blocks: torch.Tensor | np.ndarray, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """uint8 [..., n/32*34] GGUF Q8_0 rows -> dtype [..., n] (d * q, exact in float32), on
     blocks' device. The row length n follows from the last dimension."""
     if isinstance(blocks, np.ndarray):
@@ -95,8 +98,9 @@ def dequantize_q8_0(blocks: torch.Tensor | np.ndarray, dtype: torch.dtype = torc
     if blocks.dtype != torch.uint8:
         raise ValueError(f"q8_0 blocks must be torch.uint8, got {blocks.dtype}")
     if blocks.dim() < 1 or blocks.shape[-1] % Q8_0_BYTES:
-        raise ValueError(f"q8_0 row bytes must be a multiple of {Q8_0_BYTES}, got "
-                         f"{tuple(blocks.shape)}")
+        raise ValueError(
+            f"q8_0 row bytes must be a multiple of {Q8_0_BYTES}, got {tuple(blocks.shape)}"
+        )
     b = blocks.reshape(*blocks.shape[:-1], blocks.shape[-1] // Q8_0_BYTES, Q8_0_BYTES)
     d = b[..., :2].contiguous().view(torch.float16).to(torch.float32)  # [..., nb, 1]
     q = b[..., 2:].contiguous().view(torch.int8).to(torch.float32)  # [..., nb, 32]
@@ -130,8 +134,14 @@ def decode_rows(b: torch.Tensor, fmt: str, dtype: torch.dtype = torch.float32) -
 _PARTS = ("gate", "up", "down")
 
 
-def pack_encoded(fmt: str, hidden: int, intermediate: int, gate: torch.Tensor, up: torch.Tensor,
-                 down: torch.Tensor) -> torch.Tensor:
+def pack_encoded(
+    fmt: str,
+    hidden: int,
+    intermediate: int,
+    gate: torch.Tensor,
+    up: torch.Tensor,
+    down: torch.Tensor,
+) -> torch.Tensor:
     """Already-encoded experts -> uint8 CPU [E, stride] in the native expert layout (padding 0).
 
     gate, up: bytes of [E, I rows of H inputs]; down: [E, H rows of I inputs], each uint8 with E
@@ -142,48 +152,69 @@ def pack_encoded(fmt: str, hidden: int, intermediate: int, gate: torch.Tensor, u
     packed = torch.zeros(n_exp, int(lay["stride"]), dtype=torch.uint8)
     for name, t in zip(_PARTS, (gate, up, down), strict=True):
         if not isinstance(t, torch.Tensor) or t.dtype != torch.uint8 or t.dim() < 1:
-            raise ValueError(f"{name} must be encoded uint8 bytes [E, ...], got "
-                             f"{getattr(t, 'dtype', type(t).__name__)}")
+            raise ValueError(
+                f"{name} must be encoded uint8 bytes [E, ...], got "
+                f"{getattr(t, 'dtype', type(t).__name__)}"
+            )
         off, nb = int(lay[f"{name}_offset"]), int(lay[f"{name}_bytes"])
         raw = t.detach().to("cpu").contiguous().reshape(t.shape[0], -1)
         if raw.shape != (n_exp, nb):
-            raise ValueError(f"{name}: expected {n_exp} experts of {nb} bytes ({fmt}, hidden="
-                             f"{hidden}, intermediate={intermediate}), got {list(raw.shape)}")
-        packed[:, off:off + nb] = raw
+            raise ValueError(
+                f"{name}: expected {n_exp} experts of {nb} bytes ({fmt}, hidden="
+                f"{hidden}, intermediate={intermediate}), got {list(raw.shape)}"
+            )
+        packed[:, off : off + nb] = raw
     return packed
 
 
-def pack_experts(gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, fmt: str
-                 ) -> torch.Tensor:
+def pack_experts(
+    gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, fmt: str
+) -> torch.Tensor:
     """Dense gate/up [E, I, H], down [E, H, I] (float, any device) -> uint8 CPU [E, stride]."""
     _check_format(fmt)
-    if (not all(isinstance(t, torch.Tensor) for t in (gate, up, down)) or gate.dim() != 3
-            or tuple(up.shape) != tuple(gate.shape)
-            or tuple(down.shape) != (gate.shape[0], gate.shape[2], gate.shape[1])):
+    if (
+        not all(isinstance(t, torch.Tensor) for t in (gate, up, down))
+        or gate.dim() != 3
+        or tuple(up.shape) != tuple(gate.shape)
+        or tuple(down.shape) != (gate.shape[0], gate.shape[2], gate.shape[1])
+    ):
         shapes = [tuple(getattr(t, "shape", ())) for t in (gate, up, down)]
-        raise ValueError(f"pack_experts: expected gate/up [E, I, H] and down [E, H, I], got "
-                         f"{shapes}")
+        raise ValueError(
+            f"pack_experts: expected gate/up [E, I, H] and down [E, H, I], got {shapes}"
+        )
     inter, hidden = int(gate.shape[1]), int(gate.shape[2])
     row_bytes(fmt, hidden), row_bytes(fmt, inter)  # q8_0: ValueError unless multiples of 32
     return pack_encoded(fmt, hidden, inter, *(encode_rows(t, fmt) for t in (gate, up, down)))
 
 
-def unpack_experts(packed: torch.Tensor, fmt: str, hidden: int, intermediate: int,
-                   dtype: torch.dtype = torch.float32
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def unpack_experts(
+    packed: torch.Tensor,
+    fmt: str,
+    hidden: int,
+    intermediate: int,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """uint8 [E, stride] (or one expert [stride]) -> gate [E, I, H], up [E, I, H], down [E, H, I]
     decoded exactly to dtype ([I, H], [I, H], [H, I] for one expert), on the CPU."""
     lay = expert_layout(fmt, hidden, intermediate)
     stride = int(lay["stride"])
-    if (not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8
-            or packed.dim() not in (1, 2) or packed.shape[-1] != stride):
-        raise ValueError(f"packed must be uint8 [E, {stride}] or [{stride}], got "
-                         f"{getattr(packed, 'dtype', type(packed).__name__)} "
-                         f"{list(getattr(packed, 'shape', []))}")
+    if (
+        not isinstance(packed, torch.Tensor)
+        or packed.dtype != torch.uint8
+        or packed.dim() not in (1, 2)
+        or packed.shape[-1] != stride
+    ):
+        raise ValueError(
+            f"packed must be uint8 [E, {stride}] or [{stride}], got "
+            f"{getattr(packed, 'dtype', type(packed).__name__)} "
+            f"{list(getattr(packed, 'shape', []))}"
+        )
     raw = packed.detach().to("cpu")
     lead = tuple(raw.shape[:-1])
     out = []
     for name, rows in (("gate", intermediate), ("up", intermediate), ("down", hidden)):
         off, nb = int(lay[f"{name}_offset"]), int(lay[f"{name}_bytes"])
-        out.append(decode_rows(raw[..., off:off + nb].reshape(*lead, rows, nb // rows), fmt, dtype))
+        out.append(
+            decode_rows(raw[..., off : off + nb].reshape(*lead, rows, nb // rows), fmt, dtype)
+        )
     return out[0], out[1], out[2]

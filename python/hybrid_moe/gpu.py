@@ -85,8 +85,9 @@ class PinnedExpertStore:
         return store
 
     @classmethod
-    def from_file(cls, path: str, fmt: str, hidden: int, intermediate: int, n_experts: int,
-                  offset: int = 0):
+    def from_file(
+        cls, path: str, fmt: str, hidden: int, intermediate: int, n_experts: int, offset: int = 0
+    ):
         """Experts stored back to back (stride bytes each) in a file, read with pread()."""
         store = cls(fmt, hidden, intermediate, n_experts)
         store.native.load_file(str(path), int(offset), 0, int(n_experts))
@@ -106,20 +107,33 @@ class PinnedExpertStore:
 class DeviceSlab:
     """Equal slots of device memory, one expert each; sized by n_slots, bytes or a fraction."""
 
-    def __init__(self, fmt: str, hidden: int, intermediate: int, *, n_slots: int | None = None,
-                 budget_bytes: int | None = None, fraction: float | None = None,
-                 total_experts: int | None = None, device: int = 0):
+    def __init__(
+        self,
+        fmt: str,
+        hidden: int,
+        intermediate: int,
+        *,
+        n_slots: int | None = None,
+        budget_bytes: int | None = None,
+        fraction: float | None = None,
+        total_experts: int | None = None,
+        device: int = 0,
+    ):
         _require_gpu()
         given = [a is not None for a in (n_slots, budget_bytes, fraction)]
         if sum(given) != 1:
             raise ValueError("DeviceSlab: give exactly one of n_slots, budget_bytes, fraction")
         if budget_bytes is not None:
-            n_slots = native.GpuDeviceSlab.slots_for_budget(fmt, hidden, intermediate, int(budget_bytes))
+            n_slots = native.GpuDeviceSlab.slots_for_budget(
+                fmt, hidden, intermediate, int(budget_bytes)
+            )
         elif fraction is not None:
             if total_experts is None:
                 raise ValueError("DeviceSlab: fraction needs total_experts")
             n_slots = native.GpuDeviceSlab.slots_for_fraction(int(total_experts), float(fraction))
-        self.native = native.GpuDeviceSlab(fmt, int(hidden), int(intermediate), int(n_slots), int(device))
+        self.native = native.GpuDeviceSlab(
+            fmt, int(hidden), int(intermediate), int(n_slots), int(device)
+        )
         self.fmt, self.hidden, self.intermediate = fmt, int(hidden), int(intermediate)
         self.layout = dict(self.native.layout)
         self.device = torch.device("cuda", int(device))
@@ -137,11 +151,17 @@ class DeviceSlab:
 class Mover:
     """The copy thread: request_fetch / poll_completions / acquire / release (see cuda/mover.h)."""
 
-    def __init__(self, store: PinnedExpertStore, slab: DeviceSlab, max_in_flight: int = 4,
-                 max_pending_prefetch: int = 64):
+    def __init__(
+        self,
+        store: PinnedExpertStore,
+        slab: DeviceSlab,
+        max_in_flight: int = 4,
+        max_pending_prefetch: int = 64,
+    ):
         _require_gpu()
-        self.native = native.GpuMover(store.native, slab.native, int(max_in_flight),
-                                      int(max_pending_prefetch))
+        self.native = native.GpuMover(
+            store.native, slab.native, int(max_in_flight), int(max_pending_prefetch)
+        )
         self.store, self.slab = store, slab
 
     def request_fetch(self, expert: int, slot: int, prefetch: bool = False, generation: int = 0):
@@ -154,30 +174,44 @@ class Mover:
 # ------------------------------------------------------------------ kernels
 def _check_plan(slab: DeviceSlab, x: torch.Tensor, tokens, slots, weights):
     if not isinstance(x, torch.Tensor) or x.device.type != "cuda" or x.dtype != torch.bfloat16:
-        raise ValueError(f"x must be a CUDA bfloat16 tensor, got {getattr(x, 'dtype', type(x))} "
-                         f"on {getattr(x, 'device', None)}")
+        raise ValueError(
+            f"x must be a CUDA bfloat16 tensor, got {getattr(x, 'dtype', type(x))} "
+            f"on {getattr(x, 'device', None)}"
+        )
     if x.dim() != 2 or x.shape[1] != slab.hidden:
         raise ValueError(f"x must be [T, {slab.hidden}], got {tuple(x.shape)}")
     tokens = torch.as_tensor(tokens).reshape(-1).to("cpu", torch.int64)
     slots = torch.as_tensor(slots).reshape(-1).to("cpu", torch.int64)
     weights = torch.as_tensor(weights).reshape(-1).to("cpu", torch.float32)
     if not (tokens.numel() == slots.numel() == weights.numel()) or tokens.numel() == 0:
-        raise ValueError(f"tokens, slots, weights must be 1-D of one non-zero length, got "
-                         f"{tokens.numel()}, {slots.numel()}, {weights.numel()}")
+        raise ValueError(
+            f"tokens, slots, weights must be 1-D of one non-zero length, got "
+            f"{tokens.numel()}, {slots.numel()}, {weights.numel()}"
+        )
     n_tok = x.shape[0]
     if int(tokens.min()) < 0 or int(tokens.max()) >= n_tok:
-        raise ValueError(f"tokens must be in [0, {n_tok}), got range [{int(tokens.min())}, {int(tokens.max())}]")
+        raise ValueError(
+            f"tokens must be in [0, {n_tok}), got range [{int(tokens.min())}, {int(tokens.max())}]"
+        )
     if int(slots.min()) < 0 or int(slots.max()) >= slab.n_slots:
-        raise ValueError(f"slots must be in [0, {slab.n_slots}), got range [{int(slots.min())}, {int(slots.max())}]")
+        raise ValueError(
+            f"slots must be in [0, {slab.n_slots}), got range [{int(slots.min())}, {int(slots.max())}]"
+        )
     return x.contiguous(), tokens, slots, weights
 
 
 def _check_out(out, x: torch.Tensor, hidden: int) -> torch.Tensor:
     if out is None:
         return torch.zeros(x.shape[0], hidden, dtype=torch.float32, device=x.device)
-    if out.dtype not in (torch.float32, torch.bfloat16) or out.device != x.device or not out.is_contiguous():
-        raise ValueError(f"out must be a contiguous float32/bfloat16 tensor on {x.device}, got "
-                         f"{out.dtype} on {out.device}")
+    if (
+        out.dtype not in (torch.float32, torch.bfloat16)
+        or out.device != x.device
+        or not out.is_contiguous()
+    ):
+        raise ValueError(
+            f"out must be a contiguous float32/bfloat16 tensor on {x.device}, got "
+            f"{out.dtype} on {out.device}"
+        )
     if tuple(out.shape) != (x.shape[0], hidden):
         raise ValueError(f"out must be [{x.shape[0]}, {hidden}], got {tuple(out.shape)}")
     return out
@@ -202,13 +236,29 @@ def device_plan(tokens, slots, weights, n_tokens: int, device) -> dict[str, torc
     }
 
 
-def launch_decode_raw(slab: DeviceSlab, plan: dict[str, torch.Tensor], x: torch.Tensor,
-                      h: torch.Tensor, out: torch.Tensor, max_pairs: int) -> None:
+def launch_decode_raw(
+    slab: DeviceSlab,
+    plan: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    h: torch.Tensor,
+    out: torch.Tensor,
+    max_pairs: int,
+) -> None:
     """No-validation launch on the current stream (benchmarks, graph capture)."""
-    native.gpu_decode(slab.native, plan["token_ptr"].data_ptr(), plan["pair_token"].data_ptr(),
-                      plan["pair_slot"].data_ptr(), plan["pair_weight"].data_ptr(), x.shape[0],
-                      int(max_pairs), x.data_ptr(), h.data_ptr(), out.data_ptr(), _dtype_name(out),
-                      torch.cuda.current_stream(x.device).cuda_stream)
+    native.gpu_decode(
+        slab.native,
+        plan["token_ptr"].data_ptr(),
+        plan["pair_token"].data_ptr(),
+        plan["pair_slot"].data_ptr(),
+        plan["pair_weight"].data_ptr(),
+        x.shape[0],
+        int(max_pairs),
+        x.data_ptr(),
+        h.data_ptr(),
+        out.data_ptr(),
+        _dtype_name(out),
+        torch.cuda.current_stream(x.device).cuda_stream,
+    )
 
 
 def run_decode(slab: DeviceSlab, x: torch.Tensor, tokens, slots, weights, out=None) -> torch.Tensor:
@@ -227,15 +277,25 @@ def run_decode(slab: DeviceSlab, x: torch.Tensor, tokens, slots, weights, out=No
 _PREFILL: dict[int, Any] = {}
 
 
-def run_prefill(slab: DeviceSlab, x: torch.Tensor, tokens, slots, weights, out=None) -> torch.Tensor:
+def run_prefill(
+    slab: DeviceSlab, x: torch.Tensor, tokens, slots, weights, out=None
+) -> torch.Tensor:
     """Tensor-core grouped path for many tokens; same contract as run_decode."""
     _require_gpu()
     x, tokens, slots, weights = _check_plan(slab, x, tokens, slots, weights)
     out = _check_out(out, x, slab.hidden)
     runner = _PREFILL.setdefault(x.device.index or 0, native.GpuPrefillRunner())
-    runner.run(slab.native, tokens.to(torch.int32).numpy(), slots.to(torch.int32).numpy(),
-               weights.numpy(), x.shape[0], x.data_ptr(), out.data_ptr(), _dtype_name(out),
-               torch.cuda.current_stream(x.device).cuda_stream)
+    runner.run(
+        slab.native,
+        tokens.to(torch.int32).numpy(),
+        slots.to(torch.int32).numpy(),
+        weights.numpy(),
+        x.shape[0],
+        x.data_ptr(),
+        out.data_ptr(),
+        _dtype_name(out),
+        torch.cuda.current_stream(x.device).cuda_stream,
+    )
     return out
 
 
@@ -243,11 +303,24 @@ def add_partials(out: torch.Tensor, partial: torch.Tensor) -> torch.Tensor:
     """out[T, H] (float32 or bfloat16, CUDA) += partial[T, H] (float32, same device)."""
     _require_gpu()
     if partial.dtype != torch.float32 or partial.device != out.device or partial.shape != out.shape:
-        raise ValueError(f"partial must be float32 {tuple(out.shape)} on {out.device}, got "
-                         f"{partial.dtype} {tuple(partial.shape)} on {partial.device}")
-    if out.device.type != "cuda" or out.dtype not in (torch.float32, torch.bfloat16) or not out.is_contiguous():
-        raise ValueError(f"out must be a contiguous CUDA float32/bfloat16 tensor, got {out.dtype} on {out.device}")
+        raise ValueError(
+            f"partial must be float32 {tuple(out.shape)} on {out.device}, got "
+            f"{partial.dtype} {tuple(partial.shape)} on {partial.device}"
+        )
+    if (
+        out.device.type != "cuda"
+        or out.dtype not in (torch.float32, torch.bfloat16)
+        or not out.is_contiguous()
+    ):
+        raise ValueError(
+            f"out must be a contiguous CUDA float32/bfloat16 tensor, got {out.dtype} on {out.device}"
+        )
     partial = partial.contiguous()
-    native.gpu_add_partials(out.data_ptr(), _dtype_name(out), partial.data_ptr(), out.numel(),
-                            torch.cuda.current_stream(out.device).cuda_stream)
+    native.gpu_add_partials(
+        out.data_ptr(),
+        _dtype_name(out),
+        partial.data_ptr(),
+        out.numel(),
+        torch.cuda.current_stream(out.device).cuda_stream,
+    )
     return out

@@ -77,8 +77,9 @@ class PatchedMoEBlock(nn.Module):
     def forward(self, hidden_states: torch.Tensor):
         shape = hidden_states.shape
         if shape[-1] != self.hidden_size:
-            raise ValueError(f"hidden_states must end in hidden size {self.hidden_size}, got "
-                             f"{list(shape)}")
+            raise ValueError(
+                f"hidden_states must end in hidden size {self.hidden_size}, got {list(shape)}"
+            )
         x = hidden_states.reshape(-1, self.hidden_size)
         logits = self._router_logits(x)
         topk_ids, topk_weights = self._select(logits)
@@ -91,8 +92,10 @@ class PatchedMoEBlock(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return (f"family={self.family}, layer={self.layer_idx}, n_expert={self.n_expert}, "
-                f"top_k={self.top_k}")
+        return (
+            f"family={self.family}, layer={self.layer_idx}, n_expert={self.n_expert}, "
+            f"top_k={self.top_k}"
+        )
 
 
 def _resolve_make_layer(runtime, make_layer) -> MakeLayer:
@@ -100,22 +103,28 @@ def _resolve_make_layer(runtime, make_layer) -> MakeLayer:
         raise TypeError("patch() takes either runtime or make_layer, not both")
     if make_layer is not None:
         if not callable(make_layer):
-            raise TypeError(f"make_layer must be callable as make_layer(spec: MoEBlockSpec) -> "
-                            f"nn.Module, got {type(make_layer).__name__}")
+            raise TypeError(
+                f"make_layer must be callable as make_layer(spec: MoEBlockSpec) -> "
+                f"nn.Module, got {type(make_layer).__name__}"
+            )
         return make_layer
     if runtime is None:
-        raise TypeError("patch() needs make_layer (a callable make_layer(spec: MoEBlockSpec) -> "
-                        "nn.Module with forward(hidden [T,H], topk_ids [T,k], topk_weights [T,k]))"
-                        " or runtime")
+        raise TypeError(
+            "patch() needs make_layer (a callable make_layer(spec: MoEBlockSpec) -> "
+            "nn.Module with forward(hidden [T,H], topk_ids [T,k], topk_weights [T,k]))"
+            " or runtime"
+        )
     from hybrid_moe.runtime import Runtime
 
     if isinstance(runtime, Runtime):
         return _runtime_make_layer(runtime)
     if not callable(runtime):
-        raise TypeError(f"runtime must be callable as make_layer(spec: MoEBlockSpec) -> nn.Module "
-                        f"(an expert executor with forward(hidden [T,H], topk_ids [T,k], "
-                        f"topk_weights [T,k]) -> [T,H]) or be a hybrid_moe.Runtime; got "
-                        f"{type(runtime).__name__}")
+        raise TypeError(
+            f"runtime must be callable as make_layer(spec: MoEBlockSpec) -> nn.Module "
+            f"(an expert executor with forward(hidden [T,H], topk_ids [T,k], "
+            f"topk_weights [T,k]) -> [T,H]) or be a hybrid_moe.Runtime; got "
+            f"{type(runtime).__name__}"
+        )
     return runtime
 
 
@@ -147,9 +156,11 @@ def patch(model: nn.Module, runtime=None, make_layer: MakeLayer | None = None) -
     for block, spec in specs:
         executor = build(spec)
         if not isinstance(executor, nn.Module):
-            raise TypeError(f"make_layer returned {type(executor).__name__} for "
-                            f"{spec.module_name}; expected an nn.Module with forward(hidden "
-                            f"[T,H], topk_ids [T,k], topk_weights [T,k]) -> [T,H]")
+            raise TypeError(
+                f"make_layer returned {type(executor).__name__} for "
+                f"{spec.module_name}; expected an nn.Module with forward(hidden "
+                f"[T,H], topk_ids [T,k], topk_weights [T,k]) -> [T,H]"
+            )
         patched = PatchedMoEBlock(spec, executor)
         parent_name, _, attr = spec.module_name.rpartition(".")
         parent = modules[parent_name] if parent_name else model

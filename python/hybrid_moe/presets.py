@@ -27,8 +27,15 @@ class SyntheticParams:
     hot_sigma: standard deviation of that log-boost (larger = more skew over short windows).
     """
 
-    reuse_knots: tuple = ((0.0, 0.06), (0.03, 0.23), (0.15, 0.40), (0.45, 0.48), (0.65, 0.58),
-                          (0.85, 0.43), (1.0, 0.28))
+    reuse_knots: tuple = (
+        (0.0, 0.06),
+        (0.03, 0.23),
+        (0.15, 0.40),
+        (0.45, 0.48),
+        (0.65, 0.58),
+        (0.85, 0.43),
+        (1.0, 0.28),
+    )
     top16_share: tuple = ()
     dead: tuple = ()
     default_top16_share: float = 0.42
@@ -59,8 +66,10 @@ class ModelPreset:
             return hi * 2
         if fmt == "q8_0":
             if self.hidden % 32 or self.intermediate % 32:
-                raise ValueError(f"q8_0 needs hidden and intermediate multiples of 32, got "
-                                 f"{self.hidden}, {self.intermediate}")
+                raise ValueError(
+                    f"q8_0 needs hidden and intermediate multiples of 32, got "
+                    f"{self.hidden}, {self.intermediate}"
+                )
             return hi // 32 * 34
         raise ValueError(f"unknown weight format {fmt!r}: expected one of {FORMATS}")
 
@@ -78,24 +87,132 @@ class ModelPreset:
 
 
 # From scripts/derive_qwen3_popularity.py over ../shared/traces/qwen3-30b-a3b.coactivation.json.
-QWEN3_30B_TOP16_SHARE = (0.288, 0.34, 0.382, 0.404, 0.425, 0.428, 0.454, 0.445, 0.406, 0.451,
-                         0.427, 0.408, 0.447, 0.419, 0.408, 0.4, 0.421, 0.388, 0.458, 0.43, 0.428,
-                         0.431, 0.438, 0.418, 0.462, 0.42, 0.425, 0.444, 0.408, 0.393, 0.449,
-                         0.435, 0.419, 0.411, 0.425, 0.429, 0.44, 0.391, 0.403, 0.432, 0.426,
-                         0.404, 0.407, 0.427, 0.43, 0.408, 0.406, 0.429)
-QWEN3_30B_DEAD_EXPERTS = (2, 0, 2, 4, 2, 1, 1, 0, 0, 1, 1, 1, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1,
-                          0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 0, 2, 1, 0, 5, 6, 6, 6, 6, 8, 7, 8)
+QWEN3_30B_TOP16_SHARE = (
+    0.288,
+    0.34,
+    0.382,
+    0.404,
+    0.425,
+    0.428,
+    0.454,
+    0.445,
+    0.406,
+    0.451,
+    0.427,
+    0.408,
+    0.447,
+    0.419,
+    0.408,
+    0.4,
+    0.421,
+    0.388,
+    0.458,
+    0.43,
+    0.428,
+    0.431,
+    0.438,
+    0.418,
+    0.462,
+    0.42,
+    0.425,
+    0.444,
+    0.408,
+    0.393,
+    0.449,
+    0.435,
+    0.419,
+    0.411,
+    0.425,
+    0.429,
+    0.44,
+    0.391,
+    0.403,
+    0.432,
+    0.426,
+    0.404,
+    0.407,
+    0.427,
+    0.43,
+    0.408,
+    0.406,
+    0.429,
+)
+QWEN3_30B_DEAD_EXPERTS = (
+    2,
+    0,
+    2,
+    4,
+    2,
+    1,
+    1,
+    0,
+    0,
+    1,
+    1,
+    1,
+    0,
+    2,
+    1,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    1,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    1,
+    1,
+    1,
+    0,
+    2,
+    1,
+    0,
+    5,
+    6,
+    6,
+    6,
+    6,
+    8,
+    7,
+    8,
+)
 
 PRESETS: dict[str, ModelPreset] = {
     p.name: p
     for p in (
-        ModelPreset("qwen3-30b-a3b", 48, 128, 8, 2048, 768,
-                    synthetic=SyntheticParams(top16_share=QWEN3_30B_TOP16_SHARE,
-                                              dead=QWEN3_30B_DEAD_EXPERTS)),
+        ModelPreset(
+            "qwen3-30b-a3b",
+            48,
+            128,
+            8,
+            2048,
+            768,
+            synthetic=SyntheticParams(
+                top16_share=QWEN3_30B_TOP16_SHARE, dead=QWEN3_30B_DEAD_EXPERTS
+            ),
+        ),
         ModelPreset("qwen3-235b-a22b", 94, 128, 8, 4096, 1536),
         ModelPreset("deepseek-v3", 58, 256, 8, 7168, 2048, n_shared=1),
-        ModelPreset("mixtral-8x7b", 32, 8, 2, 4096, 14336,
-                    synthetic=SyntheticParams(default_top16_share=1.0)),
+        ModelPreset(
+            "mixtral-8x7b",
+            32,
+            8,
+            2,
+            4096,
+            14336,
+            synthetic=SyntheticParams(default_top16_share=1.0),
+        ),
         ModelPreset("gpt-oss-120b", 36, 128, 4, 2880, 2880),
     )
 }

@@ -19,8 +19,14 @@ from torch import nn
 from hybrid_moe.loaders.tensors import ExpertWeights
 
 
-def reference_moe(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
-                  gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+def reference_moe(
+    x: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    gate: torch.Tensor,
+    up: torch.Tensor,
+    down: torch.Tensor,
+) -> torch.Tensor:
     """THE float32 reference of routed experts (every other reference in the package calls it).
 
     x [T, H] (any float dtype); topk_ids [T, k] int in [0, E); topk_weights [T, k] float;
@@ -53,23 +59,30 @@ class ReferenceExperts(nn.Module):
         self.register_buffer("gate", gate.contiguous().clone(), persistent=False)
         self.register_buffer("up", up.contiguous().clone(), persistent=False)
         self.register_buffer("down", down.contiguous().clone(), persistent=False)
-        self.n_expert, self.hidden, self.intermediate = (weights.n_expert, weights.hidden,
-                                                         weights.intermediate)
+        self.n_expert, self.hidden, self.intermediate = (
+            weights.n_expert,
+            weights.hidden,
+            weights.intermediate,
+        )
         self.source_format = weights.format
 
-    def forward(self, hidden: torch.Tensor, topk_ids: torch.Tensor,
-                topk_weights: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor
+    ) -> torch.Tensor:
         _check_inputs(hidden, topk_ids, topk_weights, self.hidden, self.n_expert)
         out = reference_moe(hidden, topk_ids, topk_weights, self.gate, self.up, self.down)
         return out.to(hidden.dtype)
 
     def extra_repr(self) -> str:
-        return (f"n_expert={self.n_expert}, hidden={self.hidden}, "
-                f"intermediate={self.intermediate}, source_format={self.source_format}")
+        return (
+            f"n_expert={self.n_expert}, hidden={self.hidden}, "
+            f"intermediate={self.intermediate}, source_format={self.source_format}"
+        )
 
 
-def _check_inputs(hidden: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
-                  h: int, n_expert: int) -> None:
+def _check_inputs(
+    hidden: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, h: int, n_expert: int
+) -> None:
     """ValueError naming the argument and the expected value for any bad input."""
     if hidden.dim() != 2 or hidden.shape[1] != h:
         raise ValueError(f"hidden must be [T, {h}], got {list(hidden.shape)}")
@@ -80,11 +93,15 @@ def _check_inputs(hidden: torch.Tensor, topk_ids: torch.Tensor, topk_weights: to
     if topk_ids.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"topk_ids must be int32 or int64, got {topk_ids.dtype}")
     if tuple(topk_weights.shape) != tuple(topk_ids.shape):
-        raise ValueError(f"topk_weights must have topk_ids' shape {list(topk_ids.shape)}, got "
-                         f"{list(topk_weights.shape)}")
+        raise ValueError(
+            f"topk_weights must have topk_ids' shape {list(topk_ids.shape)}, got "
+            f"{list(topk_weights.shape)}"
+        )
     if topk_ids.numel() and (int(topk_ids.min()) < 0 or int(topk_ids.max()) >= n_expert):
-        raise ValueError(f"topk_ids must lie in [0, {n_expert}), got min {int(topk_ids.min())} "
-                         f"max {int(topk_ids.max())}")
+        raise ValueError(
+            f"topk_ids must lie in [0, {n_expert}), got min {int(topk_ids.min())} "
+            f"max {int(topk_ids.max())}"
+        )
     for name, t in (("topk_ids", topk_ids), ("topk_weights", topk_weights)):
         if t.device != hidden.device:
             raise ValueError(f"{name} must be on hidden's device {hidden.device}, got {t.device}")

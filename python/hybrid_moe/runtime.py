@@ -48,8 +48,10 @@ def parse_runtime_budget(budget) -> tuple[float, int, int]:
 
     int >= 0: slots; float in [0, 1]: fraction of all experts; str: '30%', '0', '0.3', '12'
     (slots) or bytes with a unit ('2GiB', '512MB')."""
-    bad = ValueError(f"budget {budget!r} not understood: expected slots (int >= 0), a fraction in "
-                     "[0, 1], a percentage ('30%') or bytes ('2GiB')")
+    bad = ValueError(
+        f"budget {budget!r} not understood: expected slots (int >= 0), a fraction in "
+        "[0, 1], a percentage ('30%') or bytes ('2GiB')"
+    )
     if isinstance(budget, bool):
         raise bad
     if isinstance(budget, int):
@@ -97,12 +99,18 @@ def _resolve_device(device) -> torch.device:
     try:
         dev = torch.device(device)
     except (TypeError, RuntimeError) as exc:
-        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or an int, got {device!r}") from exc
+        raise ValueError(
+            f"device must be 'cpu', 'cuda', 'cuda:N' or an int, got {device!r}"
+        ) from exc
     if dev.type == "cuda":
         if not cuda_ok:
-            raise ValueError(f"device {device!r} asked for, but no CUDA device is usable (hybrid_moe "
-                             "built without CUDA or torch sees no GPU): use device='cpu'")
-        return torch.device("cuda", dev.index if dev.index is not None else torch.cuda.current_device())
+            raise ValueError(
+                f"device {device!r} asked for, but no CUDA device is usable (hybrid_moe "
+                "built without CUDA or torch sees no GPU): use device='cpu'"
+            )
+        return torch.device(
+            "cuda", dev.index if dev.index is not None else torch.cuda.current_device()
+        )
     if dev.type != "cpu":
         raise ValueError(f"device must be cpu or cuda, got {device!r}")
     return dev
@@ -131,29 +139,46 @@ class Runtime:
         its fixed GPU set (default: uniform, i.e. an arbitrary set).
     """
 
-    def __init__(self, budget: int | float | str = 0, policy: str = "value",
-                 profile: str | Path | dict | None = None, threads: int | None = None,
-                 device: str | int | torch.device | None = None, n_layers: int | None = None,
-                 decode_max_tokens: int = 64, frequency: Any = None,
-                 hint_probability: float = 0.8):
+    def __init__(
+        self,
+        budget: int | float | str = 0,
+        policy: str = "value",
+        profile: str | Path | dict | None = None,
+        threads: int | None = None,
+        device: str | int | torch.device | None = None,
+        n_layers: int | None = None,
+        decode_max_tokens: int = 64,
+        frequency: Any = None,
+        hint_probability: float = 0.8,
+    ):
         if not isinstance(policy, str):
-            raise ValueError(f"policy must be a string, one of {list(LIVE_POLICIES)}; got "
-                             f"{type(policy).__name__}")
+            raise ValueError(
+                f"policy must be a string, one of {list(LIVE_POLICIES)}; got "
+                f"{type(policy).__name__}"
+            )
         if policy == "oracle":
-            raise ValueError("policy 'oracle' needs future knowledge and exists only in the "
-                             f"simulator (hybrid_moe.sim); the runtime takes one of {list(LIVE_POLICIES)}")
+            raise ValueError(
+                "policy 'oracle' needs future knowledge and exists only in the "
+                f"simulator (hybrid_moe.sim); the runtime takes one of {list(LIVE_POLICIES)}"
+            )
         if policy not in policy_names():
             raise ValueError(f"unknown policy {policy!r}: expected one of {list(LIVE_POLICIES)}")
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
-                                    or threads < 1):
+        if threads is not None and (
+            isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+        ):
             raise ValueError(f"threads must be a positive int or None, got {threads!r}")
-        if n_layers is not None and (isinstance(n_layers, bool) or not isinstance(n_layers, int)
-                                     or n_layers < 1):
+        if n_layers is not None and (
+            isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1
+        ):
             raise ValueError(f"n_layers must be a positive int or None, got {n_layers!r}")
-        if (isinstance(decode_max_tokens, bool) or not isinstance(decode_max_tokens, int)
-                or not 1 <= decode_max_tokens <= 4096):
-            raise ValueError(f"decode_max_tokens must be an int in [1, 4096], got "
-                             f"{decode_max_tokens!r}")
+        if (
+            isinstance(decode_max_tokens, bool)
+            or not isinstance(decode_max_tokens, int)
+            or not 1 <= decode_max_tokens <= 4096
+        ):
+            raise ValueError(
+                f"decode_max_tokens must be an int in [1, 4096], got {decode_max_tokens!r}"
+            )
         if not isinstance(hint_probability, (int, float)) or not 0 <= hint_probability <= 1:
             raise ValueError(f"hint_probability must be in [0, 1], got {hint_probability!r}")
         self.budget = budget
@@ -167,8 +192,11 @@ class Runtime:
         self.hint_probability = float(hint_probability)
         self._n_layers = n_layers
         self._frequency = frequency
-        self.budget_ignored = self.device.type == "cpu" and self._budget != (-1.0, -1, 0) and any(
-            v > 0 for v in self._budget)
+        self.budget_ignored = (
+            self.device.type == "cpu"
+            and self._budget != (-1.0, -1, 0)
+            and any(v > 0 for v in self._budget)
+        )
         self._native = None
 
     # ---- construction (native runtime created at the first layer) -----------------------------
@@ -188,23 +216,49 @@ class Runtime:
                 freq = f.reshape(-1).tolist()
             frac, nbytes, slots = self._budget
             self._native = native.Runtime(
-                to_native(self.profile), self.policy, self.threads or 0,
-                self.device.index if self.device.type == "cuda" else -1, frac, nbytes, slots,
-                self._n_layers or 0, self.decode_max_tokens, self.hint_probability, freq)
+                to_native(self.profile),
+                self.policy,
+                self.threads or 0,
+                self.device.index if self.device.type == "cuda" else -1,
+                frac,
+                nbytes,
+                slots,
+                self._n_layers or 0,
+                self.decode_max_tokens,
+                self.hint_probability,
+                freq,
+            )
         return self._native
 
-    def register_layer(self, layer_idx: int, fmt: str, hidden: int, intermediate: int,
-                       n_expert: int, top_k: int, packed: torch.Tensor) -> None:
+    def register_layer(
+        self,
+        layer_idx: int,
+        fmt: str,
+        hidden: int,
+        intermediate: int,
+        n_expert: int,
+        top_k: int,
+        packed: torch.Tensor,
+    ) -> None:
         """Copy one layer's packed experts (uint8 [n_expert, stride], CPU) into the host store."""
         if isinstance(layer_idx, bool) or not isinstance(layer_idx, int):
             raise ValueError(f"layer_idx must be an int, got {type(layer_idx).__name__}")
         if self._n_layers is not None and not 0 <= layer_idx < self._n_layers:
-            raise ValueError(f"layer_idx must be in [0, n_layers={self._n_layers}), got {layer_idx}")
+            raise ValueError(
+                f"layer_idx must be in [0, n_layers={self._n_layers}), got {layer_idx}"
+            )
         rt = self._ensure_native()
         if packed.dtype != torch.uint8 or packed.device.type != "cpu" or not packed.is_contiguous():
             raise ValueError("packed experts must be a contiguous uint8 CPU tensor")
-        rt.register_layer(int(layer_idx), fmt, int(hidden), int(intermediate), int(n_expert),
-                          int(top_k), packed.data_ptr())
+        rt.register_layer(
+            int(layer_idx),
+            fmt,
+            int(hidden),
+            int(intermediate),
+            int(n_expert),
+            int(top_k),
+            packed.data_ptr(),
+        )
 
     # ---- state -------------------------------------------------------------------------------
 
@@ -258,9 +312,14 @@ class Runtime:
         dropped, waits_for_release}, policy, device, budget, budget_ignored. On a GPU runtime it
         first waits for the queued steps (torch.cuda.synchronize), so call it off the hot path."""
         self._settle()
-        out: dict[str, Any] = {"policy": self.policy, "device": str(self.device),
-                               "budget": self.budget, "budget_ignored": self.budget_ignored,
-                               "started": self.started, "n_slots": self.n_slots}
+        out: dict[str, Any] = {
+            "policy": self.policy,
+            "device": str(self.device),
+            "budget": self.budget,
+            "budget_ignored": self.budget_ignored,
+            "started": self.started,
+            "n_slots": self.n_slots,
+        }
         layers = [] if self._native is None else list(self._native.layer_stats())
         for d in layers:
             d["hit_rate"] = d["hits"] / d["experts"] if d["experts"] else 0.0
@@ -272,10 +331,16 @@ class Runtime:
         if self._native is not None:
             out["resident_experts"] = self._native.resident_experts()
             out["hint_accuracy"] = self._native.hint_accuracy()
-            out["cost_scale"] = dict(zip(("cpu", "gpu", "copy"), self._native.cost_scales(),
-                                         strict=True))
-            out["mover"] = dict(zip(("copies_done", "bytes_copied", "dropped", "waits_for_release"),
-                                    self._native.mover_stats(), strict=True))
+            out["cost_scale"] = dict(
+                zip(("cpu", "gpu", "copy"), self._native.cost_scales(), strict=True)
+            )
+            out["mover"] = dict(
+                zip(
+                    ("copies_done", "bytes_copied", "dropped", "waits_for_release"),
+                    self._native.mover_stats(),
+                    strict=True,
+                )
+            )
         return out
 
     def reset_stats(self) -> None:
@@ -287,10 +352,15 @@ class Runtime:
     def _settle(self) -> None:
         # GPU steps are counted by host functions that run when the stream reaches them: wait for
         # queued work so stats() / reset_stats() see every step issued so far (not while capturing).
-        if (self.device.type == "cuda" and self._native is not None
-                and not torch.cuda.is_current_stream_capturing()):
+        if (
+            self.device.type == "cuda"
+            and self._native is not None
+            and not torch.cuda.is_current_stream_capturing()
+        ):
             torch.cuda.synchronize(self.device)
 
     def __repr__(self) -> str:
-        return (f"Runtime(budget={self.budget!r}, policy={self.policy!r}, device={self.device}, "
-                f"profile={self.profile.get('name')!r}, n_slots={self.n_slots})")
+        return (
+            f"Runtime(budget={self.budget!r}, policy={self.policy!r}, device={self.device}, "
+            f"profile={self.profile.get('name')!r}, n_slots={self.n_slots})"
+        )

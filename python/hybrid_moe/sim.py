@@ -40,8 +40,9 @@ def parse_budget(budget: int | float | str, n_experts_total: int, expert_bytes: 
             value = float(s)
         except ValueError:
             _bad(budget)
-        return parse_budget(int(value) if value.is_integer() and value > 1 else value,
-                            n_experts_total, expert_bytes)
+        return parse_budget(
+            int(value) if value.is_integer() and value > 1 else value, n_experts_total, expert_bytes
+        )
     if isinstance(budget, (int, np.integer)) and not isinstance(budget, bool):
         if budget < 0:
             _bad(budget)
@@ -54,8 +55,10 @@ def parse_budget(budget: int | float | str, n_experts_total: int, expert_bytes: 
 
 
 def _bad(budget) -> int:
-    raise ValueError(f"budget {budget!r} not understood: expected slots (int), a fraction (0, 1], "
-                     "a percentage ('10%') or bytes ('2GiB')")
+    raise ValueError(
+        f"budget {budget!r} not understood: expected slots (int), a fraction (0, 1], "
+        "a percentage ('10%') or bytes ('2GiB')"
+    )
 
 
 def expert_shape(trace: RouteTrace, model: str | None = None) -> tuple[int, int]:
@@ -72,8 +75,10 @@ def expert_shape(trace: RouteTrace, model: str | None = None) -> tuple[int, int]
         p = PRESETS[max(matches, key=len)]
         if (p.n_layer, p.n_expert) == (trace.n_layer, trace.n_expert):
             return p.hidden, p.intermediate
-    raise ValueError(f"cannot tell the expert shape of model {name!r}: pass model= one of "
-                     f"{sorted(PRESETS)} or hidden= and intermediate=")
+    raise ValueError(
+        f"cannot tell the expert shape of model {name!r}: pass model= one of "
+        f"{sorted(PRESETS)} or hidden= and intermediate="
+    )
 
 
 def simulate(
@@ -102,8 +107,9 @@ def simulate(
     profile_from_heat, profile_from_trace); None: counted from `trace` itself (optimistic).
     """
     if not isinstance(trace, RouteTrace):
-        raise ValueError("trace must be a hybrid_moe.trace_model.RouteTrace, got "
-                         f"{type(trace).__name__}")
+        raise ValueError(
+            f"trace must be a hybrid_moe.trace_model.RouteTrace, got {type(trace).__name__}"
+        )
     if policy not in policy_names():
         raise ValueError(f"unknown policy {policy!r}: expected one of {policy_names()}")
     if fmt not in FORMATS:
@@ -120,28 +126,57 @@ def simulate(
     ebytes = n_weights * 2 if fmt == "bf16" else n_weights // 32 * 34  # Q8_0: 34 bytes per 32
     slots = parse_budget(budget, total, ebytes)
     if policy != "cpu" and slots < trace.top_k:
-        raise ValueError(f"budget {budget!r} gives {slots} expert slots, fewer than top_k = "
-                         f"{trace.top_k}: the cache must hold at least one layer's experts")
+        raise ValueError(
+            f"budget {budget!r} gives {slots} expert slots, fewer than top_k = "
+            f"{trace.top_k}: the cache must hold at least one layer's experts"
+        )
     slots = min(slots, total)
     if static_profile is None:
         prof_arr = np.zeros(0, dtype=np.float64)
     else:
         prof_arr = np.ascontiguousarray(static_profile, dtype=np.float64)
         if prof_arr.shape != (trace.n_layer, trace.n_expert):
-            raise ValueError(f"static_profile must have shape (n_layer, n_expert) = "
-                             f"{(trace.n_layer, trace.n_expert)}, got {prof_arr.shape}")
+            raise ValueError(
+                f"static_profile must have shape (n_layer, n_expert) = "
+                f"{(trace.n_layer, trace.n_expert)}, got {prof_arr.shape}"
+            )
         if not np.all(np.isfinite(prof_arr)) or (prof_arr < 0).any():
             raise ValueError("static_profile must hold finite counts >= 0")
         prof_arr = prof_arr.reshape(-1)
     computed = getattr(trace, "computed", None)
-    computed = (np.ascontiguousarray(computed, dtype=np.uint8) if computed is not None
-                else np.zeros(0, dtype=np.uint8))
-    r = native.simulate(trace.ids, trace.weights, trace.step_offsets, trace.phase, computed,
-                        trace.n_layer, trace.n_expert, trace.top_k, to_native(prof), fmt,
-                        int(hidden), int(intermediate), policy, int(slots),
-                        float(predictor_accuracy), int(seed), dict(value_params or {}), prof_arr)
-    r.update(budget_slots=int(slots), budget_fraction=slots / total, profile=prof["name"], fmt=fmt,
-             expert_bytes=ebytes, predictor_accuracy=predictor_accuracy)
+    computed = (
+        np.ascontiguousarray(computed, dtype=np.uint8)
+        if computed is not None
+        else np.zeros(0, dtype=np.uint8)
+    )
+    r = native.simulate(
+        trace.ids,
+        trace.weights,
+        trace.step_offsets,
+        trace.phase,
+        computed,
+        trace.n_layer,
+        trace.n_expert,
+        trace.top_k,
+        to_native(prof),
+        fmt,
+        int(hidden),
+        int(intermediate),
+        policy,
+        int(slots),
+        float(predictor_accuracy),
+        int(seed),
+        dict(value_params or {}),
+        prof_arr,
+    )
+    r.update(
+        budget_slots=int(slots),
+        budget_fraction=slots / total,
+        profile=prof["name"],
+        fmt=fmt,
+        expert_bytes=ebytes,
+        predictor_accuracy=predictor_accuracy,
+    )
     return r
 
 
@@ -175,8 +210,9 @@ def profile_from_heat(path: str | Path) -> np.ndarray:
     try:
         rows = [layer["heat"] for layer in data["layers"]]
     except (KeyError, TypeError) as e:
-        raise ValueError(f"{path}: expected a JSON object with layers[].heat, "
-                         f"missing {e}") from None
+        raise ValueError(
+            f"{path}: expected a JSON object with layers[].heat, missing {e}"
+        ) from None
     out = np.asarray(rows, dtype=np.float64)
     if out.ndim != 2:
         raise ValueError(f"{path}: every layer's heat must have the same length, got ragged rows")

@@ -77,27 +77,38 @@ class RouteTrace:
             raise ValueError(f"top_k={self.top_k} exceeds n_expert={self.n_expert}")
         want = (self.n_tokens, self.n_layer, self.top_k)
         if self.ids.ndim != 3 or self.ids.shape[1:] != want[1:]:
-            raise ValueError(f"ids must have shape [N, {self.n_layer}, {self.top_k}], got "
-                             f"{list(self.ids.shape)}")
+            raise ValueError(
+                f"ids must have shape [N, {self.n_layer}, {self.top_k}], got {list(self.ids.shape)}"
+            )
         if self.weights.shape != self.ids.shape:
-            raise ValueError(f"weights shape {list(self.weights.shape)} != ids shape "
-                             f"{list(self.ids.shape)}")
+            raise ValueError(
+                f"weights shape {list(self.weights.shape)} != ids shape {list(self.ids.shape)}"
+            )
         if self.phase.ndim != 1 or self.step_offsets.shape != (self.n_steps + 1,):
-            raise ValueError(f"step_offsets must have {self.n_steps + 1} entries (steps + 1), got "
-                             f"{self.step_offsets.shape[0]}")
-        if self.step_offsets[0] != 0 or self.step_offsets[-1] != self.n_tokens or np.any(
-            np.diff(self.step_offsets) < 1
+            raise ValueError(
+                f"step_offsets must have {self.n_steps + 1} entries (steps + 1), got "
+                f"{self.step_offsets.shape[0]}"
+            )
+        if (
+            self.step_offsets[0] != 0
+            or self.step_offsets[-1] != self.n_tokens
+            or np.any(np.diff(self.step_offsets) < 1)
         ):
-            raise ValueError("step_offsets must start at 0, end at the token count and give "
-                             "every step at least one token")
+            raise ValueError(
+                "step_offsets must start at 0, end at the token count and give "
+                "every step at least one token"
+            )
         if not np.all((self.phase == PREFILL) | (self.phase == DECODE)):
             raise ValueError("phase must be 0 (prefill) or 1 (decode)")
         if self.ids.size and (self.ids.min() < 0 or self.ids.max() >= self.n_expert):
             bad = int(self.ids.min() if self.ids.min() < 0 else self.ids.max())
             raise ValueError(f"expert id {bad} out of range [0, {self.n_expert})")
         if self.expert_bytes.shape != (self.n_layer,):
-            raise ValueError(f"expert_bytes must have {self.n_layer} entries, got "
-                             f"{self.expert_bytes.shape[0]}")
+            raise ValueError(
+                f"expert_bytes must have {self.n_layer} entries, got {self.expert_bytes.shape[0]}"
+            )
         if self.computed.shape != self.ids.shape[:2]:
-            raise ValueError(f"computed must have shape [N, {self.n_layer}] = "
-                             f"{list(self.ids.shape[:2])}, got {list(self.computed.shape)}")
+            raise ValueError(
+                f"computed must have shape [N, {self.n_layer}] = "
+                f"{list(self.ids.shape[:2])}, got {list(self.computed.shape)}"
+            )

@@ -13,13 +13,20 @@ def register(sub) -> None:
     p.add_argument("--tokens", type=int, default=10_000, help="decode tokens of a synthetic trace")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", default="consumer-4090", help="profile name or JSON path")
-    p.add_argument("--budget", default="10%,25%,50%",
-                   help="comma list: percentages of all experts, slots, or bytes (2GiB)")
+    p.add_argument(
+        "--budget",
+        default="10%,25%,50%",
+        help="comma list: percentages of all experts, slots, or bytes (2GiB)",
+    )
     p.add_argument("--policy", default="all", help="'all' or a comma list of policies")
     p.add_argument("--format", dest="fmt", default="bf16", choices=["bf16", "q8_0"])
     p.add_argument("--model", help="model preset for the expert shape (default: from the trace)")
-    p.add_argument("--predictor-accuracy", type=float, default=None,
-                   help="next-layer prediction accuracy for prefetch (default 0.8)")
+    p.add_argument(
+        "--predictor-accuracy",
+        type=float,
+        default=None,
+        help="next-layer prediction accuracy for prefetch (default 0.8)",
+    )
     p.add_argument("--out", help="write all results as JSON")
     p.add_argument("--plot", help="write a plot of tokens/s against budget per policy (PNG)")
     p.set_defaults(func=run)
@@ -57,28 +64,58 @@ def run(args) -> int:
         base = simulate(trace, args.profile, "cpu", 0, args.fmt, acc, args.seed, model=model)
         for b in budgets:
             for pol in policies:
-                r = base if pol == "cpu" else simulate(trace, args.profile, pol, b, args.fmt, acc,
-                                                       args.seed, model=model)
+                r = (
+                    base
+                    if pol == "cpu"
+                    else simulate(
+                        trace, args.profile, pol, b, args.fmt, acc, args.seed, model=model
+                    )
+                )
                 r = dict(r, budget=b, speedup_vs_cpu=r["tokens_per_s"] / base["tokens_per_s"])
                 results.append(r)
                 progress.advance(task)
 
-    table = Table(title=f"{source} | {args.profile} | {args.fmt} | {trace.decode_steps().size} "
-                  "decode steps")
-    for col in ("policy", "budget", "slots", "tokens/s", "vs cpu", "hit rate", "p99 ms",
-                "copy MB/tok"):
+    table = Table(
+        title=f"{source} | {args.profile} | {args.fmt} | {trace.decode_steps().size} decode steps"
+    )
+    for col in (
+        "policy",
+        "budget",
+        "slots",
+        "tokens/s",
+        "vs cpu",
+        "hit rate",
+        "p99 ms",
+        "copy MB/tok",
+    ):
         table.add_column(col, justify="right" if col != "policy" else "left")
     for r in results:
-        table.add_row(r["policy"], r["budget"], str(r["budget_slots"] if r["policy"] != "cpu" else 0),
-                      f"{r['tokens_per_s']:.2f}", f"{r['speedup_vs_cpu']:.2f}x",
-                      f"{r['hit_rate']:.1%}", f"{r['latency_p99_us'] / 1e3:.1f}",
-                      f"{r['copy_bytes_per_token'] / 1e6:.1f}")
+        table.add_row(
+            r["policy"],
+            r["budget"],
+            str(r["budget_slots"] if r["policy"] != "cpu" else 0),
+            f"{r['tokens_per_s']:.2f}",
+            f"{r['speedup_vs_cpu']:.2f}x",
+            f"{r['hit_rate']:.1%}",
+            f"{r['latency_p99_us'] / 1e3:.1f}",
+            f"{r['copy_bytes_per_token'] / 1e6:.1f}",
+        )
     Console().print(table)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"source": source, "profile": args.profile, "format": args.fmt,
-                       "results": [{k: (v.tolist() if hasattr(v, "tolist") else v)
-                                    for k, v in r.items()} for r in results]}, f, indent=1)
+            json.dump(
+                {
+                    "source": source,
+                    "profile": args.profile,
+                    "format": args.fmt,
+                    "results": [
+                        {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in r.items()}
+                        for r in results
+                    ],
+                },
+                f,
+                indent=1,
+            )
     if args.plot:
         plot(results, budgets, policies, args.plot, title=f"{source} ({args.profile}, {args.fmt})")
     return 0

@@ -11,10 +11,17 @@ def register(sub) -> None:
 
     info = tsub.add_parser("info", help="shape, reuse, popularity and cache hit-rate curves")
     info.add_argument("file", help="trace file: .csv (route_trace v1) or .npz (native)")
-    info.add_argument("--sizes", default="8,16,32,64",
-                      help="per-layer cache sizes in experts, comma-separated (default 8,16,32,64)")
-    info.add_argument("--window", type=int, default=64,
-                      help="decode tokens per short window for the top-16 share (default 64)")
+    info.add_argument(
+        "--sizes",
+        default="8,16,32,64",
+        help="per-layer cache sizes in experts, comma-separated (default 8,16,32,64)",
+    )
+    info.add_argument(
+        "--window",
+        type=int,
+        default=64,
+        help="decode tokens per short window for the top-16 share (default 64)",
+    )
     info.add_argument("--top", type=int, default=16, help="experts counted as 'top' (default 16)")
     info.add_argument("--json", action="store_true", help="print JSON instead of tables")
     info.set_defaults(func=run_info)
@@ -94,8 +101,10 @@ def run_info(args) -> int:
     trace = load_trace(args.file)
     sizes = _parse_sizes(args.sizes)
     if min(sizes) < trace.top_k:
-        raise ValueError(f"--sizes must be >= k={trace.top_k} (every expert of a step is "
-                         f"resident under LRU/Belady), got {sizes}")
+        raise ValueError(
+            f"--sizes must be >= k={trace.top_k} (every expert of a step is "
+            f"resident under LRU/Belady), got {sizes}"
+        )
     s = trace_summary(trace, sizes, args.window, args.top)
     if args.json:
         print(json.dumps(s, indent=1))
@@ -111,18 +120,23 @@ def run_info(args) -> int:
     head.add_row("model", s["model"] or "?")
     head.add_row("layers / experts / k", f"{s['layers']} / {s['experts']} / {s['k']}")
     head.add_row("steps (prefill / decode)", f"{s['steps']['prefill']} / {s['steps']['decode']}")
-    head.add_row("tokens (prefill / decode)",
-                 f"{s['tokens']['prefill']} / {s['tokens']['decode']}")
+    head.add_row("tokens (prefill / decode)", f"{s['tokens']['prefill']} / {s['tokens']['decode']}")
     if s["uncomputed_rows"]:
-        head.add_row("uncomputed (token, layer)", f"{s['uncomputed_rows']} (source engine skipped "
-                     f"them, e.g. llama.cpp's last layer in prefill)")
+        head.add_row(
+            "uncomputed (token, layer)",
+            f"{s['uncomputed_rows']} (source engine skipped "
+            f"them, e.g. llama.cpp's last layer in prefill)",
+        )
     m = s["mean"]
     head.add_row("reuse at t+1 (decode, mean)", f"{pct(m['reuse_next'])}%")
-    head.add_row(f"top-{s['top']} share, whole run",
-                 f"{pct(m['top_share_run'])}% (layers {pct(m['top_share_run_min'])}-"
-                 f"{pct(m['top_share_run_max'])}%)")
-    head.add_row(f"top-{s['top']} share, {s['window']}-token windows",
-                 f"{pct(m['top_share_window'])}%")
+    head.add_row(
+        f"top-{s['top']} share, whole run",
+        f"{pct(m['top_share_run'])}% (layers {pct(m['top_share_run_min'])}-"
+        f"{pct(m['top_share_run_max'])}%)",
+    )
+    head.add_row(
+        f"top-{s['top']} share, {s['window']}-token windows", f"{pct(m['top_share_window'])}%"
+    )
     con.print(head)
 
     names = {"lru": "LRU", "belady": "Belady", "belady_bypass": "Belady+bypass"}
@@ -134,8 +148,10 @@ def run_info(args) -> int:
         mean.add_row(label, *[pct(x) for x in m[p]])
     con.print(mean)
 
-    per = Table(title=f"per layer, decode, %: reuse at t+1, top-{s['top']} share (run, window), "
-                      f"LRU hit rate at N (L8..), Belady (B8..)")
+    per = Table(
+        title=f"per layer, decode, %: reuse at t+1, top-{s['top']} share (run, window), "
+        f"LRU hit rate at N (L8..), Belady (B8..)"
+    )
     for col in ("layer", "reuse", "run", "win"):
         per.add_column(col, justify="right", no_wrap=True)
     for p in ("L", "B"):
@@ -143,13 +159,20 @@ def run_info(args) -> int:
             per.add_column(f"{p}{n}", justify="right", no_wrap=True)
     pl = s["per_layer"]
     for lay in range(s["layers"]):
-        per.add_row(str(lay), pct(pl["reuse_next"][lay]), pct(pl["top_share_run"][lay]),
-                    pct(pl["top_share_window"][lay]), *[pct(x) for x in pl["lru"][lay]],
-                    *[pct(x) for x in pl["belady"][lay]])
+        per.add_row(
+            str(lay),
+            pct(pl["reuse_next"][lay]),
+            pct(pl["top_share_run"][lay]),
+            pct(pl["top_share_window"][lay]),
+            *[pct(x) for x in pl["lru"][lay]],
+            *[pct(x) for x in pl["belady"][lay]],
+        )
     Console(width=max(con.width, 100)).print(per)  # 12 numeric columns need ~100 characters
-    con.print("Hits: per (token, layer, slot) selection of decode steps, each layer with its own "
-              "cache; LRU/Belady keep every expert of a step resident, Belady+bypass may leave a "
-              "missed expert uncached.")
+    con.print(
+        "Hits: per (token, layer, slot) selection of decode steps, each layer with its own "
+        "cache; LRU/Belady keep every expert of a step resident, Belady+bypass may leave a "
+        "missed expert uncached."
+    )
     return 0
 
 
@@ -158,17 +181,26 @@ def run_convert(args) -> int:
 
     trace = load_trace(args.input)
     save_trace(trace, args.output)
-    print(f"wrote {args.output}: {trace.n_steps} steps, {trace.n_tokens} tokens, "
-          f"{trace.n_layer} layers, k={trace.top_k}")
+    print(
+        f"wrote {args.output}: {trace.n_steps} steps, {trace.n_tokens} tokens, "
+        f"{trace.n_layer} layers, k={trace.top_k}"
+    )
     return 0
 
 
 def run_synth(args) -> int:
     from hybrid_moe.traces import save_trace, synthetic_trace
 
-    trace = synthetic_trace(args.preset, args.decode, seed=args.seed,
-                            prefill_tokens=args.prefill, prefill_chunk=args.prefill_chunk)
+    trace = synthetic_trace(
+        args.preset,
+        args.decode,
+        seed=args.seed,
+        prefill_tokens=args.prefill,
+        prefill_chunk=args.prefill_chunk,
+    )
     save_trace(trace, args.output)
-    print(f"wrote {args.output}: {trace.n_steps} steps ({args.prefill} prefill + {args.decode} "
-          f"decode tokens), {trace.n_layer} layers, {trace.n_expert} experts, k={trace.top_k}")
+    print(
+        f"wrote {args.output}: {trace.n_steps} steps ({args.prefill} prefill + {args.decode} "
+        f"decode tokens), {trace.n_layer} layers, {trace.n_expert} experts, k={trace.top_k}"
+    )
     return 0

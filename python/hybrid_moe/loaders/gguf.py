@@ -36,8 +36,10 @@ def _import_gguf():
     try:
         import gguf
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("loading GGUF files needs the gguf package: pip install "
-                          "'hybrid_moe[gguf]' (or pip install gguf)") from exc
+        raise ImportError(
+            "loading GGUF files needs the gguf package: pip install "
+            "'hybrid_moe[gguf]' (or pip install gguf)"
+        ) from exc
     return gguf
 
 
@@ -71,14 +73,18 @@ class GGUFExperts:
             # never modified.
             self._reader = gguf.GGUFReader(self.path, "c")
         except Exception as exc:  # the reader raises ValueError/IndexError/... on bad bytes
-            raise ValueError(f"{self.path}: not a readable GGUF file (corrupt or truncated?): "
-                             f"{type(exc).__name__}: {exc}") from exc
+            raise ValueError(
+                f"{self.path}: not a readable GGUF file (corrupt or truncated?): "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         self._tensors = {t.name: t for t in self._reader.tensors}
         for t in self._tensors.values():
             if t.data_offset + t.n_bytes > size or t.data.nbytes != t.n_bytes:
-                raise ValueError(f"{self.path}: tensor {t.name} ends at byte "
-                                 f"{t.data_offset + t.n_bytes} but the file has {size} bytes "
-                                 f"(truncated GGUF file)")
+                raise ValueError(
+                    f"{self.path}: tensor {t.name} ends at byte "
+                    f"{t.data_offset + t.n_bytes} but the file has {size} bytes "
+                    f"(truncated GGUF file)"
+                )
         self.info = self._read_info()
 
     # ---- metadata -----------------------------------------------------------------------------
@@ -96,8 +102,10 @@ class GGUFExperts:
         arch = str(self._field("general.architecture"))
         n_expert = self._field(f"{arch}.expert_count", required=False)
         if not n_expert:
-            raise ValueError(f"{self.path}: not an MoE model: metadata has no "
-                             f"{arch}.expert_count (architecture {arch!r})")
+            raise ValueError(
+                f"{self.path}: not an MoE model: metadata has no "
+                f"{arch}.expert_count (architecture {arch!r})"
+            )
         n_layer = int(self._field(f"{arch}.block_count"))
         hidden = int(self._field(f"{arch}.embedding_length"))
         inter = self._field(f"{arch}.expert_feed_forward_length", required=False)
@@ -114,8 +122,10 @@ class GGUFExperts:
                 continue
             info.moe_layers.append(n)
         if not info.moe_layers:
-            raise ValueError(f"{self.path}: metadata says {n_expert} experts but no block has "
-                             f"tensor blk.N.ffn_gate_exps.weight or blk.N.ffn_gate.0.weight")
+            raise ValueError(
+                f"{self.path}: metadata says {n_expert} experts but no block has "
+                f"tensor blk.N.ffn_gate_exps.weight or blk.N.ffn_gate.0.weight"
+            )
         return info
 
     # ---- tensors ------------------------------------------------------------------------------
@@ -128,12 +138,16 @@ class GGUFExperts:
             raise ValueError(f"{self.path}: tensor {name} is missing")
         tname = self._qt(t.tensor_type).name
         if tname not in SUPPORTED_TYPES:
-            raise ValueError(f"{self.path}: tensor {name} has type {tname}, which hybrid_moe does "
-                             f"not load; supported expert types: {', '.join(SUPPORTED_TYPES)}")
+            raise ValueError(
+                f"{self.path}: tensor {name} has type {tname}, which hybrid_moe does "
+                f"not load; supported expert types: {', '.join(SUPPORTED_TYPES)}"
+            )
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # GGML ne[] -> numpy order
         if shape != want_shape:
-            raise ValueError(f"{self.path}: tensor {name} has shape {list(shape)} (outermost "
-                             f"first), expected {list(want_shape)} from the metadata")
+            raise ValueError(
+                f"{self.path}: tensor {name} has shape {list(shape)} (outermost "
+                f"first), expected {list(want_shape)} from the metadata"
+            )
         data = t.data
         if tname == "BF16":  # uint8 [..., 2 * n_in] -> bfloat16 [..., n_in], no copy
             return torch.from_numpy(data).view(torch.bfloat16), tname
@@ -145,8 +159,9 @@ class GGUFExperts:
         """Block n's routed experts (ValueError if block n has none)."""
         info = self.info
         if n not in info.layout:
-            raise ValueError(f"{self.path}: block {n} has no routed experts; MoE blocks are "
-                             f"{info.moe_layers}")
+            raise ValueError(
+                f"{self.path}: block {n} has no routed experts; MoE blocks are {info.moe_layers}"
+            )
         e, h, i = info.n_expert, info.hidden, info.intermediate
         shapes = {"gate": (i, h), "up": (i, h), "down": (h, i)}
         mats: dict[str, torch.Tensor] = {}
@@ -164,8 +179,10 @@ class GGUFExperts:
                 mats[p] = torch.stack(per)
         kinds = set(types.values())
         if len(kinds) != 1:
-            raise ValueError(f"{self.path}: block {n} mixes tensor types {sorted(kinds)}; one "
-                             f"format per layer is supported ({', '.join(SUPPORTED_TYPES)})")
+            raise ValueError(
+                f"{self.path}: block {n} mixes tensor types {sorted(kinds)}; one "
+                f"format per layer is supported ({', '.join(SUPPORTED_TYPES)})"
+            )
         kind = kinds.pop()
         fmt = {"BF16": "bf16", "Q8_0": "q8_0"}.get(kind, "f32")
         return ExpertWeights(fmt, mats["gate"], mats["up"], mats["down"])
@@ -175,7 +192,8 @@ class GGUFExperts:
         return {n: self.layer(n) for n in (self.info.moe_layers if which is None else which)}
 
 
-def load_gguf_experts(path: str | os.PathLike[str],
-                      layers: list[int] | None = None) -> dict[int, ExpertWeights]:
+def load_gguf_experts(
+    path: str | os.PathLike[str], layers: list[int] | None = None
+) -> dict[int, ExpertWeights]:
     """{block index: ExpertWeights} of a GGUF file's MoE blocks (all, or those in `layers`)."""
     return GGUFExperts(path).layers(layers)

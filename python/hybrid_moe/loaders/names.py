@@ -22,12 +22,20 @@ from hybrid_moe.loaders.tensors import ExpertWeights
 
 _PER_EXPERT = re.compile(
     r"^(?P<prefix>(?:.*\.)?layers\.(?P<layer>\d+)\.(?:.*\.)?experts)\.(?P<e>\d+)\."
-    r"(?P<proj>gate_proj|up_proj|down_proj|w1|w3|w2)\.weight$")
+    r"(?P<proj>gate_proj|up_proj|down_proj|w1|w3|w2)\.weight$"
+)
 _FUSED = re.compile(
     r"^(?P<prefix>(?:.*\.)?layers\.(?P<layer>\d+)\.(?:.*\.)?experts)\."
-    r"(?P<proj>gate_up_proj|down_proj)(?:\.weight)?$")
-_PROJ = {"gate_proj": "gate", "up_proj": "up", "down_proj": "down",
-         "w1": "gate", "w3": "up", "w2": "down"}
+    r"(?P<proj>gate_up_proj|down_proj)(?:\.weight)?$"
+)
+_PROJ = {
+    "gate_proj": "gate",
+    "up_proj": "up",
+    "down_proj": "down",
+    "w1": "gate",
+    "w3": "up",
+    "w2": "down",
+}
 _HF_NAME = {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
 _MIXTRAL_NAME = {"gate": "w1", "up": "w3", "down": "w2"}
 DENSE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -46,18 +54,23 @@ class ExpertIndex:
                 continue
             layer = int(m["layer"])
             layout = "per-expert" if "e" in m.groupdict() else "fused"
-            entry = self.layers.setdefault(layer, {"layout": layout, "prefix": m["prefix"],
-                                                   "names": {}})
+            entry = self.layers.setdefault(
+                layer, {"layout": layout, "prefix": m["prefix"], "names": {}}
+            )
             if entry["prefix"] != m["prefix"] or entry["layout"] != layout:
-                raise ValueError(f"{source}: layer {layer} has experts under two names or "
-                                 f"layouts: {entry['prefix']} ({entry['layout']}) and "
-                                 f"{m['prefix']} ({layout})")
+                raise ValueError(
+                    f"{source}: layer {layer} has experts under two names or "
+                    f"layouts: {entry['prefix']} ({entry['layout']}) and "
+                    f"{m['prefix']} ({layout})"
+                )
             key = (int(m["e"]), _PROJ[m["proj"]]) if layout == "per-expert" else m["proj"]
             entry["names"][key] = name
         if not self.layers:
-            raise ValueError(f"{source}: no routed expert tensors found (looked for "
-                             f"layers.N...experts.E.gate_proj.weight, ...experts.E.w1.weight and "
-                             f"...experts.gate_up_proj)")
+            raise ValueError(
+                f"{source}: no routed expert tensors found (looked for "
+                f"layers.N...experts.E.gate_proj.weight, ...experts.E.w1.weight and "
+                f"...experts.gate_up_proj)"
+            )
 
     @property
     def moe_layers(self) -> list[int]:
@@ -65,12 +78,18 @@ class ExpertIndex:
 
     def entry(self, n: int) -> dict:
         if n not in self.layers:
-            raise ValueError(f"{self.source}: layer {n} has no routed experts; MoE layers are "
-                             f"{self.moe_layers}")
+            raise ValueError(
+                f"{self.source}: layer {n} has no routed experts; MoE layers are {self.moe_layers}"
+            )
         return self.layers[n]
 
-    def assemble(self, n: int, read: Callable[[str], torch.Tensor], dtype: torch.dtype | None,
-                 n_expert: int | None = None) -> ExpertWeights:
+    def assemble(
+        self,
+        n: int,
+        read: Callable[[str], torch.Tensor],
+        dtype: torch.dtype | None,
+        n_expert: int | None = None,
+    ) -> ExpertWeights:
         """Layer n's ExpertWeights, reading each tensor with `read(name)`. n_expert (e.g. from
         config.json) lets a missing last expert be reported; else it is max index + 1."""
         if dtype not in (None, torch.bfloat16, torch.float32):
@@ -81,9 +100,11 @@ class ExpertIndex:
         def get(name: str) -> torch.Tensor:
             t = read(name)
             if not isinstance(t, torch.Tensor) or t.dtype not in DENSE_DTYPES:
-                raise ValueError(f"{self.source}: tensor {name} has dtype "
-                                 f"{getattr(t, 'dtype', type(t).__name__)}, which hybrid_moe does "
-                                 f"not load here; supported: bfloat16, float16, float32")
+                raise ValueError(
+                    f"{self.source}: tensor {name} has dtype "
+                    f"{getattr(t, 'dtype', type(t).__name__)}, which hybrid_moe does "
+                    f"not load here; supported: bfloat16, float16, float32"
+                )
             return t if dtype is None else t.to(dtype)
 
         if entry["layout"] == "fused":
@@ -97,7 +118,8 @@ class ExpertIndex:
         for e in range(count):
             for p in ("gate", "up", "down"):
                 if (e, p) not in names:
-                    raise ValueError(f"{self.source}: tensor {entry['prefix']}.{e}.{hf[p]}.weight "
-                                     f"is missing")
+                    raise ValueError(
+                        f"{self.source}: tensor {entry['prefix']}.{e}.{hf[p]}.weight is missing"
+                    )
                 mats[p].append(get(names[(e, p)]))
         return ExpertWeights.stack(mats["gate"], mats["up"], mats["down"])

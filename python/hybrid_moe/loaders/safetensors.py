@@ -30,13 +30,17 @@ def _safe_open(path: str):
     try:
         from safetensors import safe_open
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("loading safetensors checkpoints needs the safetensors package: pip "
-                          "install 'hybrid_moe[hf]' (or pip install safetensors)") from exc
+        raise ImportError(
+            "loading safetensors checkpoints needs the safetensors package: pip "
+            "install 'hybrid_moe[hf]' (or pip install safetensors)"
+        ) from exc
     try:
         return safe_open(path, framework="pt")
     except Exception as exc:  # safetensors raises its own SafetensorError on bad headers
-        raise ValueError(f"{path}: not a readable safetensors file (corrupt or truncated?): "
-                         f"{type(exc).__name__}: {exc}") from exc
+        raise ValueError(
+            f"{path}: not a readable safetensors file (corrupt or truncated?): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
 
 
 class SafetensorsExperts:
@@ -88,17 +92,21 @@ class SafetensorsExperts:
                 try:
                     return handles[f].get_tensor(name)
                 except Exception as exc:
-                    raise ValueError(f"{f}: cannot read tensor {name} (corrupt or truncated "
-                                     f"file?): {type(exc).__name__}: {exc}") from exc
+                    raise ValueError(
+                        f"{f}: cannot read tensor {name} (corrupt or truncated "
+                        f"file?): {type(exc).__name__}: {exc}"
+                    ) from exc
 
             return self.index.assemble(n, read, dtype, self.n_expert_config)
 
-    def layers(self, which: list[int] | None = None,
-               dtype: torch.dtype | None = None) -> dict[int, ExpertWeights]:
+    def layers(
+        self, which: list[int] | None = None, dtype: torch.dtype | None = None
+    ) -> dict[int, ExpertWeights]:
         return {n: self.layer(n, dtype) for n in (self.moe_layers if which is None else which)}
 
 
-def load_safetensors_experts(path: str | os.PathLike[str], layers: list[int] | None = None,
-                             dtype: torch.dtype | None = None) -> dict[int, ExpertWeights]:
+def load_safetensors_experts(
+    path: str | os.PathLike[str], layers: list[int] | None = None, dtype: torch.dtype | None = None
+) -> dict[int, ExpertWeights]:
     """{layer index: ExpertWeights} of a safetensors checkpoint (all MoE layers, or `layers`)."""
     return SafetensorsExperts(path).layers(layers, dtype)

@@ -64,13 +64,18 @@ _PROJ_NAMES = (("gate_proj", "up_proj", "down_proj"), ("w1", "w3", "w2"))
 
 def expert_layout(experts: nn.Module) -> str:
     """'fused' or 'modulelist' for a block's `experts` submodule (ValueError otherwise)."""
-    if hasattr(experts, "gate_up_proj") and hasattr(experts, "down_proj") and isinstance(
-            experts.gate_up_proj, torch.Tensor):
+    if (
+        hasattr(experts, "gate_up_proj")
+        and hasattr(experts, "down_proj")
+        and isinstance(experts.gate_up_proj, torch.Tensor)
+    ):
         return "fused"
     if isinstance(experts, nn.ModuleList) and len(experts) > 0:
         return "modulelist"
-    raise ValueError(f"unknown experts layout {type(experts).__name__}: expected fused "
-                     f"gate_up_proj/down_proj parameters or an nn.ModuleList of expert MLPs")
+    raise ValueError(
+        f"unknown experts layout {type(experts).__name__}: expected fused "
+        f"gate_up_proj/down_proj parameters or an nn.ModuleList of expert MLPs"
+    )
 
 
 def expert_weights(experts: nn.Module, where: str) -> ExpertWeights:
@@ -85,8 +90,10 @@ def expert_weights(experts: nn.Module, where: str) -> ExpertWeights:
     first = experts[0]
     names = next((n for n in _PROJ_NAMES if all(hasattr(first, a) for a in n)), None)
     if names is None:
-        raise ValueError(f"{where}: expert MLP {type(first).__name__} has neither "
-                         f"gate_proj/up_proj/down_proj nor w1/w3/w2")
+        raise ValueError(
+            f"{where}: expert MLP {type(first).__name__} has neither "
+            f"gate_proj/up_proj/down_proj nor w1/w3/w2"
+        )
     for e, mlp in enumerate(experts):
         for key, attr in zip(("gate", "up", "down"), names, strict=True):
             lin = getattr(mlp, attr)
@@ -103,12 +110,15 @@ def expert_param_names(block: nn.Module) -> list[str]:
 def check_silu(config, family: str) -> None:
     act = getattr(config, "hidden_act", "silu")
     if act not in ("silu", "swish"):
-        raise ValueError(f"{family}: experts with hidden_act={act!r} are not supported; the "
-                         f"expert kernels compute silu(gate x) * up x")
+        raise ValueError(
+            f"{family}: experts with hidden_act={act!r} are not supported; the "
+            f"expert kernels compute silu(gate x) * up x"
+        )
 
 
-def router_logits_fn(gate: nn.Module, float32: bool = False) -> Callable[[torch.Tensor],
-                                                                          torch.Tensor]:
+def router_logits_fn(
+    gate: nn.Module, float32: bool = False
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """logits = hidden @ gate.weight^T, as the block computes them (float32 for DeepSeek)."""
 
     def logits(hidden: torch.Tensor) -> torch.Tensor:
@@ -138,13 +148,15 @@ def find_moe_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def layer_index(module_name: str) -> int:
     m = _LAYER_RE.search(module_name)
     if m is None:
-        raise ValueError(f"cannot tell the layer index of MoE block {module_name!r} (expected "
-                         f"'...layers.N...')")
+        raise ValueError(
+            f"cannot tell the layer index of MoE block {module_name!r} (expected '...layers.N...')"
+        )
     return int(m.group(1))
 
 
-def softmax_block_spec(family: str, block: nn.Module, name: str, config, normalize: bool,
-                       round_fused: bool = True) -> MoEBlockSpec:
+def softmax_block_spec(
+    family: str, block: nn.Module, name: str, config, normalize: bool, round_fused: bool = True
+) -> MoEBlockSpec:
     """Spec of a softmax-top-k block (Qwen3-MoE, Qwen2-MoE, OLMoE, Mixtral). The weights are cast
     to the logits' dtype as the block does, except Mixtral's fused (transformers 5) block which
     keeps them float32 (round_fused=False)."""
@@ -168,9 +180,20 @@ def softmax_block_spec(family: str, block: nn.Module, name: str, config, normali
         return select(logits_fn(hidden))
 
     return MoEBlockSpec(
-        family=family, module_name=name, layer_idx=layer_index(name), n_expert=n_expert,
-        top_k=top_k, hidden=weights.hidden, intermediate=weights.intermediate, layout=layout,
-        route=route, router_logits=logits_fn, select=select, experts=weights,
+        family=family,
+        module_name=name,
+        layer_idx=layer_index(name),
+        n_expert=n_expert,
+        top_k=top_k,
+        hidden=weights.hidden,
+        intermediate=weights.intermediate,
+        layout=layout,
+        route=route,
+        router_logits=logits_fn,
+        select=select,
+        experts=weights,
         torch_modules={"gate": gate},
-        shared=None, returns_router_logits=(layout == "modulelist"),
-        expert_param_names=expert_param_names(block))
+        shared=None,
+        returns_router_logits=(layout == "modulelist"),
+        expert_param_names=expert_param_names(block),
+    )

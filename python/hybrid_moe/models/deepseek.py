@@ -47,21 +47,25 @@ def make_spec(block: nn.Module, name: str, config) -> MoEBlockSpec:
     n_group = int(getattr(config, "n_group", None) or 1)
     topk_group = int(getattr(config, "topk_group", None) or n_group)
     if n_expert % n_group:
-        raise ValueError(f"{name}: n_routed_experts={n_expert} is not a multiple of n_group="
-                         f"{n_group}")
+        raise ValueError(
+            f"{name}: n_routed_experts={n_expert} is not a multiple of n_group={n_group}"
+        )
     if config.model_type == "deepseek_v3":
         normalize = bool(getattr(config, "norm_topk_prob", True))
         if not isinstance(getattr(gate, "e_score_correction_bias", None), torch.Tensor):
             raise ValueError(f"{name}.gate has no e_score_correction_bias (DeepSeek-V3 router)")
 
         def select(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return deepseek_v3_topk(logits, gate.e_score_correction_bias, top_k, n_group,
-                                    topk_group, normalize, scaling)
+            return deepseek_v3_topk(
+                logits, gate.e_score_correction_bias, top_k, n_group, topk_group, normalize, scaling
+            )
     else:
         method = getattr(config, "topk_method", None) or "greedy"
         if method not in ("greedy", "group_limited_greedy"):
-            raise ValueError(f"{name}: DeepSeek-V2 topk_method {method!r} is not supported; "
-                             f"expected 'greedy' or 'group_limited_greedy'")
+            raise ValueError(
+                f"{name}: DeepSeek-V2 topk_method {method!r} is not supported; "
+                f"expected 'greedy' or 'group_limited_greedy'"
+            )
 
         def select(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return deepseek_v2_topk(logits, top_k, method, n_group, topk_group, scaling)
@@ -74,9 +78,20 @@ def make_spec(block: nn.Module, name: str, config) -> MoEBlockSpec:
     if shared_experts is not None:
         mods["shared_experts"] = shared_experts
     return MoEBlockSpec(
-        family=config.model_type, module_name=name, layer_idx=layer_index(name),
-        n_expert=n_expert, top_k=top_k, hidden=weights.hidden, intermediate=weights.intermediate,
-        layout=expert_layout(block.experts), route=route, router_logits=logits_fn, select=select,
-        experts=weights, torch_modules=mods,
-        shared=shared_experts, returns_router_logits=False,
-        expert_param_names=expert_param_names(block))
+        family=config.model_type,
+        module_name=name,
+        layer_idx=layer_index(name),
+        n_expert=n_expert,
+        top_k=top_k,
+        hidden=weights.hidden,
+        intermediate=weights.intermediate,
+        layout=expert_layout(block.experts),
+        route=route,
+        router_logits=logits_fn,
+        select=select,
+        experts=weights,
+        torch_modules=mods,
+        shared=shared_experts,
+        returns_router_logits=False,
+        expert_param_names=expert_param_names(block),
+    )

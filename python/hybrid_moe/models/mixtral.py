@@ -14,5 +14,4 @@ MODEL_TYPES = ("mixtral",)
 
 
 def make_spec(block: nn.Module, name: str, config) -> MoEBlockSpec:
-    return softmax_block_spec(FAMILY, block, name, config, normalize=True,
-                              round_fused=False)
+    return softmax_block_spec(FAMILY, block, name, config, normalize=True, round_fused=False)

@@ -12,5 +12,6 @@ MODEL_TYPES = ("olmoe",)
 
 
 def make_spec(block: nn.Module, name: str, config) -> MoEBlockSpec:
-    return softmax_block_spec(FAMILY, block, name, config,
-                              normalize=bool(getattr(config, "norm_topk_prob", False)))
+    return softmax_block_spec(
+        FAMILY, block, name, config, normalize=bool(getattr(config, "norm_topk_prob", False))
+    )

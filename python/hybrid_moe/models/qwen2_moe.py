@@ -14,8 +14,9 @@ MODEL_TYPES = ("qwen2_moe",)
 
 
 def make_spec(block: nn.Module, name: str, config) -> MoEBlockSpec:
-    spec = softmax_block_spec(FAMILY, block, name, config,
-                              normalize=bool(getattr(config, "norm_topk_prob", False)))
+    spec = softmax_block_spec(
+        FAMILY, block, name, config, normalize=bool(getattr(config, "norm_topk_prob", False))
+    )
     shared_expert, shared_gate = block.shared_expert, block.shared_expert_gate
 
     def shared(hidden: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 
 
-def softmax_topk(logits: torch.Tensor, top_k: int, normalize: bool,
-                 round_to: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+def softmax_topk(
+    logits: torch.Tensor, top_k: int, normalize: bool, round_to: torch.dtype | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Qwen3-MoE, Qwen2-MoE, OLMoE (norm_topk_prob from the config), Mixtral (always normalized):
     softmax in float32 over all experts, top-k, optional renormalisation over the k, then the
     block's cast (`round_to`: Qwen/OLMoE cast to the logits' dtype; Mixtral in transformers 5
@@ -33,13 +34,23 @@ def _group_mask(group_scores: torch.Tensor, topk_group: int, n_expert: int) -> t
     group_idx = torch.topk(group_scores, k=topk_group, dim=-1, sorted=False)[1]
     group_mask = torch.zeros_like(group_scores)
     group_mask.scatter_(1, group_idx, 1)
-    return (group_mask.unsqueeze(-1).expand(-1, n_group, n_expert // n_group)
-            .reshape(-1, n_expert).bool())
+    return (
+        group_mask.unsqueeze(-1)
+        .expand(-1, n_group, n_expert // n_group)
+        .reshape(-1, n_expert)
+        .bool()
+    )
 
 
-def deepseek_v3_topk(logits: torch.Tensor, bias: torch.Tensor, top_k: int, n_group: int,
-                     topk_group: int, normalize: bool, scaling: float
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def deepseek_v3_topk(
+    logits: torch.Tensor,
+    bias: torch.Tensor,
+    top_k: int,
+    n_group: int,
+    topk_group: int,
+    normalize: bool,
+    scaling: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """DeepSeek-V3 (DeepseekV3TopkRouter): float32 logits -> sigmoid scores; choose with
     scores + e_score_correction_bias, limited to the topk_group groups whose two best biased
     scores sum highest; weights are the unbiased scores of the chosen, renormalised (+1e-20) if
@@ -56,8 +67,14 @@ def deepseek_v3_topk(logits: torch.Tensor, bias: torch.Tensor, top_k: int, n_gro
     return ids.to(torch.int64), (w * scaling).to(torch.float32)
 
 
-def deepseek_v2_topk(logits: torch.Tensor, top_k: int, method: str, n_group: int | None,
-                     topk_group: int | None, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+def deepseek_v2_topk(
+    logits: torch.Tensor,
+    top_k: int,
+    method: str,
+    n_group: int | None,
+    topk_group: int | None,
+    scaling: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """DeepSeek-V2 (DeepseekV2TopkRouter / 4.x DeepseekV2MoEGate): float32 softmax; 'greedy'
     top-k, or 'group_limited_greedy' (keep the topk_group groups with the best single score, zero
     the rest); weights times routed_scaling_factor. transformers applies no norm_topk_prob here
@@ -68,7 +85,8 @@ def deepseek_v2_topk(logits: torch.Tensor, top_k: int, method: str, n_group: int
         group_scores = scores.view(-1, n_group, n_expert // n_group).max(dim=-1).values
         scores = scores.masked_fill(~_group_mask(group_scores, topk_group, n_expert), 0.0)
     elif method != "greedy":
-        raise ValueError(f"DeepSeek-V2 topk_method must be 'greedy' or 'group_limited_greedy', "
-                         f"got {method!r}")
+        raise ValueError(
+            f"DeepSeek-V2 topk_method must be 'greedy' or 'group_limited_greedy', got {method!r}"
+        )
     w, ids = torch.topk(scores, k=top_k, dim=-1, sorted=False)
     return ids.to(torch.int64), (w * scaling).to(torch.float32)

@@ -1,8 +1,8 @@
 """Routing traces: read/write (route_trace v1 CSV, native .npz), statistics, synthetic traces.
 
-    load_trace(path) / save_trace(trace, path)   format chosen by extension (.csv or .npz)
-    synthetic_trace(preset, decode_tokens, seed, prefill_tokens, prefill_chunk)
-    reuse_at_next(trace), top_share(trace, top, window), hit_rate_curves(trace, sizes, policies)
+load_trace(path) / save_trace(trace, path)   format chosen by extension (.csv or .npz)
+synthetic_trace(preset, decode_tokens, seed, prefill_tokens, prefill_chunk)
+reuse_at_next(trace), top_share(trace, top, window), hit_rate_curves(trace, sizes, policies)
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ _EXTENSIONS = (".csv", ".npz")
 def _kind(path: str | Path) -> str:
     ext = Path(path).suffix.lower()
     if ext not in _EXTENSIONS:
-        raise ValueError(f"trace file {str(path)!r}: unknown extension {ext!r}, expected .csv "
-                         f"(route_trace v1) or .npz (native)")
+        raise ValueError(
+            f"trace file {str(path)!r}: unknown extension {ext!r}, expected .csv "
+            f"(route_trace v1) or .npz (native)"
+        )
     return ext
 
 
@@ -42,5 +44,12 @@ def save_trace(trace: RouteTrace, path: str | Path) -> None:
         write_npz(trace, path)
 
 
-__all__ = ["RouteTrace", "hit_rate_curves", "load_trace", "reuse_at_next", "save_trace",
-           "synthetic_trace", "top_share"]
+__all__ = [
+    "RouteTrace",
+    "hit_rate_curves",
+    "load_trace",
+    "reuse_at_next",
+    "save_trace",
+    "synthetic_trace",
+    "top_share",
+]

@@ -30,8 +30,17 @@ import numpy as np
 from hybrid_moe.trace_model import DECODE, PREFILL, RouteTrace
 
 MAGIC = "# route_trace v1"
-COLUMNS = ["turn", "phase", "step", "layer", "slot", "expert", "weight", "residency",
-           "expert_bytes"]
+COLUMNS = [
+    "turn",
+    "phase",
+    "step",
+    "layer",
+    "slot",
+    "expert",
+    "weight",
+    "residency",
+    "expert_bytes",
+]
 _KV = re.compile(r"(\w+)=(\S*)")
 
 
@@ -41,8 +50,10 @@ def _err(line: int, msg: str) -> ValueError:
 
 def _header_int(kv: dict, key: str, line: int) -> int:
     if key not in kv:
-        raise _err(line, f"bad header: missing {key}= (expected 'model=… n_layer= n_expert= "
-                         f"n_expert_used=')")
+        raise _err(
+            line,
+            f"bad header: missing {key}= (expected 'model=… n_layer= n_expert= n_expert_used=')",
+        )
     try:
         v = int(kv[key])
     except ValueError:
@@ -66,8 +77,9 @@ def _parse_rows(lines: list[str], first_line: int) -> np.ndarray:
     for i, raw in enumerate(lines):
         fields = raw.rstrip("\r\n").split(",")
         if len(fields) != len(COLUMNS):
-            raise _err(first_line + i, f"wrong column count: expected {len(COLUMNS)}, got "
-                                       f"{len(fields)}")
+            raise _err(
+                first_line + i, f"wrong column count: expected {len(COLUMNS)}, got {len(fields)}"
+            )
         for name, f in zip(COLUMNS, fields, strict=True):
             try:
                 float(f) if name == "weight" else int(f)
@@ -103,8 +115,11 @@ def read_route_csv(path: str | Path, strict: bool = False) -> RouteTrace:
                 raise _err(i + 1, "bad header: step_tokens= must be integers") from None
         i += 1
     if meta_line is None:
-        raise _err(i + 1, "bad header: missing the '# model=… n_layer= n_expert= n_expert_used=' "
-                          "line before the column header")
+        raise _err(
+            i + 1,
+            "bad header: missing the '# model=… n_layer= n_expert= n_expert_used=' "
+            "line before the column header",
+        )
     n_layer = _header_int(meta, "n_layer", meta_line)
     n_expert = _header_int(meta, "n_expert", meta_line)
     k = _header_int(meta, "n_expert_used", meta_line)
@@ -131,13 +146,19 @@ def read_route_csv(path: str | Path, strict: bool = False) -> RouteTrace:
             raise _err(int(line_of[bad[0]]), msg(bad[0]))
 
     check(np.isin(phase, (PREFILL, DECODE)), lambda r: f"phase {phase[r]} must be 0 or 1")
-    check((layer >= 0) & (layer < n_layer),
-          lambda r: f"layer {layer[r]} out of range [0, {n_layer})")
-    check((slot >= 0) & (slot < k),
-          lambda r: f"slot {slot[r]} out of range [0, {k}): inconsistent k (header "
-                    f"n_expert_used={k})")
-    check((expert >= 0) & (expert < n_expert),
-          lambda r: f"expert id {expert[r]} out of range [0, {n_expert})")
+    check(
+        (layer >= 0) & (layer < n_layer), lambda r: f"layer {layer[r]} out of range [0, {n_layer})"
+    )
+    check(
+        (slot >= 0) & (slot < k),
+        lambda r: (
+            f"slot {slot[r]} out of range [0, {k}): inconsistent k (header n_expert_used={k})"
+        ),
+    )
+    check(
+        (expert >= 0) & (expert < n_expert),
+        lambda r: f"expert id {expert[r]} out of range [0, {n_expert})",
+    )
     check(np.isfinite(weight), lambda r: f"weight {weight[r]} is not finite")
     check((turn >= 0) & (step >= 0), lambda r: "turn and step must be >= 0")
 
@@ -146,16 +167,21 @@ def read_route_csv(path: str | Path, strict: bool = False) -> RouteTrace:
     uniq, first_row, s_idx = np.unique(key, return_index=True, return_inverse=True)
     n_steps = uniq.shape[0]
     step_phase = phase[first_row]
-    check(phase == step_phase[s_idx],
-          lambda r: f"phase {phase[r]} differs from the phase {step_phase[s_idx[r]]} of the "
-                    f"other rows of step {step[r]}")
+    check(
+        phase == step_phase[s_idx],
+        lambda r: (
+            f"phase {phase[r]} differs from the phase {step_phase[s_idx[r]]} of the "
+            f"other rows of step {step[r]}"
+        ),
+    )
     cell = (s_idx * n_layer + layer) * k + slot
     order = np.argsort(cell, kind="stable")
     dup = np.flatnonzero(np.diff(cell[order]) == 0)
     if dup.size:
         r = order[dup[0] + 1]
-        raise _err(int(line_of[r]), f"duplicate row for step {step[r]} layer {layer[r]} "
-                                    f"slot {slot[r]}")
+        raise _err(
+            int(line_of[r]), f"duplicate row for step {step[r]} layer {layer[r]} slot {slot[r]}"
+        )
     present = np.zeros(n_steps * n_layer * k, dtype=bool)
     present[cell] = True
     present = present.reshape(n_steps, n_layer, k)
@@ -164,17 +190,21 @@ def read_route_csv(path: str | Path, strict: bool = False) -> RouteTrace:
     if partial.size:
         s, lay = (int(x) for x in partial[0])
         rows_here = np.flatnonzero((s_idx == s) & (layer == lay))
-        raise _err(int(line_of[rows_here[-1]]),
-                   f"missing slot rows: step {step[first_row[s]]} layer {lay} has "
-                   f"{int(n_slots[s, lay])} of k={k} slots (inconsistent k)")
+        raise _err(
+            int(line_of[rows_here[-1]]),
+            f"missing slot rows: step {step[first_row[s]]} layer {lay} has "
+            f"{int(n_slots[s, lay])} of k={k} slots (inconsistent k)",
+        )
     absent = n_slots == 0
     for s in np.flatnonzero(absent.any(axis=1)):
         if strict or step_phase[s] == DECODE or absent[s].all():
             miss = np.flatnonzero(absent[s])
-            raise _err(int(line_of[first_row[s]]),
-                       f"missing layer rows: {'decode' if step_phase[s] else 'prefill'} step "
-                       f"{step[first_row[s]]} has no rows for layers "
-                       f"{miss[:8].tolist()}{' …' if miss.size > 8 else ''} (n_layer={n_layer})")
+            raise _err(
+                int(line_of[first_row[s]]),
+                f"missing layer rows: {'decode' if step_phase[s] else 'prefill'} step "
+                f"{step[first_row[s]]} has no rows for layers "
+                f"{miss[:8].tolist()}{' …' if miss.size > 8 else ''} (n_layer={n_layer})",
+            )
 
     ids = np.tile(np.arange(k, dtype=np.int32), (n_steps, n_layer, 1))
     weights = np.zeros((n_steps, n_layer, k), dtype=np.float32)
@@ -184,15 +214,27 @@ def read_route_csv(path: str | Path, strict: bool = False) -> RouteTrace:
     phases = step_phase.astype(np.int8)
     if step_tokens is not None:
         if step_tokens.sum() != n_steps or np.any(step_tokens < 1):
-            raise _err(meta_line, f"bad header: step_tokens sums to {int(step_tokens.sum())}, "
-                                  f"but the file has {n_steps} CSV steps")
+            raise _err(
+                meta_line,
+                f"bad header: step_tokens sums to {int(step_tokens.sum())}, "
+                f"but the file has {n_steps} CSV steps",
+            )
         step_offsets = np.concatenate([[0], np.cumsum(step_tokens)]).astype(np.int64)
         phases = phases[step_offsets[:-1]]
     eb = np.array([layer_bytes.get(lay, 0) for lay in range(n_layer)], dtype=np.int64)
     model = meta.get("model", "")
-    return RouteTrace(n_layer=n_layer, n_expert=n_expert, top_k=k, ids=ids, weights=weights,
-                      step_offsets=step_offsets, phase=phases, model=model, expert_bytes=eb,
-                      computed=~absent)
+    return RouteTrace(
+        n_layer=n_layer,
+        n_expert=n_expert,
+        top_k=k,
+        ids=ids,
+        weights=weights,
+        step_offsets=step_offsets,
+        phase=phases,
+        model=model,
+        expert_bytes=eb,
+        computed=~absent,
+    )
 
 
 def write_route_csv(trace: RouteTrace, path: str | Path) -> None:
@@ -202,8 +244,9 @@ def write_route_csv(trace: RouteTrace, path: str | Path) -> None:
     out = io.StringIO()
     out.write(f"{MAGIC}\n")
     model = trace.model.replace(" ", "_") or "unknown"
-    out.write(f"# model={model} arch=unknown n_layer={L} n_expert={trace.n_expert} "
-              f"n_expert_used={k}\n")
+    out.write(
+        f"# model={model} arch=unknown n_layer={L} n_expert={trace.n_expert} n_expert_used={k}\n"
+    )
     for lay in range(L):
         out.write(f"# layer={lay} expert_bytes={int(trace.expert_bytes[lay])} dense_bytes=0\n")
     tokens_per_step = np.diff(trace.step_offsets)

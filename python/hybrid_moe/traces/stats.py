@@ -25,8 +25,9 @@ def _decode_view(trace: RouteTrace) -> tuple[np.ndarray, np.ndarray]:
     dec = trace.decode_steps()
     counts = np.diff(trace.step_offsets)[dec]
     starts = trace.step_offsets[dec]
-    rows = np.repeat(starts, counts) + (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) -
-                                                                              counts, counts))
+    rows = np.repeat(starts, counts) + (
+        np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    )
     if not np.all(trace.computed[rows]):
         raise ValueError("decode steps of this trace have uncomputed (token, layer) rows")
     return np.ascontiguousarray(trace.ids[rows]), np.concatenate([[0], np.cumsum(counts)])
@@ -77,8 +78,7 @@ def top_share(trace: RouteTrace, top: int = 16, window: int | None = None) -> np
     return shares.mean(axis=0)
 
 
-def hit_rate_curves(trace: RouteTrace, sizes=(8, 16, 32, 64),
-                    policies=("lru", "belady")) -> dict:
+def hit_rate_curves(trace: RouteTrace, sizes=(8, 16, 32, 64), policies=("lru", "belady")) -> dict:
     """Per-layer hit rates of each policy at each cache size (see the module docstring).
 
     Returns {"sizes": int array [n_sizes], "selections": int array [L],

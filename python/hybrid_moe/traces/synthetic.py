@@ -63,13 +63,28 @@ def _popularity(preset: ModelPreset, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def _route(p: ModelPreset, popularity: np.ndarray, hot: np.ndarray, keep: np.ndarray,
-           n_tokens: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _route(
+    p: ModelPreset,
+    popularity: np.ndarray,
+    hot: np.ndarray,
+    keep: np.ndarray,
+    n_tokens: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """ids int32 [n, L, k], weights float32 [n, L, k] from the C++ router
     (csrc/core/synthetic_route.h)."""
     s = p.synthetic
-    return native.synthetic_route(popularity, hot.astype(np.float32), keep.astype(np.float32),
-                                  p.top_k, n_tokens, s.cold_mix, s.drift, s.hot_period, seed)
+    return native.synthetic_route(
+        popularity,
+        hot.astype(np.float32),
+        keep.astype(np.float32),
+        p.top_k,
+        n_tokens,
+        s.cold_mix,
+        s.drift,
+        s.hot_period,
+        seed,
+    )
 
 
 def _measured_reuse(ids: np.ndarray) -> np.ndarray:
@@ -81,14 +96,21 @@ def _measured_reuse(ids: np.ndarray) -> np.ndarray:
     return hits / ((n - 1) * k)
 
 
-def synthetic_trace(preset: str, decode_tokens: int, seed: int = 0, prefill_tokens: int = 0,
-                    prefill_chunk: int = 512) -> RouteTrace:
+def synthetic_trace(
+    preset: str,
+    decode_tokens: int,
+    seed: int = 0,
+    prefill_tokens: int = 0,
+    prefill_chunk: int = 512,
+) -> RouteTrace:
     """A synthetic RouteTrace for a model preset: prefill_tokens prompt tokens in steps of
     prefill_chunk tokens, then decode_tokens one-token decode steps. Deterministic in seed."""
     p = get_preset(preset)
     if decode_tokens < 0 or prefill_tokens < 0 or decode_tokens + prefill_tokens < 1:
-        raise ValueError(f"decode_tokens and prefill_tokens must be >= 0 with at least one token, "
-                         f"got {decode_tokens}, {prefill_tokens}")
+        raise ValueError(
+            f"decode_tokens and prefill_tokens must be >= 0 with at least one token, "
+            f"got {decode_tokens}, {prefill_tokens}"
+        )
     if prefill_chunk < 1:
         raise ValueError(f"prefill_chunk must be >= 1 token, got {prefill_chunk}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -115,6 +137,14 @@ def synthetic_trace(preset: str, decode_tokens: int, seed: int = 0, prefill_toke
     step_offsets = np.concatenate([pre_steps, np.arange(prefill_tokens, n + 1)]).astype(np.int64)
     phase = np.concatenate([np.full(pre_steps.size, PREFILL), np.full(decode_tokens, DECODE)])
     eb = np.full(p.n_layer, p.expert_bytes("bf16"), dtype=np.int64)
-    return RouteTrace(n_layer=p.n_layer, n_expert=p.n_expert, top_k=k, ids=ids, weights=weights,
-                      step_offsets=step_offsets, phase=phase.astype(np.int8),
-                      model=f"synthetic:{p.name}:seed={seed}", expert_bytes=eb)
+    return RouteTrace(
+        n_layer=p.n_layer,
+        n_expert=p.n_expert,
+        top_k=k,
+        ids=ids,
+        weights=weights,
+        step_offsets=step_offsets,
+        phase=phase.astype(np.int8),
+        model=f"synthetic:{p.name}:seed={seed}",
+        expert_bytes=eb,
+    )
