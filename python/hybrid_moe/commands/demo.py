@@ -146,7 +146,9 @@ def run(args) -> int:
             f"'sim' rows: the simulator's prediction for all 48 layers over {SIM_TOKENS} tokens on "
             f"the {profile['name']} profile (speed-ups against its own cpu row; static placed by "
             "a frequency profile of other tokens). Run on a machine with a CUDA GPU to measure "
-            "them, or `hybrid-moe calibrate` to describe your rig."
+            "them, or `hybrid-moe calibrate` to describe your rig. Caution: on the lent H200 the "
+            "live runtime does not yet reach the simulated gains of the copying policies (lru, "
+            "lru-fetch, value); see bench/RESULTS.md."
             if not gpu
             else "`hybrid-moe bench decode` runs the full sweep (formats, budgets, traces)."
         )
