@@ -7,7 +7,9 @@
 #include <vector>
 
 #include "bindings/registry.h"
+#include "core/check.h"
 #include "core/weight_format.h"
+#include "cpu/dram_read.h"
 #include "cpu/moe_cpu.h"
 #include "cpu/thread_pool.h"
 
@@ -77,4 +79,12 @@ HM_BINDINGS(cpu) {
     return d;
   }, py::arg("threads") = 0, "Size and pinning of the shared CPU pool with this thread count.");
   m.def("cpu_default_threads", &hm::cpu::default_threads);
+  m.def("cpu_dram_read_gbps", [](int64_t mib, int threads, int reps) {
+    HM_CHECK(mib >= 64, "mib must be >= 64, got ", mib);
+    auto& pool = hm::cpu::shared_pool(threads);
+    py::gil_scoped_release release;
+    return hm::cpu::measure_dram_read_gbps(pool, static_cast<std::size_t>(mib) << 20, reps);
+  }, py::arg("mib") = 2048, py::arg("threads") = 0, py::arg("reps") = 5,
+     "Host DRAM read bandwidth in GB/s: the shared pool's pinned workers stream `mib` MiB "
+     "(median of reps; cpu/dram_read.h).");
 }
