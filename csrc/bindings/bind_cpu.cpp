@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "bindings/convert.h"
 #include "bindings/registry.h"
 #include "core/check.h"
 #include "core/weight_format.h"
@@ -16,75 +17,73 @@
 namespace py = pybind11;
 
 HM_BINDINGS(cpu) {
-  m.def("expert_layout", [](const std::string& fmt, int64_t hidden, int64_t intermediate) {
-    const auto l = hm::make_expert_layout(hm::parse_format(fmt), hidden, intermediate);
-    py::dict d;
-    d["format"] = hm::format_name(l.format);
-    d["hidden"] = l.hidden;
-    d["intermediate"] = l.intermediate;
-    d["gate_offset"] = l.gate_offset;
-    d["up_offset"] = l.up_offset;
-    d["down_offset"] = l.down_offset;
-    d["gate_bytes"] = l.gate_bytes;
-    d["up_bytes"] = l.up_bytes;
-    d["down_bytes"] = l.down_bytes;
-    d["stride"] = l.stride;
-    d["weight_bytes"] = l.weight_bytes();
-    return d;
-  }, py::arg("fmt"), py::arg("hidden"), py::arg("intermediate"),
-     "Byte layout of one expert (core/weight_format.h).");
+  m.def(
+      "expert_layout",
+      [](const std::string& fmt, int64_t hidden, int64_t intermediate) {
+        return hm::bindings::layout_to_dict(
+            hm::make_expert_layout(hm::parse_format(fmt), hidden, intermediate));
+      },
+      py::arg("fmt"), py::arg("hidden"), py::arg("intermediate"),
+      "Byte layout of one expert (core/weight_format.h).");
 
-  m.def("cpu_moe_layer",
-        [](const std::string& fmt, int64_t hidden, int64_t intermediate,
-           const std::vector<uintptr_t>& expert_ptrs, uintptr_t x_ptr, int64_t tokens,
-           py::array_t<int32_t, py::array::c_style | py::array::forcecast> token_idx,
-           py::array_t<int32_t, py::array::c_style | py::array::forcecast> expert_idx,
-           py::array_t<float, py::array::c_style | py::array::forcecast> weights,
-           uintptr_t out_ptr, int threads, const std::string& isa) {
-          HM_CHECK(token_idx.size() == expert_idx.size() && token_idx.size() == weights.size(),
-                   "token_idx, expert_idx and weights must have the same length, got ",
-                   token_idx.size(), ", ", expert_idx.size(), ", ", weights.size());
-          std::vector<hm::cpu::ExpertAssignment> as(token_idx.size());
-          for (py::ssize_t i = 0; i < token_idx.size(); ++i)
-            as[i] = {token_idx.data()[i], expert_idx.data()[i], weights.data()[i]};
-          std::vector<const uint8_t*> experts(expert_ptrs.size());
-          for (size_t e = 0; e < experts.size(); ++e)
-            experts[e] = reinterpret_cast<const uint8_t*>(expert_ptrs[e]);
-          hm::cpu::MoeLayerArgs a;
-          a.layout = hm::make_expert_layout(hm::parse_format(fmt), hidden, intermediate);
-          a.experts = experts.data();
-          a.n_experts = static_cast<int64_t>(experts.size());
-          a.x = reinterpret_cast<const float*>(x_ptr);
-          a.tokens = tokens;
-          a.assignments = as.data();
-          a.n_assignments = static_cast<int64_t>(as.size());
-          a.out = reinterpret_cast<float*>(out_ptr);
-          const hm::cpu::Isa chosen =
-              isa.empty() ? hm::cpu::current_isa().isa : hm::cpu::parse_isa(isa);
-          auto& pool = hm::cpu::shared_pool(threads);
-          py::gil_scoped_release release;
-          hm::cpu::run_moe_layer(pool, a, chosen);
-        },
-        py::arg("fmt"), py::arg("hidden"), py::arg("intermediate"), py::arg("expert_ptrs"),
-        py::arg("x_ptr"), py::arg("tokens"), py::arg("token_idx"), py::arg("expert_idx"),
-        py::arg("weights"), py::arg("out_ptr"), py::arg("threads") = 0, py::arg("isa") = "",
-        "out[t] += w * down(silu(gate(x_t)) * up(x_t)) for each assignment (raw host pointers; "
-        "x, out: fp32 [tokens, hidden]). Blocks; releases the GIL.");
+  m.def(
+      "cpu_moe_layer",
+      [](const std::string& fmt, int64_t hidden, int64_t intermediate,
+         const std::vector<uintptr_t>& expert_ptrs, uintptr_t x_ptr, int64_t tokens,
+         py::array_t<int32_t, py::array::c_style | py::array::forcecast> token_idx,
+         py::array_t<int32_t, py::array::c_style | py::array::forcecast> expert_idx,
+         py::array_t<float, py::array::c_style | py::array::forcecast> weights, uintptr_t out_ptr,
+         int threads, const std::string& isa) {
+        HM_CHECK(token_idx.size() == expert_idx.size() && token_idx.size() == weights.size(),
+                 "token_idx, expert_idx and weights must have the same length, got ",
+                 token_idx.size(), ", ", expert_idx.size(), ", ", weights.size());
+        std::vector<hm::cpu::ExpertAssignment> as(token_idx.size());
+        for (py::ssize_t i = 0; i < token_idx.size(); ++i)
+          as[i] = {token_idx.data()[i], expert_idx.data()[i], weights.data()[i]};
+        std::vector<const uint8_t*> experts(expert_ptrs.size());
+        for (size_t e = 0; e < experts.size(); ++e)
+          experts[e] = reinterpret_cast<const uint8_t*>(expert_ptrs[e]);
+        hm::cpu::MoeLayerArgs a;
+        a.layout = hm::make_expert_layout(hm::parse_format(fmt), hidden, intermediate);
+        a.experts = experts.data();
+        a.n_experts = static_cast<int64_t>(experts.size());
+        a.x = reinterpret_cast<const float*>(x_ptr);
+        a.tokens = tokens;
+        a.assignments = as.data();
+        a.n_assignments = static_cast<int64_t>(as.size());
+        a.out = reinterpret_cast<float*>(out_ptr);
+        const hm::cpu::Isa chosen =
+            isa.empty() ? hm::cpu::current_isa().isa : hm::cpu::parse_isa(isa);
+        auto& pool = hm::cpu::shared_pool(threads);
+        py::gil_scoped_release release;
+        hm::cpu::run_moe_layer(pool, a, chosen);
+      },
+      py::arg("fmt"), py::arg("hidden"), py::arg("intermediate"), py::arg("expert_ptrs"),
+      py::arg("x_ptr"), py::arg("tokens"), py::arg("token_idx"), py::arg("expert_idx"),
+      py::arg("weights"), py::arg("out_ptr"), py::arg("threads") = 0, py::arg("isa") = "",
+      "out[t] += w * down(silu(gate(x_t)) * up(x_t)) for each assignment (raw host pointers; "
+      "x, out: fp32 [tokens, hidden]). Blocks; releases the GIL.");
 
-  m.def("cpu_pool_info", [](int threads) {
-    auto& pool = hm::cpu::shared_pool(threads);
-    py::dict d;
-    d["threads"] = pool.size();
-    d["pinned"] = pool.pinned();
-    return d;
-  }, py::arg("threads") = 0, "Size and pinning of the shared CPU pool with this thread count.");
+  m.def(
+      "cpu_pool_info",
+      [](int threads) {
+        auto& pool = hm::cpu::shared_pool(threads);
+        py::dict d;
+        d["threads"] = pool.size();
+        d["pinned"] = pool.pinned();
+        return d;
+      },
+      py::arg("threads") = 0, "Size and pinning of the shared CPU pool with this thread count.");
   m.def("cpu_default_threads", &hm::cpu::default_threads);
-  m.def("cpu_dram_read_gbps", [](int64_t mib, int threads, int reps) {
-    HM_CHECK(mib >= 64, "mib must be >= 64, got ", mib);
-    auto& pool = hm::cpu::shared_pool(threads);
-    py::gil_scoped_release release;
-    return hm::cpu::measure_dram_read_gbps(pool, static_cast<std::size_t>(mib) << 20, reps);
-  }, py::arg("mib") = 2048, py::arg("threads") = 0, py::arg("reps") = 5,
-     "Host DRAM read bandwidth in GB/s: the shared pool's pinned workers stream `mib` MiB "
-     "(median of reps; cpu/dram_read.h).");
+  m.def(
+      "cpu_dram_read_gbps",
+      [](int64_t mib, int threads, int reps) {
+        HM_CHECK(mib >= 64, "mib must be >= 64, got ", mib);
+        auto& pool = hm::cpu::shared_pool(threads);
+        py::gil_scoped_release release;
+        return hm::cpu::measure_dram_read_gbps(pool, static_cast<std::size_t>(mib) << 20, reps);
+      },
+      py::arg("mib") = 2048, py::arg("threads") = 0, py::arg("reps") = 5,
+      "Host DRAM read bandwidth in GB/s: the shared pool's pinned workers stream `mib` MiB "
+      "(median of reps; cpu/dram_read.h).");
 }

@@ -3,6 +3,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include "bindings/convert.h"
 #include "bindings/registry.h"
 #include "core/cost_model.h"
 #include "core/policy.h"
@@ -11,29 +12,6 @@
 namespace py = pybind11;
 
 namespace {
-
-double get(const py::dict& d, const char* key) {
-  HM_CHECK(d.contains(key), "profile is missing the key '", key, "'");
-  return d[key].cast<double>();
-}
-
-// Flat dict (python/hybrid_moe/cost_model.py: profile_to_native) -> HardwareProfile.
-hm::HardwareProfile to_profile(const py::dict& d) {
-  hm::HardwareProfile p;
-  p.name = d.contains("name") ? d["name"].cast<std::string>() : "unnamed";
-  p.dram_read_gbps = get(d, "dram_read_gbps");
-  p.cpu_overhead_us = get(d, "cpu_overhead_us");
-  p.vram_gbps = get(d, "vram_gbps");
-  p.gpu_overhead_us = get(d, "gpu_overhead_us");
-  p.gpu_layer_overhead_us = get(d, "gpu_layer_overhead_us");
-  p.h2d_gbps = get(d, "h2d_gbps");
-  p.copy_latency_us = get(d, "copy_latency_us");
-  p.layer_fixed_us = get(d, "layer_fixed_us");
-  p.bf16 = {get(d, "bf16_cpu_efficiency"), get(d, "bf16_cpu_tflops"), get(d, "bf16_gpu_tflops")};
-  p.q8_0 = {get(d, "q8_0_cpu_efficiency"), get(d, "q8_0_cpu_tflops"), get(d, "q8_0_gpu_tflops")};
-  p.validate();
-  return p;
-}
 
 hm::Resource to_resource(const std::string& r) {
   if (r == "cpu") return hm::Resource::kCpu;
@@ -92,29 +70,38 @@ py::dict result_dict(const hm::SimResult& r) {
 }  // namespace
 
 HM_BINDINGS(engine) {
-  m.def("engine_policy_names", [] { return hm::policy_names(); },
-        "Names of the cache policies, in the order the sim command reports them.");
+  m.def(
+      "engine_policy_names", [] { return hm::policy_names(); },
+      "Names of the cache policies, in the order the sim command reports them.");
 
-  py::class_<hm::CostModel>(m, "CostModel",
-                            "Predicted us of CPU, GPU and copy work for one expert (csrc/core/cost_model.h).")
-      .def(py::init([](const py::dict& profile, const std::string& fmt, int64_t hidden, int64_t inter) {
-             return hm::CostModel(to_profile(profile), hm::make_expert_layout(hm::parse_format(fmt), hidden, inter));
-           }),
+  py::class_<hm::CostModel>(
+      m, "CostModel",
+      "Predicted us of CPU, GPU and copy work for one expert (csrc/core/cost_model.h).")
+      .def(py::init(
+               [](const py::dict& profile, const std::string& fmt, int64_t hidden, int64_t inter) {
+                 return hm::CostModel(hm::bindings::profile_from_dict(profile),
+                                      hm::make_expert_layout(hm::parse_format(fmt), hidden, inter));
+               }),
            py::arg("profile"), py::arg("fmt"), py::arg("hidden"), py::arg("intermediate"))
       .def("t_cpu", &hm::CostModel::t_cpu, py::arg("n_tokens"))
       .def("t_gpu", &hm::CostModel::t_gpu, py::arg("n_tokens"))
       .def("t_copy", &hm::CostModel::t_copy)
-      .def("refine", [](hm::CostModel& c, const std::string& r, int64_t n, double us, double alpha) {
-             c.refine(to_resource(r), n, us, alpha);
-           },
-           py::arg("resource"), py::arg("n_tokens"), py::arg("observed_us"), py::arg("alpha") = 0.1)
-      .def("scale", [](const hm::CostModel& c, const std::string& r) { return c.scale(to_resource(r)); })
+      .def(
+          "refine",
+          [](hm::CostModel& c, const std::string& r, int64_t n, double us, double alpha) {
+            c.refine(to_resource(r), n, us, alpha);
+          },
+          py::arg("resource"), py::arg("n_tokens"), py::arg("observed_us"), py::arg("alpha") = 0.1)
+      .def("scale",
+           [](const hm::CostModel& c, const std::string& r) { return c.scale(to_resource(r)); })
       .def_property_readonly("expert_bytes", &hm::CostModel::expert_bytes);
 
   m.def(
       "simulate",
-      [](py::array_t<int32_t, py::array::c_style> ids, py::array_t<float, py::array::c_style> weights,
-         py::array_t<int64_t, py::array::c_style> step_offsets, py::array_t<int8_t, py::array::c_style> phase,
+      [](py::array_t<int32_t, py::array::c_style> ids,
+         py::array_t<float, py::array::c_style> weights,
+         py::array_t<int64_t, py::array::c_style> step_offsets,
+         py::array_t<int8_t, py::array::c_style> phase,
          py::array_t<uint8_t, py::array::c_style> computed, int n_layer, int n_expert, int top_k,
          const py::dict& profile, const std::string& fmt, int64_t hidden, int64_t intermediate,
          const std::string& policy, int n_slots, double predictor_accuracy, uint64_t seed,
@@ -127,8 +114,9 @@ HM_BINDINGS(engine) {
         tv.n_tokens = n_layer * top_k > 0 ? ids.size() / (int64_t(n_layer) * top_k) : 0;
         HM_CHECK(ids.size() == tv.n_tokens * n_layer * top_k && weights.size() == ids.size(),
                  "ids and weights must both hold n_tokens * n_layer * top_k values");
-        HM_CHECK(step_offsets.size() == tv.n_steps + 1, "step_offsets must have n_steps + 1 = ",
-                 tv.n_steps + 1, " entries, got ", step_offsets.size());
+        HM_CHECK(step_offsets.size() == tv.n_steps + 1,
+                 "step_offsets must have n_steps + 1 = ", tv.n_steps + 1, " entries, got ",
+                 step_offsets.size());
         HM_CHECK(computed.size() == 0 || computed.size() == tv.n_tokens * n_layer,
                  "computed must be empty or hold n_tokens * n_layer values");
         tv.ids = ids.data();
@@ -141,15 +129,21 @@ HM_BINDINGS(engine) {
         cfg.n_slots = n_slots;
         cfg.predictor_accuracy = predictor_accuracy;
         cfg.seed = seed;
-        if (value_params.contains("halflife_steps")) cfg.value.halflife_steps = value_params["halflife_steps"].cast<double>();
-        if (value_params.contains("horizon_steps")) cfg.value.horizon_steps = value_params["horizon_steps"].cast<double>();
-        if (value_params.contains("weight_mix")) cfg.value.weight_mix = value_params["weight_mix"].cast<double>();
-        if (value_params.contains("copy_factor")) cfg.value.copy_factor = value_params["copy_factor"].cast<double>();
+        if (value_params.contains("halflife_steps"))
+          cfg.value.halflife_steps = value_params["halflife_steps"].cast<double>();
+        if (value_params.contains("horizon_steps"))
+          cfg.value.horizon_steps = value_params["horizon_steps"].cast<double>();
+        if (value_params.contains("weight_mix"))
+          cfg.value.weight_mix = value_params["weight_mix"].cast<double>();
+        if (value_params.contains("copy_factor"))
+          cfg.value.copy_factor = value_params["copy_factor"].cast<double>();
         if (value_params.contains("horizon_lifetimes"))
           cfg.value.horizon_lifetimes = value_params["horizon_lifetimes"].cast<double>();
-        cfg.static_profile.assign(static_profile.data(), static_profile.data() + static_profile.size());
-        const hm::HardwareProfile prof = to_profile(profile);
-        const hm::ExpertLayout layout = hm::make_expert_layout(hm::parse_format(fmt), hidden, intermediate);
+        cfg.static_profile.assign(static_profile.data(),
+                                  static_profile.data() + static_profile.size());
+        const hm::HardwareProfile prof = hm::bindings::profile_from_dict(profile);
+        const hm::ExpertLayout layout =
+            hm::make_expert_layout(hm::parse_format(fmt), hidden, intermediate);
         hm::SimResult r;
         {
           py::gil_scoped_release nogil;
@@ -157,10 +151,11 @@ HM_BINDINGS(engine) {
         }
         return result_dict(r);
       },
-      py::arg("ids"), py::arg("weights"), py::arg("step_offsets"), py::arg("phase"), py::arg("computed"),
-      py::arg("n_layer"), py::arg("n_expert"), py::arg("top_k"), py::arg("profile"), py::arg("fmt"),
-      py::arg("hidden"), py::arg("intermediate"), py::arg("policy"), py::arg("n_slots"),
-      py::arg("predictor_accuracy"), py::arg("seed"), py::arg("value_params"),
-      py::arg("static_profile") = py::array_t<double>(0),
-      "Replay a trace through cache, policy and scheduler (csrc/core/simulator.h); use hybrid_moe.sim.simulate.");
+      py::arg("ids"), py::arg("weights"), py::arg("step_offsets"), py::arg("phase"),
+      py::arg("computed"), py::arg("n_layer"), py::arg("n_expert"), py::arg("top_k"),
+      py::arg("profile"), py::arg("fmt"), py::arg("hidden"), py::arg("intermediate"),
+      py::arg("policy"), py::arg("n_slots"), py::arg("predictor_accuracy"), py::arg("seed"),
+      py::arg("value_params"), py::arg("static_profile") = py::array_t<double>(0),
+      "Replay a trace through cache, policy and scheduler (csrc/core/simulator.h); use "
+      "hybrid_moe.sim.simulate.");
 }

@@ -3,6 +3,7 @@
 // validate them first. The GIL is released around forwards (host functions never need it).
 #include <pybind11/stl.h>
 
+#include "bindings/convert.h"
 #include "bindings/registry.h"
 #include "core/check.h"
 #include "runtime/runtime.h"
@@ -13,29 +14,6 @@ using hm::runtime::Runtime;
 using hm::runtime::RuntimeOptions;
 
 namespace {
-
-double get(const py::dict& d, const char* key) {
-  HM_CHECK(d.contains(key), "profile is missing the key '", key, "'");
-  return d[key].cast<double>();
-}
-
-// Flat profile dict (hybrid_moe.cost_model.to_native) -> HardwareProfile; same keys as the engine.
-hm::HardwareProfile profile_from(const py::dict& d) {
-  hm::HardwareProfile p;
-  p.name = d.contains("name") ? d["name"].cast<std::string>() : "unnamed";
-  p.dram_read_gbps = get(d, "dram_read_gbps");
-  p.cpu_overhead_us = get(d, "cpu_overhead_us");
-  p.vram_gbps = get(d, "vram_gbps");
-  p.gpu_overhead_us = get(d, "gpu_overhead_us");
-  p.gpu_layer_overhead_us = get(d, "gpu_layer_overhead_us");
-  p.h2d_gbps = get(d, "h2d_gbps");
-  p.copy_latency_us = get(d, "copy_latency_us");
-  p.layer_fixed_us = get(d, "layer_fixed_us");
-  p.bf16 = {get(d, "bf16_cpu_efficiency"), get(d, "bf16_cpu_tflops"), get(d, "bf16_gpu_tflops")};
-  p.q8_0 = {get(d, "q8_0_cpu_efficiency"), get(d, "q8_0_cpu_tflops"), get(d, "q8_0_gpu_tflops")};
-  p.validate();
-  return p;
-}
 
 py::dict stats_dict(const LayerStats& s) {
   py::dict d;
@@ -70,13 +48,14 @@ T* ptr(uintptr_t p) {
 }  // namespace
 
 HM_BINDINGS(runtime) {
-  py::class_<Runtime>(m, "Runtime", "Live runtime (csrc/runtime/runtime.h); use hybrid_moe.Runtime.")
+  py::class_<Runtime>(m, "Runtime",
+                      "Live runtime (csrc/runtime/runtime.h); use hybrid_moe.Runtime.")
       .def(py::init([](const py::dict& profile, const std::string& policy, int threads, int device,
                        double budget_fraction, int64_t budget_bytes, int64_t budget_slots,
                        int n_layers, int decode_max_tokens, double hint_probability,
                        std::vector<double> frequency) {
              RuntimeOptions o;
-             o.profile = profile_from(profile);
+             o.profile = hm::bindings::profile_from_dict(profile);
              o.policy = policy;
              o.threads = threads;
              o.device = device;
@@ -102,16 +81,18 @@ HM_BINDINGS(runtime) {
                              ptr<const uint8_t>(packed));
           },
           "packed: uint8 [n_expert, stride] data_ptr in the expert layout")
-      .def("start", [](Runtime& r) {
-        py::gil_scoped_release nogil;
-        r.start();
-      })
+      .def("start",
+           [](Runtime& r) {
+             py::gil_scoped_release nogil;
+             r.start();
+           })
       .def("forward_cpu",
            [](Runtime& r, int layer, int64_t T, uintptr_t x, uintptr_t ids, uintptr_t w,
               uintptr_t hints, int n_hints, uintptr_t out) {
              py::gil_scoped_release nogil;
              r.forward_cpu(layer, T, ptr<const float>(x), ptr<const int32_t>(ids),
-                           ptr<const float>(w), ptr<const int32_t>(hints), n_hints, ptr<float>(out));
+                           ptr<const float>(w), ptr<const int32_t>(hints), n_hints,
+                           ptr<float>(out));
            })
       .def("forward_cuda",
            [](Runtime& r, int layer, int64_t T, uintptr_t x, uintptr_t ids, uintptr_t w,
