@@ -102,6 +102,37 @@ HM_BINDINGS(runtime) {
                             ptr<const float>(w), ptr<const int32_t>(hints), n_hints,
                             ptr<float>(out), ptr<void>(stream));
            })
+      .def(
+          "reconfigure",
+          [](Runtime& r, const py::dict& profile, const std::string& policy, double budget_fraction,
+             int64_t budget_bytes, int64_t budget_slots, double hint_probability,
+             std::vector<double> frequency) {
+            RuntimeOptions o = r.options();
+            o.profile = hm::bindings::profile_from_dict(profile);
+            o.policy = policy;
+            o.budget_fraction = budget_fraction;
+            o.budget_bytes = budget_bytes;
+            o.budget_slots = budget_slots;
+            o.hint_probability = hint_probability;
+            o.frequency = std::move(frequency);
+            py::gil_scoped_release nogil;
+            r.reconfigure(o);
+          },
+          py::arg("profile"), py::arg("policy"), py::arg("budget_fraction"),
+          py::arg("budget_bytes"), py::arg("budget_slots"), py::arg("hint_probability"),
+          py::arg("frequency"))
+      .def("enable_timeline", &Runtime::enable_timeline, py::arg("capacity"),
+           "Record up to `capacity` decode-path events from now on (0: off); see timeline.h")
+      .def(
+          "timeline",
+          [](const Runtime& r) {
+            py::list out;
+            for (const auto& e : r.timeline_events())
+              out.append(py::make_tuple(e.t_us, e.layer, e.kind, e.a, e.b));
+            return out;
+          },
+          "[(t_us, layer, kind, a, b)] recorded so far (kinds: TimelineKind in timeline.h)")
+      .def("timeline_dropped", &Runtime::timeline_dropped)
       .def("check_error", &Runtime::check_error)
       .def("wait_copies", &Runtime::wait_copies, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("started", &Runtime::started)

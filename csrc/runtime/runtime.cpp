@@ -7,14 +7,17 @@
 
 namespace hm::runtime {
 
-Runtime::Runtime(const RuntimeOptions& opt) : opt_(opt), device_(opt.device) {
+namespace {
+
+// The checks shared by the constructor and reconfigure().
+void validate_options(const RuntimeOptions& opt) {
   HM_CHECK(opt.policy != "oracle",
            "policy 'oracle' needs the future (Belady) and exists only in the simulator: choose one "
            "of cpu, static, lru, lfu, lru-fetch, value");
   const auto& names = policy_names();
   HM_CHECK(std::find(names.begin(), names.end(), opt.policy) != names.end(), "unknown policy '",
            opt.policy, "': expected one of cpu, static, lru, lfu, lru-fetch, value");
-  opt_.profile.validate();
+  opt.profile.validate();
   const int n_budgets = (opt.budget_fraction >= 0) + (opt.budget_bytes >= 0) + (opt.budget_slots >= 0);
   HM_CHECK(n_budgets == 1, "give exactly one budget (fraction, bytes or slots), got ", n_budgets);
   HM_CHECK(opt.budget_fraction <= 1.0, "budget fraction must be in [0, 1], got ", opt.budget_fraction);
@@ -25,9 +28,15 @@ Runtime::Runtime(const RuntimeOptions& opt) : opt_(opt), device_(opt.device) {
   HM_CHECK(opt.hint_probability >= 0 && opt.hint_probability <= 1,
            "hint_probability must be in [0, 1], got ", opt.hint_probability);
   HM_CHECK(opt.threads >= 0, "threads must be >= 0 (0: default), got ", opt.threads);
+}
+
+}  // namespace
+
+Runtime::Runtime(const RuntimeOptions& opt)
+    : opt_(opt), device_(opt.device), t0_(Clock::now()), timeline_(t0_) {
+  validate_options(opt);
   hint_acc_ = opt.hint_probability;
   pool_ = &cpu::shared_pool(opt.threads);
-  t0_ = Clock::now();
   if (opt.n_layers > 0) layers_.resize(static_cast<std::size_t>(opt.n_layers));
   if (device_ >= 0) init_gpu();
 }
@@ -117,6 +126,21 @@ void Runtime::start() {
   for (int l = 0; l < n_layers_; ++l)
     HM_CHECK(layer_registered(l), "layer ", l, " of ", n_layers_,
              " was never registered: every layer in [0, n_layers) needs a HybridMoELayer");
+  for (auto& c : layers_) {
+    c->sel_index.assign(static_cast<std::size_t>(n_expert_), -1);
+    c->gpu_slot_of.assign(static_cast<std::size_t>(n_expert_), -1);
+    c->predicted.assign(static_cast<std::size_t>(n_expert_), 0);
+    c->selected.reserve(static_cast<std::size_t>(n_expert_));
+  }
+  make_engine();
+  if (device_ >= 0) {
+    start_gpu();
+    start_engine_gpu();
+  }
+  started_ = true;
+}
+
+void Runtime::make_engine() {
   const int64_t total = static_cast<int64_t>(n_layers_) * n_expert_;
   int64_t slots = 0;
   if (device_ >= 0 && opt_.policy != "cpu") {
@@ -132,24 +156,92 @@ void Runtime::start() {
            " bytes) cannot hold one layer's top_k = ", top_k_,
            " experts: give 0 (every expert on the CPU) or at least ", top_k_, " slots (",
            top_k_ * layout_.stride, " bytes)");
-  n_slots_ = static_cast<int>(slots);
-  cost_ = std::make_unique<CostModel>(opt_.profile, layout_);
-  cache_ = std::make_unique<ExpertCache>(n_layers_, n_expert_, n_slots_, /*simulated_clock=*/false);
-  policy_ = make_policy(n_slots_ == 0 ? "cpu" : opt_.policy, opt_.value);
-  sched_ = std::make_unique<Scheduler>(*cache_, *policy_, *cost_, top_k_);
-  if (n_slots_ > 0 && opt_.policy == "static") {
+  HM_CHECK(opt_.frequency.empty() || static_cast<int64_t>(opt_.frequency.size()) == total,
+           "frequency must hold n_layers * n_expert = ", total, " counts, got ",
+           opt_.frequency.size());
+  auto cost = std::make_unique<CostModel>(opt_.profile, layout_);
+  auto cache = std::make_unique<ExpertCache>(n_layers_, n_expert_, static_cast<int>(slots),
+                                             /*simulated_clock=*/false);
+  auto policy = make_policy(slots == 0 ? "cpu" : opt_.policy, opt_.value);
+  auto sched = std::make_unique<Scheduler>(*cache, *policy, *cost, top_k_);
+  if (slots > 0 && opt_.policy == "static") {
     std::vector<double> freq = opt_.frequency;
     if (freq.empty()) freq.assign(static_cast<std::size_t>(total), 1.0);
-    policy_->warm_start(*cache_, freq);  // preloads; start_gpu() copies them in
+    policy->warm_start(*cache, freq);  // preloads; start_engine_gpu() copies them in
   }
+  // Everything checked and built: commit (the scheduler refers to cache, policy and cost).
+  sched_.reset();
+  policy_ = std::move(policy);
+  cache_ = std::move(cache);
+  cost_ = std::move(cost);
+  sched_ = std::move(sched);
+  n_slots_ = static_cast<int>(slots);
+  visits_ = 0;
+  copy_free_ = 0;
+  hint_acc_ = opt_.hint_probability;
+  pending_drop_.clear();
   for (auto& c : layers_) {
-    c->sel_index.assign(static_cast<std::size_t>(n_expert_), -1);
-    c->gpu_slot_of.assign(static_cast<std::size_t>(n_expert_), -1);
-    c->predicted.assign(static_cast<std::size_t>(n_expert_), 0);
-    c->selected.reserve(static_cast<std::size_t>(n_expert_));
+    c->steps = 0;
+    c->plan_live = false;
+    c->have_predicted = false;
+    c->acquired = false;
+    std::fill(c->predicted.begin(), c->predicted.end(), 0);
+    c->stats = LayerStats();
   }
-  if (device_ >= 0) start_gpu();
-  started_ = true;
+}
+
+void Runtime::quiesce() {
+  if (device_ >= 0) quiesce_gpu();
+  for (auto& c : layers_) {
+    if (!c || !c->job.valid()) continue;
+    try {
+      c->job.wait();
+    } catch (...) {
+    }
+    c->job = cpu::JobHandle();
+  }
+}
+
+void Runtime::reconfigure(const RuntimeOptions& o) {
+  validate_options(o);
+  HM_CHECK(o.device == opt_.device, "reconfigure cannot change the device (", opt_.device, " -> ",
+           o.device, "): build a new Runtime");
+  HM_CHECK(o.threads == opt_.threads, "reconfigure cannot change the thread count (", opt_.threads,
+           " -> ", o.threads, ")");
+  HM_CHECK(o.decode_max_tokens == opt_.decode_max_tokens,
+           "reconfigure cannot change decode_max_tokens (", opt_.decode_max_tokens, " -> ",
+           o.decode_max_tokens, ")");
+  HM_CHECK(o.n_layers == 0 || o.n_layers == (started_ ? n_layers_ : opt_.n_layers),
+           "reconfigure cannot change n_layers");
+  check_error();
+  RuntimeOptions next = opt_;
+  next.policy = o.policy;
+  next.profile = o.profile;
+  next.budget_fraction = o.budget_fraction;
+  next.budget_bytes = o.budget_bytes;
+  next.budget_slots = o.budget_slots;
+  next.hint_probability = o.hint_probability;
+  next.frequency = o.frequency;
+  next.value = o.value;
+  if (!started_) {
+    opt_ = std::move(next);
+    return;
+  }
+  quiesce();
+  for (auto& c : layers_)
+    HM_CHECK_RT(!c->plan_live, "layer ", c->layer, " has a plan in flight: reconfigure between steps");
+  const RuntimeOptions prev = opt_;
+  if (device_ >= 0) stop_engine_gpu();
+  opt_ = std::move(next);
+  try {
+    make_engine();
+  } catch (...) {
+    opt_ = prev;  // keep a working runtime: the previous configuration, rebuilt
+    make_engine();
+    if (device_ >= 0) start_engine_gpu();
+    throw;
+  }
+  if (device_ >= 0) start_engine_gpu();
 }
 
 void Runtime::record_error(const std::string& what) {

@@ -50,6 +50,7 @@
 #include "core/weight_format.h"
 #include "cpu/moe_cpu.h"
 #include "cpu/thread_pool.h"
+#include "runtime/timeline.h"
 
 namespace hm::runtime {
 
@@ -96,6 +97,14 @@ class Runtime {
                       int n_expert, int top_k, const uint8_t* packed);
   void start();
   bool started() const { return started_; }
+  // Switches policy, budget, profile, frequency, hint_probability and value parameters, keeping
+  // the registered experts (the host store is the expensive part: 58 GB pinned for Qwen3-30B-A3B
+  // in bf16). Waits for every queued step (device synchronize), then rebuilds the decision engine
+  // and the VRAM cache (new slab: CUDA graphs captured earlier must be captured again) and zeroes
+  // the stats. device, threads, n_layers and decode_max_tokens must stay as they are. On a bad
+  // option it raises and the runtime keeps its previous configuration.
+  void reconfigure(const RuntimeOptions& o);
+  const RuntimeOptions& options() const { return opt_; }
 
   // Host tensors. x fp32 [T, H]; ids int32 [T, k]; w fp32 [T, k]; hints int32 [n_hints] (experts
   // predicted for layer + 1) or null; out fp32 [T, H], ADDED to.
@@ -127,6 +136,10 @@ class Runtime {
   std::array<double, 3> cost_scales() const;  // cpu, gpu, copy refinement factors
   std::vector<int64_t> mover_stats() const;   // copies_done, bytes_copied, dropped, waits (GPU)
   int resident_experts() const;               // slots holding a ready expert
+  // Diagnostics (timeline.h): capacity events from now on (0: off); read after a synchronize.
+  void enable_timeline(int64_t capacity) { timeline_.enable(capacity); }
+  std::vector<TimelineEvent> timeline_events() const { return timeline_.events(); }
+  int64_t timeline_dropped() const { return timeline_.dropped(); }
 
  private:
   struct Gpu;       // CUDA state (runtime_gpu.cpp); null without a device
@@ -148,6 +161,8 @@ class Runtime {
   enum class Mode { kCpuOnly, kDecode, kPrefill };
 
   void check_layer(int layer) const;
+  void make_engine();        // slots, cost model, cache, policy, scheduler from opt_ (started)
+  void quiesce();            // no step queued or running (device synchronize, CPU jobs joined)
   LayerCtx& ctx(int layer);
   // Under mu_: drain mover completions, schedule, decide, count. Fills out (pairs sorted by token).
   void plan(LayerCtx& c, int64_t T, const int32_t* ids, const float* w, const int32_t* hints,
@@ -161,7 +176,10 @@ class Runtime {
   static void join_fn(void* launch);
   void init_gpu();    // runtime_gpu.cpp: device checks, CUDA state
   bool gpu_fill(int layer, const uint8_t* packed);  // into the pinned store when allocated
-  void start_gpu();
+  void start_gpu();          // buffers that outlive reconfigure(): store, staging, workspace
+  void start_engine_gpu();   // slab, mover, prefill runner; static preload
+  void stop_engine_gpu();    // their teardown (quiesced)
+  void quiesce_gpu();
   void stop_gpu();
   Launch* launch_for(LayerCtx& c, int T, int n_hints);
   // Takes plan references on `slots` in the mover if each holds its expert (false: none taken).
@@ -201,6 +219,7 @@ class Runtime {
   std::string error_;
   std::atomic<bool> has_error_{false};
 
+  Timeline timeline_;
   std::unique_ptr<Gpu> gpu_;
 };
 

@@ -90,37 +90,16 @@ void Runtime::start_gpu() {
   const int t_max = opt_.decode_max_tokens, k = top_k_;
   const std::size_t H = static_cast<std::size_t>(layout_.hidden);
   const std::size_t I = static_cast<std::size_t>(layout_.intermediate);
-  if (n_slots_ > 0) {
-    g.slab = std::make_shared<cuda::DeviceSlab>(layout_, n_slots_, device_);
-    g.mover = std::make_unique<cuda::Mover>(g.store, g.slab);
-    g.request_us.assign(static_cast<std::size_t>(n_slots_), 0.0);
-    Gpu* gp = &g;
-    const auto t0 = t0_;
-    g.mover->set_completion_callback([gp, t0](const cuda::FetchCompletion& c) {
-      {
-        std::lock_guard<std::mutex> lk(gp->cq_mu);
-        gp->cq.push_back({c, us_between(t0, Clock::now())});
-      }
-      gp->cq_cv.notify_all();
-    });
-    g.prefill = std::make_unique<cuda::PrefillRunner>();
-    HM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&g.d_workspace), static_cast<std::size_t>(t_max) * k * I * sizeof(float)));
-    // Static placement: copy the preloaded experts in before any plan may name them.
-    for (int s = 0; s < cache_->n_slots(); ++s)
-      if (cache_->state(s) == SlotState::kResident)
-        g.mover->request_fetch({static_cast<int64_t>(cache_->slot_layer(s)) * n_expert_ +
-                                    cache_->slot_expert(s),
-                                s, false, 0});
-    g.mover->wait_idle();
-    std::lock_guard<std::mutex> lk(g.cq_mu);
-    g.cq.clear();
-  }
+  g.prefill = std::make_unique<cuda::PrefillRunner>();
+  HM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&g.d_workspace), static_cast<std::size_t>(t_max) * k * I * sizeof(float)));
+  const char* pc = std::getenv("HM_DECODE_PARTIALS");  // diagnostics: "copy" = H2D memcpy
+  g.partials_by_copy = pc && std::string(pc) == "copy";
   g.d_partial_cap = static_cast<std::size_t>(t_max) * H;
   HM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&g.d_partial), g.d_partial_cap * sizeof(float)));
-  // Per layer: one pinned block (ids, weights, hints, x, partials) and one mapped block (plan).
+  // Per layer: one pinned block (ids, weights, hints, x) and one mapped block (plan, partials).
   const std::size_t nk = static_cast<std::size_t>(t_max) * k, nh = static_cast<std::size_t>(t_max) * H;
-  const std::size_t pinned_bytes = align_up(nk * 4) * 3 + align_up(nh * 2) + align_up(nh * 4);
-  const std::size_t mapped_bytes = align_up((t_max + 1) * 4) + align_up(nk * 4) * 3;
+  const std::size_t pinned_bytes = align_up(nk * 4) * 3 + align_up(nh * 2);
+  const std::size_t mapped_bytes = align_up((t_max + 1) * 4) + align_up(nk * 4) * 3 + align_up(nh * 4);
   for (auto& cp : layers_) {
     LayerCtx& c = *cp;
     c.t_max = t_max;
@@ -135,8 +114,6 @@ void Runtime::start_gpu() {
     c.hints_h = reinterpret_cast<int32_t*>(p);
     p += align_up(nk * 4);
     c.x_h = reinterpret_cast<uint16_t*>(p);
-    p += align_up(nh * 2);
-    c.partial_h = reinterpret_cast<float*>(p);
     c.x32.assign(nh, 0.f);
     void* dev = nullptr;
     HM_CUDA_CHECK(cudaHostGetDevicePointer(&dev, c.mapped, 0));
@@ -154,12 +131,62 @@ void Runtime::start_gpu() {
     off += align_up(nk * 4);
     c.map_pair_weight = reinterpret_cast<float*>(m + off);
     c.d_pair_weight = reinterpret_cast<const float*>(d + off);
+    off += align_up(nk * 4);
+    // The CPU's partial sums: the add kernel reads them over PCIe (no copy-engine queue, where
+    // an H2D of a few KB would wait behind the mover's expert copies).
+    c.partial_h = reinterpret_cast<float*>(m + off);
+    c.d_partial_map = reinterpret_cast<const float*>(d + off);
     cudaEvent_t a = nullptr, b = nullptr;
     HM_CUDA_CHECK(cudaEventCreate(&a));
     HM_CUDA_CHECK(cudaEventCreate(&b));
     c.ev_start = a;
     c.ev_stop = b;
   }
+}
+
+void Runtime::start_engine_gpu() {
+  Gpu& g = *gpu_;
+  HM_CUDA_CHECK(cudaSetDevice(device_));
+  if (n_slots_ == 0) return;
+  g.slab = std::make_shared<cuda::DeviceSlab>(layout_, n_slots_, device_);
+  g.mover = std::make_unique<cuda::Mover>(g.store, g.slab);
+  g.request_us.assign(static_cast<std::size_t>(n_slots_), 0.0);
+  g.last_completion_us = 0;
+  Gpu* gp = &g;
+  const auto t0 = t0_;
+  Timeline* tl = &timeline_;
+  g.mover->set_completion_callback([gp, t0, tl](const cuda::FetchCompletion& c) {
+    {
+      std::lock_guard<std::mutex> lk(gp->cq_mu);
+      gp->cq.push_back({c, us_between(t0, Clock::now())});
+    }
+    gp->cq_cv.notify_all();
+    tl->record(-1, TimelineKind::kCopyDone, c.slot);
+  });
+  // Static placement: copy the preloaded experts in before any plan may name them.
+  for (int s = 0; s < cache_->n_slots(); ++s)
+    if (cache_->state(s) == SlotState::kResident)
+      g.mover->request_fetch({static_cast<int64_t>(cache_->slot_layer(s)) * n_expert_ +
+                                  cache_->slot_expert(s),
+                              s, false, 0});
+  g.mover->wait_idle();
+  std::lock_guard<std::mutex> lk(g.cq_mu);
+  g.cq.clear();
+}
+
+void Runtime::stop_engine_gpu() {
+  Gpu& g = *gpu_;
+  g.mover.reset();  // joins its thread (copies in flight complete) before the slab goes
+  g.slab.reset();
+  std::lock_guard<std::mutex> lk(g.cq_mu);
+  g.cq.clear();
+  g.cq_local.clear();
+}
+
+void Runtime::quiesce_gpu() {
+  HM_CUDA_CHECK(cudaSetDevice(device_));
+  HM_CUDA_CHECK(cudaDeviceSynchronize());  // queued host functions name the engine's state
+  if (gpu_->mover) gpu_->mover->wait_idle();
 }
 
 void Runtime::stop_gpu() {
@@ -175,6 +202,7 @@ void Runtime::stop_gpu() {
   }
   Gpu& g = *gpu_;
   g.mover.reset();  // joins its thread before slab and store go
+  g.slab.reset();
   g.prefill.reset();
   if (g.d_workspace) (void)cudaFree(g.d_workspace);
   if (g.d_partial) (void)cudaFree(g.d_partial);
@@ -265,6 +293,7 @@ void Runtime::forward_cuda(int layer, int64_t T, const void* x, const int32_t* i
     start();
   }
   LayerCtx& c = ctx(layer);
+  timeline_.record(layer, TimelineKind::kEnqueueBegin, static_cast<int32_t>(T));
   if (T <= opt_.decode_max_tokens) {
     HM_CHECK(n_hints <= T * top_k_, "n_hints must be <= T * top_k = ", T * top_k_, ", got ", n_hints);
     decode_cuda(c, T, x, ids, w, hints, n_hints, out, stream);
@@ -313,9 +342,13 @@ void Runtime::decode_cuda(LayerCtx& c, int64_t T, const void* x, const int32_t* 
     }
   }
   HM_CUDA_CHECK(cudaLaunchHostFunc(s, &Runtime::join_fn, la));
-  HM_CUDA_CHECK(cudaMemcpyAsync(gpu_->d_partial, c.partial_h, T * H * 4, cudaMemcpyHostToDevice, s));
-  cuda::launch_add_partials(out, cuda::OutDtype::kFloat32, gpu_->d_partial,
-                            static_cast<int64_t>(T * H), s);
+  const float* partial = c.d_partial_map;
+  if (gpu_->partials_by_copy) {
+    HM_CUDA_CHECK(cudaMemcpyAsync(gpu_->d_partial, c.partial_h, T * H * 4, cudaMemcpyHostToDevice, s));
+    partial = gpu_->d_partial;
+  }
+  cuda::launch_add_partials(out, cuda::OutDtype::kFloat32, partial, static_cast<int64_t>(T * H), s);
+  timeline_.record(c.layer, TimelineKind::kEnqueueEnd);
 }
 
 void Runtime::plan_fn(void* p) {
@@ -333,6 +366,7 @@ void Runtime::host_plan(const Launch& la) {
   const int T = la.T;
   const std::size_t TH = static_cast<std::size_t>(T) * layout_.hidden;
   const bool timed = c.timing_armed.exchange(false, std::memory_order_acq_rel);
+  timeline_.record(c.layer, TimelineKind::kPlanBegin, T);
   try {
     for (std::size_t i = 0; i < TH; ++i) c.x32[i] = bf16_to_f32(c.x_h[i]);
     plan(c, T, c.ids_h, c.w_h, la.n_hints > 0 ? c.hints_h : nullptr, la.n_hints, Mode::kDecode,
@@ -366,6 +400,8 @@ void Runtime::host_plan(const Launch& la) {
       c.t_submit = Clock::now();
       c.job = cpu::submit_moe_layer(*pool_, a);
     }
+    timeline_.record(c.layer, TimelineKind::kPlanEnd, static_cast<int32_t>(c.plan.experts.size() - c.out.acquire_slots.size()),
+                     static_cast<int32_t>(c.out.acquire_slots.size()));
   } catch (const std::exception& e) {
     record_error(std::string("layer ") + std::to_string(c.layer) + " plan: " + e.what());
   } catch (...) {
@@ -382,6 +418,7 @@ void Runtime::host_join(const Launch& la) {
   LayerCtx& c = *la.ctx;
   bool waited = false;
   double us = 0;
+  timeline_.record(c.layer, TimelineKind::kJoinBegin);
   try {
     if (c.job.valid()) {
       const bool done_before = c.job.done();
@@ -396,12 +433,14 @@ void Runtime::host_join(const Launch& la) {
         us = us_between(c.t_submit, Clock::now());
       }
       c.job = cpu::JobHandle();
+      timeline_.record(c.layer, TimelineKind::kCpuDone, waited ? 1 : 0);
     }
     if (c.acquired) {
       gpu_->mover->release(c.plan_id);
       c.acquired = false;
     }
     release_plan(c, waited, us);
+    timeline_.record(c.layer, TimelineKind::kJoinEnd);
   } catch (const std::exception& e) {
     record_error(std::string("layer ") + std::to_string(c.layer) + " join: " + e.what());
   } catch (...) {
@@ -522,6 +561,54 @@ namespace {
 void Runtime::init_gpu() { no_cuda(); }
 bool Runtime::gpu_fill(int, const uint8_t*) { return false; }
 void Runtime::start_gpu() { no_cuda(); }
+void Runtime::start_engine_gpu() { no_cuda(); }
+void Runtime::stop_engine_gpu() {}
+void Runtime::quiesce_gpu() {}
+void Runtime::start_engine_gpu() {
+  Gpu& g = *gpu_;
+  HM_CUDA_CHECK(cudaSetDevice(device_));
+  if (n_slots_ == 0) return;
+  g.slab = std::make_shared<cuda::DeviceSlab>(layout_, n_slots_, device_);
+  g.mover = std::make_unique<cuda::Mover>(g.store, g.slab);
+  g.request_us.assign(static_cast<std::size_t>(n_slots_), 0.0);
+  g.last_completion_us = 0;
+  Gpu* gp = &g;
+  const auto t0 = t0_;
+  Timeline* tl = &timeline_;
+  g.mover->set_completion_callback([gp, t0, tl](const cuda::FetchCompletion& c) {
+    {
+      std::lock_guard<std::mutex> lk(gp->cq_mu);
+      gp->cq.push_back({c, us_between(t0, Clock::now())});
+    }
+    gp->cq_cv.notify_all();
+    tl->record(-1, TimelineKind::kCopyDone, c.slot);
+  });
+  // Static placement: copy the preloaded experts in before any plan may name them.
+  for (int s = 0; s < cache_->n_slots(); ++s)
+    if (cache_->state(s) == SlotState::kResident)
+      g.mover->request_fetch({static_cast<int64_t>(cache_->slot_layer(s)) * n_expert_ +
+                                  cache_->slot_expert(s),
+                              s, false, 0});
+  g.mover->wait_idle();
+  std::lock_guard<std::mutex> lk(g.cq_mu);
+  g.cq.clear();
+}
+
+void Runtime::stop_engine_gpu() {
+  Gpu& g = *gpu_;
+  g.mover.reset();  // joins its thread (copies in flight complete) before the slab goes
+  g.slab.reset();
+  std::lock_guard<std::mutex> lk(g.cq_mu);
+  g.cq.clear();
+  g.cq_local.clear();
+}
+
+void Runtime::quiesce_gpu() {
+  HM_CUDA_CHECK(cudaSetDevice(device_));
+  HM_CUDA_CHECK(cudaDeviceSynchronize());  // queued host functions name the engine's state
+  if (gpu_->mover) gpu_->mover->wait_idle();
+}
+
 void Runtime::stop_gpu() {}
 bool Runtime::acquire_slots(uint64_t, const std::vector<int>&, const std::vector<int64_t>&) {
   return false;

@@ -64,7 +64,8 @@ struct Runtime::LayerCtx {
   float* w_h = nullptr;          // [t_max * k]
   int32_t* hints_h = nullptr;    // [t_max * k]
   uint16_t* x_h = nullptr;       // bf16 [t_max * H]
-  float* partial_h = nullptr;    // fp32 [t_max * H], the CPU's share
+  float* partial_h = nullptr;    // fp32 [t_max * H], the CPU's share (mapped memory)
+  const float* d_partial_map = nullptr;  // its device view (the add kernel reads it over PCIe)
   std::vector<float> x32;        // fp32 [t_max * H], x for the CPU kernel
   int32_t* map_token_ptr = nullptr;  // host views of the mapped plan: [t_max + 1]
   int32_t* map_pair_token = nullptr;  // [t_max * k]
@@ -96,7 +97,8 @@ struct Runtime::Gpu {
   std::unique_ptr<cuda::Mover> mover;
   std::unique_ptr<cuda::PrefillRunner> prefill;
   float* d_workspace = nullptr;  // fp32 [decode_max * k, I]: decode phase-1 activations
-  float* d_partial = nullptr;    // fp32 [d_partial_cap]: the CPU's share after H2D
+  float* d_partial = nullptr;    // fp32 [d_partial_cap]: the CPU's share after H2D (prefill)
+  bool partials_by_copy = false;  // HM_DECODE_PARTIALS=copy: decode H2Ds them too (diagnostics)
   std::size_t d_partial_cap = 0;
 
   std::mutex cq_mu;  // mover completions, pushed by its callback (never takes Runtime::mu_)

@@ -66,6 +66,8 @@ class DecodeBenchConfig:
     device: str = "cuda"  # "cuda" or "cpu" (runtime's CPU path: policy cpu only)
     hint_accuracy: float = 0.8  # next-layer prefetch hints (value policy), as the simulator's
     seed: int = 0
+    graph: bool = True  # cuda: replay each token as one captured CUDA graph (as a serving stack)
+    timeline: bool = True  # record the runtime's per-layer timeline over the measured tokens
 
     def validate(self) -> None:
         from hybrid_moe.policies import policy_names
@@ -343,21 +345,21 @@ def run_decode(
     device: str,
     seed: int = 0,
     on_warm: Callable[[], None] = lambda: None,
+    graph: bool = False,
 ) -> list[float]:
     """Decode warmup + n_tokens one-token steps; per measured token latency in us (host clock
-    after synchronize). x flows layer to layer through an RMS-norm of (x + moe_out)."""
+    after synchronize). x flows layer to layer through an RMS-norm of (x + moe_out).
+    graph (cuda): the first step runs eagerly (the runtime allocates at its first forward), then
+    one step is captured in a CUDA graph and every later step is one replay: the per-layer Python
+    and launch costs are gone, as in a serving stack that captures its decode step."""
     dev = torch.device(device)
     g = torch.Generator().manual_seed(seed)
     x0 = (torch.randn(1, hidden, generator=g)).to(
         dev, torch.bfloat16 if device == "cuda" else torch.float32
     )
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    lat = []
-    for step in range(warmup + n_tokens):
-        if step == warmup:
-            sync()
-            on_warm()
-        t0 = time.perf_counter()
+
+    def step() -> None:
         x = x0
         for li, layer in enumerate(layers):
             ids, w = router.route(li)
@@ -365,8 +367,24 @@ def run_decode(
             h = x.float() + y.float()
             x = (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)).to(x0.dtype)
         router.advance()
+
+    run, done = step, 0
+    if graph and device == "cuda":
+        step()  # eager: allocations and the runtime's start
         sync()
-        if step >= warmup:
+        cuda_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(cuda_graph, capture_error_mode="thread_local"):
+            step()  # captured, not run: the routing counter advances at each replay only
+        run, done = cuda_graph.replay, 1
+    lat = []
+    for i in range(done, warmup + n_tokens):
+        if i == warmup:
+            sync()
+            on_warm()
+        t0 = time.perf_counter()
+        run()
+        sync()
+        if i >= warmup:
             lat.append((time.perf_counter() - t0) * 1e6)
     return lat
 
@@ -489,19 +507,38 @@ def run_benchmark(
             log(
                 f"{src.desc} {fmt}: one layer of random experts in {time.perf_counter() - t0:.1f} s"
             )
+            # One runtime per (source, format): its host store (58 GB pinned for the full bf16
+            # model) is built once; each configuration reconfigures policy and budget.
+            t0 = time.perf_counter()
+            first = cfg.policies[0]
+            model = make_model(
+                weights,
+                cfg.layers,
+                src.trace.top_k,
+                first,
+                cfg.budgets[0] if first != "cpu" else 0,
+                profile,
+                cfg.threads,
+                cfg.device,
+                src.freq if first == "static" else None,
+                cfg.hint_accuracy,
+                src.router.next_router,
+            )
+            del weights
+            log(f"{src.desc} {fmt}: runtime with {cfg.layers} layers in {time.perf_counter() - t0:.1f} s")
             cpu_row = None
             for budget in cfg.budgets:
                 for policy in cfg.policies:
                     if policy == "cpu" and cpu_row is not None:
                         rows.append(dict(cpu_row, budget=float(budget)))
                         continue
-                    row = _one_config(cfg, profile, src, fmt, budget, policy, weights, log)
-                    gc.collect()  # the runtime (pinned host store, VRAM slab) goes before the next
+                    row = _one_config(cfg, profile, src, fmt, budget, policy, model, log)
                     cpu_row = row if policy == "cpu" else cpu_row
                     rows.append(row)
                     if progress is not None:
                         progress.advance(task)
-            del weights
+            del model
+            gc.collect()  # the runtime (pinned host store, VRAM slab) goes before the next
     _fit_layer_fixed(rows, profile, cfg, log)
     return {
         "config": {
@@ -529,25 +566,28 @@ def _one_config(
     fmt: str,
     budget: float,
     policy: str,
-    weights,
+    model,
     log,
 ) -> dict:
+    rt, layers = model
     t0 = time.perf_counter()
-    rt, layers = make_model(
-        weights,
-        cfg.layers,
-        src.trace.top_k,
-        policy,
-        budget,
-        profile,
-        cfg.threads,
-        cfg.device,
-        src.freq,
-        cfg.hint_accuracy,
-        src.router.next_router if policy == "value" else None,
+    rt.reconfigure(
+        policy=policy,
+        budget=float(budget) if policy != "cpu" else 0,
+        frequency=src.freq if policy == "static" else None,
     )
+    for li, layer in enumerate(layers):  # next-layer hints: only value prefetches from them
+        hint = policy == "value" and li + 1 < len(layers)
+        layer.set_next_router(src.router.next_router(li) if hint else None)
     t_build = time.perf_counter() - t0
     src.router.ctr.zero_()
+    n_events = (cfg.tokens * cfg.layers * 8 + 4096) if cfg.timeline else 0
+
+    def on_warm() -> None:
+        rt.reset_stats()
+        if n_events:
+            rt.enable_timeline(n_events)
+
     lat = run_decode(
         layers,
         src.router,
@@ -556,9 +596,14 @@ def _one_config(
         cfg.warmup,
         cfg.device,
         cfg.seed,
-        on_warm=rt.reset_stats,
+        on_warm=on_warm,
+        graph=cfg.graph,
     )
     rt.synchronize()  # raises an error recorded inside the runtime's host functions
+    tl = None
+    if n_events:
+        tl = rt.timeline()
+        rt.enable_timeline(0)
     st = rt.stats()
     stats = runtime_stats(rt)
     mean = statistics.fmean(lat)
@@ -578,6 +623,8 @@ def _one_config(
         "n_slots": rt.n_slots,
         "hit_rate": float(st.get("hit_rate", 0.0)),
         "stats": stats,
+        "graph": bool(cfg.graph and cfg.device == "cuda"),
+        "timeline": tl.summary() if tl is not None else None,
     }
     row.update(
         simulate_same(
@@ -606,8 +653,10 @@ def _one_config(
     log(
         f"  {src.desc} {fmt} {budget:.0%} {policy:9s}: p50 {row['p50_us'] / 1e3:7.2f} ms, "
         f"{row['tokens_per_s']:7.2f} tok/s (sim {row['sim_tokens_per_s']:7.2f}, bound "
-        f"{row['bound_us'] / 1e3:.2f} ms, hit {row['hit_rate']:.0%}; build {t_build:.1f} s)"
+        f"{row['bound_us'] / 1e3:.2f} ms, hit {row['hit_rate']:.0%}; setup {t_build:.1f} s)"
     )
+    if tl is not None and tl.visits:
+        log(f"    timeline: {tl.describe()}")
     return row
 
 

@@ -151,18 +151,7 @@ class Runtime:
         frequency: Any = None,
         hint_probability: float = 0.8,
     ):
-        if not isinstance(policy, str):
-            raise ValueError(
-                f"policy must be a string, one of {list(LIVE_POLICIES)}; got "
-                f"{type(policy).__name__}"
-            )
-        if policy == "oracle":
-            raise ValueError(
-                "policy 'oracle' needs future knowledge and exists only in the "
-                f"simulator (hybrid_moe.sim); the runtime takes one of {list(LIVE_POLICIES)}"
-            )
-        if policy not in policy_names():
-            raise ValueError(f"unknown policy {policy!r}: expected one of {list(LIVE_POLICIES)}")
+        self._check_policy(policy)
         if threads is not None and (
             isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
         ):
@@ -199,6 +188,29 @@ class Runtime:
         )
         self._native = None
 
+    @staticmethod
+    def _check_policy(policy) -> None:
+        if not isinstance(policy, str):
+            raise ValueError(
+                f"policy must be a string, one of {list(LIVE_POLICIES)}; got "
+                f"{type(policy).__name__}"
+            )
+        if policy == "oracle":
+            raise ValueError(
+                "policy 'oracle' needs future knowledge and exists only in the "
+                f"simulator (hybrid_moe.sim); the runtime takes one of {list(LIVE_POLICIES)}"
+            )
+        if policy not in policy_names():
+            raise ValueError(f"unknown policy {policy!r}: expected one of {list(LIVE_POLICIES)}")
+
+    def _frequency_list(self, frequency) -> list[float]:
+        if frequency is None:
+            return []
+        f = torch.as_tensor(frequency, dtype=torch.float64)
+        if f.dim() != 2 or (self._n_layers is not None and f.shape[0] != self._n_layers):
+            raise ValueError(f"frequency must be [n_layers, n_expert], got {list(f.shape)}")
+        return f.reshape(-1).tolist()
+
     # ---- construction (native runtime created at the first layer) -----------------------------
 
     def _declare_layers(self, n_layers: int) -> None:
@@ -208,12 +220,7 @@ class Runtime:
 
     def _ensure_native(self):
         if self._native is None:
-            freq: list[float] = []
-            if self._frequency is not None:
-                f = torch.as_tensor(self._frequency, dtype=torch.float64)
-                if f.dim() != 2 or (self._n_layers is not None and f.shape[0] != self._n_layers):
-                    raise ValueError(f"frequency must be [n_layers, n_expert], got {list(f.shape)}")
-                freq = f.reshape(-1).tolist()
+            freq = self._frequency_list(self._frequency)
             frac, nbytes, slots = self._budget
             self._native = native.Runtime(
                 to_native(self.profile),
@@ -259,6 +266,53 @@ class Runtime:
             int(top_k),
             packed.data_ptr(),
         )
+
+    def reconfigure(
+        self,
+        *,
+        budget: int | float | str | None = None,
+        policy: str | None = None,
+        profile: str | Path | dict | None = None,
+        frequency: Any = None,
+        hint_probability: float | None = None,
+    ) -> None:
+        """Switch policy / budget / profile / frequency / hint_probability, keeping the registered
+        experts (no second copy of the host store). Arguments left None keep their value, except
+        frequency, which only the static policy reads: None clears it. Waits for every queued
+        step, rebuilds the VRAM cache (CUDA graphs captured before must be captured again) and
+        zeroes the stats. On a bad argument it raises and the runtime keeps its configuration."""
+        policy = self.policy if policy is None else policy
+        self._check_policy(policy)
+        parsed = self._budget if budget is None else parse_runtime_budget(budget)
+        prof = self.profile if profile is None else load_profile(profile)
+        hp = self.hint_probability if hint_probability is None else hint_probability
+        if not isinstance(hp, (int, float)) or not 0 <= hp <= 1:
+            raise ValueError(f"hint_probability must be in [0, 1], got {hp!r}")
+        if self._native is not None:
+            frac, nbytes, slots = parsed
+            self._native.reconfigure(
+                to_native(prof), policy, frac, nbytes, slots, float(hp), self._frequency_list(frequency)
+            )
+        self.policy, self.profile, self.hint_probability = policy, prof, float(hp)
+        if budget is not None:
+            self.budget, self._budget = budget, parsed
+        self._frequency = frequency
+        self.budget_ignored = (
+            self.device.type == "cpu"
+            and self._budget != (-1.0, -1, 0)
+            and any(v > 0 for v in self._budget)
+        )
+
+    def enable_timeline(self, capacity: int = 200_000) -> None:
+        """Record up to `capacity` decode-path events from now on (0: off); read with timeline()."""
+        self.native.enable_timeline(int(capacity))
+
+    def timeline(self):
+        """Recorded decode-path events as hybrid_moe.timeline.Timeline (waits for queued steps)."""
+        from hybrid_moe.timeline import Timeline
+
+        self._settle()
+        return Timeline(self.native.timeline(), self.native.timeline_dropped())
 
     # ---- state -------------------------------------------------------------------------------
 

@@ -40,6 +40,14 @@ def register(sub) -> None:
     d.add_argument(
         "--hint-accuracy", type=float, default=0.8, help="next-layer prefetch hint accuracy"
     )
+    d.add_argument(
+        "--no-graph",
+        action="store_true",
+        help="run each token eagerly from Python instead of replaying one captured CUDA graph",
+    )
+    d.add_argument(
+        "--no-timeline", action="store_true", help="do not record the per-layer timeline"
+    )
     d.add_argument("--quick", action="store_true", help="6 layers, 12 warm-up + 32 measured tokens")
     d.add_argument("--json", help="write every configuration's numbers as JSON")
     d.add_argument("--plot", help="write a plot (PNG) of tokens/s against budget per policy")
@@ -97,6 +105,8 @@ def run_decode_bench(args) -> int:
         threads=args.threads,
         device=args.device,
         hint_accuracy=args.hint_accuracy,
+        graph=not args.no_graph,
+        timeline=not args.no_timeline,
     )
     if args.quick:
         cfg = bd.quick_config(cfg)
