@@ -77,69 +77,100 @@ def filled(fmt, n_exp, n_slots=None, seed=0):
 
 
 class CpuLoad:
-    """16 CPU threads of memory-bound work (bf16 mat-vec over 1 GiB, like CPU experts)."""
+    """`threads` CPU threads of memory-bound work: torch bf16 mat-vec over 1 GiB (far beyond the
+    L3), like CPU experts. Counts its iterations with timestamps, so the DRAM bandwidth the CPU
+    load itself gets is known for any time window (1 GiB read per iteration)."""
+
+    _a = None
 
     def __init__(self, threads=16):
         self.threads = threads
         self.stop = False
         self.iters = 0
-
-    _a = None
+        self.stamps = []
 
     def __enter__(self):
+        self._old_threads = torch.get_num_threads()
         torch.set_num_threads(self.threads)
-        if CpuLoad._a is None:  # made once: 1 GiB of bf16, far beyond the L3
+        if CpuLoad._a is None:  # made once: 1 GiB of bf16
             CpuLoad._a = torch.empty(8192, 65536, dtype=torch.bfloat16).uniform_(-1, 1)
         self.a = CpuLoad._a
         self.v = torch.randn(65536).bfloat16()
         self.t = threading.Thread(target=self._run, daemon=True)
         self.t.start()
-        time.sleep(0.5)
+        time.sleep(0.3)
         return self
 
     def _run(self):
         while not self.stop:
             torch.mv(self.a, self.v)
             self.iters += 1
+            self.stamps.append(time.perf_counter())
+
+    def gbps(self, t0, t1):
+        """DRAM GB/s of the load between t0 and t1 (whole iterations that ended inside)."""
+        st = [t for t in self.stamps if t0 <= t <= t1]
+        if len(st) < 2:
+            return float("nan")
+        return (len(st) - 1) * self.a.numel() * 2 / (st[-1] - st[0]) / 1e9
 
     def __exit__(self, *exc):
         self.stop = True
         self.t.join()
+        torch.set_num_threads(self._old_threads)
 
 
 def bench_copy(fmt, n_exp, n_copies, reps):
+    """Expert copies through the Mover, alone and under CPU load, with the diagnostics that say
+    why a loaded copy is slower: the CPU load's own DRAM bandwidth alone and during the copies,
+    a plain torch pinned copy (no mover thread) under the same load, the mover with 16 copies
+    queued instead of 4 (a starved mover thread would matter less), and a 15-thread load that
+    leaves a core for the mover thread."""
     # n_copies slots, one request per slot per repeat (a newer request for a slot would supersede
     # a queued one); repeat r puts expert (s + r + 1) % n_exp into slot s, always a real copy.
     store, slab, mv, *_ = filled(fmt, n_exp, n_slots=n_copies)
+    mv16 = gpu.Mover(store, slab, max_in_flight=16)
     stride = store.layout["stride"]
     mv.poll_completions()
     rep = [0]
 
-    def mover_gbps():
+    def mover_gbps(m, n_reps=reps):
         res = []
-        for _ in range(reps):
+        for _ in range(n_reps):
             t0 = time.perf_counter()
             for s in range(n_copies):
-                mv.request_fetch((s + rep[0] + 1) % n_exp, s)
-            mv.wait_idle()
+                m.request_fetch((s + rep[0] + 1) % n_exp, s)
+            m.wait_idle()
             res.append(n_copies * stride / (time.perf_counter() - t0) / 1e9)
             rep[0] += 1
-            done = mv.poll_completions()
+            done = m.poll_completions()
             assert sum(c[2] == "ready" for c in done) == n_copies, "copy benchmark skipped copies"
         return med(res)
 
-    alone = mover_gbps()
+    src = torch.empty(256 << 20, dtype=torch.uint8).pin_memory()
+    dst = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+
+    def torch_gbps():
+        return (256 << 20) / cuda_time_us(lambda: dst.copy_(src, non_blocking=True), 2, reps) / 1e3
+
+    alone = mover_gbps(mv)
+    res = {"format": fmt, "expert_bytes": stride, "copies": n_copies, "mover_alone_GBps": alone}
     with CpuLoad() as load:
-        loaded = mover_gbps()
-        cpu_iters = load.iters
-    return {
-        "format": fmt,
-        "expert_bytes": stride,
-        "copies": n_copies,
-        "mover_alone_GBps": alone,
-        "mover_with_16_cpu_threads_GBps": loaded,
-        "cpu_load_iters": cpu_iters,
-    }
+        t0 = time.perf_counter()
+        time.sleep(0.25)
+        t1 = time.perf_counter()
+        loaded = mover_gbps(mv, 3 * reps)  # a longer window: ~15 load iterations
+        t2 = time.perf_counter()
+        res["cpu_load_alone_GBps"] = load.gbps(t0, t1)
+        res["cpu_load_during_copies_GBps"] = load.gbps(t1, t2)
+        res["mover_with_16_cpu_threads_GBps"] = loaded
+        res["torch_pinned_256MiB_with_16_cpu_threads_GBps"] = torch_gbps()
+        res["mover16_with_16_cpu_threads_GBps"] = mover_gbps(mv16, 3 * reps)
+        res["cpu_load_iters"] = load.iters
+    with CpuLoad(15):
+        res["mover_with_15_cpu_threads_GBps"] = mover_gbps(mv, 3 * reps)
+    del mv16
+    return res
 
 
 def pinned_peak_gbps(reps):
@@ -189,12 +220,21 @@ def bench_decode(fmt, n_exp, n_rot, hbm):
 
     t_graph = graph_time_us(ours, n_rot)
     t_eager = cuda_time_us(ours, 3) / n_rot
-    # A/B in the same run: phase 2 without programmatic dependent launch (plain stream order)
-    os.environ["HM_DECODE_PDL"] = "0"
-    try:
-        t_graph_nopdl = graph_time_us(ours, n_rot)
-    finally:
-        del os.environ["HM_DECODE_PDL"]
+    # A/B in the same run: phase 2 without programmatic dependent launch (plain stream order),
+    # and phase 1 as the one-warp-per-row grid instead of the streaming kernel (with PDL on/off)
+    variants = {}
+    for name, env in (
+        ("pdl_off", {"HM_DECODE_PDL": "0"}),
+        ("rowgrid", {"HM_DECODE_STREAM": "0"}),
+        ("rowgrid_pdl_off", {"HM_DECODE_STREAM": "0", "HM_DECODE_PDL": "0"}),
+    ):
+        os.environ.update(env)
+        try:
+            variants[name] = graph_time_us(ours, n_rot)
+        finally:
+            for k in env:
+                del os.environ[k]
+    t_graph_nopdl = variants["pdl_off"]
     bytes_ = 8 * lay["weight_bytes"]
     res = {
         "format": fmt,
@@ -202,6 +242,8 @@ def bench_decode(fmt, n_exp, n_rot, hbm):
         "ours_graph_us": t_graph,
         "ours_eager_us": t_eager,
         "ours_graph_us_pdl_off": t_graph_nopdl,
+        "ours_graph_us_rowgrid": variants["rowgrid"],
+        "ours_graph_us_rowgrid_pdl_off": variants["rowgrid_pdl_off"],
         "ours_GBps": bytes_ / t_graph / 1e3,
         "hbm_copy_GBps": hbm,
         "fraction_of_hbm": bytes_ / t_graph / 1e3 / hbm,
@@ -274,7 +316,24 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="results_gpu.json")
     ap.add_argument("--quick", action="store_true", help="fewer experts and repeats")
+    ap.add_argument(
+        "--ncu",
+        action="store_true",
+        help="only 2 eager BF16 and 2 Q8_0 decodes (8 experts x 1 token), for a profiler",
+    )
     args = ap.parse_args()
+    if args.ncu:
+        for fmt in ("bf16", "q8_0"):
+            _, slab, _, *_ = filled(fmt, 16)
+            h = torch.empty(8, I, dtype=torch.float32, device="cuda")
+            out = torch.zeros(1, H, device="cuda")
+            x = torch.randn(1, H, device="cuda").bfloat16()
+            for r in range(2):
+                idx = torch.randperm(16)[:8]
+                plan = gpu.device_plan(torch.zeros(8, dtype=torch.int64), idx, torch.rand(8) + 0.1, 1, "cuda")
+                gpu.launch_decode_raw(slab, plan, x, h, out, 8)
+            torch.cuda.synchronize()
+        return
     n_exp = 32 if args.quick else 128
     reps = 3 if args.quick else 5
     res = {
@@ -300,6 +359,12 @@ def main():
             f"16 CPU threads {c['mover_with_16_cpu_threads_GBps']:.1f} GB/s = "
             f"{100 * c['mover_with_16_cpu_threads_GBps'] / pk:.0f}% of pinned peak {pk:.1f}"
         )
+        print(
+            f"  under load: torch 256 MiB {c['torch_pinned_256MiB_with_16_cpu_threads_GBps']:.1f}, "
+            f"mover 16 queued {c['mover16_with_16_cpu_threads_GBps']:.1f}, 15 CPU threads "
+            f"{c['mover_with_15_cpu_threads_GBps']:.1f} GB/s; CPU load DRAM alone "
+            f"{c['cpu_load_alone_GBps']:.1f}, during copies {c['cpu_load_during_copies_GBps']:.1f} GB/s"
+        )
     for d in res["decode"]:
         extra = (
             (
@@ -312,7 +377,8 @@ def main():
         print(
             f"decode {d['format']:5s} 8x1: {d['ours_graph_us']:.1f} us ({d['ours_GBps']:.0f} GB/s = "
             f"{100 * d['fraction_of_hbm']:.0f}% of HBM {d['hbm_copy_GBps']:.0f}; PDL off "
-            f"{d['ours_graph_us_pdl_off']:.1f} us){extra}"
+            f"{d['ours_graph_us_pdl_off']:.1f} us; row grid {d['ours_graph_us_rowgrid']:.1f} / "
+            f"PDL off {d['ours_graph_us_rowgrid_pdl_off']:.1f} us){extra}"
         )
     for p in res["prefill"]:
         g = p.get("torch_grouped_mm_us")

@@ -1,5 +1,9 @@
 // [NOTE] Decode expert kernels (few tokens, memory-bound): see expert_kernels.h for the math.
-// Phase 1 (gate/up): grid (ceil(I / 8), max_pairs), 8 warps per block, one warp per (pair, row).
+// Phase 1 (gate/up), default: gate_up_stream_kernel, a persistent grid streaming each warp's
+//   contiguous range of (pair, row) rows through a cp.async ring (see its comment). The
+//   one-warp-per-row grid below is kept for Q8_0 rows that are not 16-byte multiples and for
+//   A/B runs (HM_DECODE_STREAM=0).
+// Phase 1, one-warp-per-row grid: (ceil(I / 8), max_pairs), 8 warps per block, one warp per (pair, row).
 //   BF16: each lane issues KC (<= 4) 16-byte loads of the gate row, KC of the up row and KC of x
 //   before the first use (2 * KC weight loads in flight per lane), then sums in fp32.
 //   Q8_0: the warp loads a piece of 64 blocks (2176 bytes = 136 x 16) of the gate and of the up
@@ -213,6 +217,139 @@ __global__ void __launch_bounds__(kWarps * 32)
   if (lane == 0) h[static_cast<int64_t>(pair) * sl.I + row] = dev::silu(sg) * su;
 }
 
+// ---------------------------------------------------------------- phase 1, streaming version
+// Persistent grid (blocks = what fits on the GPU at once, from the occupancy calculator), one
+// contiguous range of (pair, row) rows per warp, split evenly from the DEVICE pair count. A warp
+// walks its rows segment by segment (BF16: 2048 bytes = 1024 values; Q8_0: 32 blocks = 1088
+// bytes) through a ring of NS shared-memory stages per warp, each stage holding the gate and the
+// up segment: cp.async fills stage i + NS - 1 while stage i is computed, so every warp keeps
+// NS - 1 segment pairs (BF16 8 KB at NS = 3, Q8_0 6.5 KB at NS = 4) in flight without holding
+// registers, and DRAM sees one continuous stream instead of block-sized bursts. This removes the
+// wave quantization of the one-warp-per-row grid (768 blocks of 8 warps on 132 SMs at 4-5
+// resident blocks per SM: 1.2-1.5 waves). Q8_0 uses it when rows are 16-byte multiples.
+constexpr int kStreamWarps = 4;
+constexpr int kSegBf16 = 2048;                          // bytes per BF16 segment (128 chunks)
+constexpr int kSegQ8 = 32 * kQ8BlockBytes;              // 1088 bytes (68 chunks) per Q8_0 segment
+template <bool Q8> struct StreamCfg;
+template <> struct StreamCfg<false> {
+  static constexpr int kSeg = kSegBf16, kStages = 3;
+};
+template <> struct StreamCfg<true> {
+  static constexpr int kSeg = kSegQ8, kStages = 4;
+};
+template <bool Q8>
+__host__ __device__ constexpr int stream_stage_bytes() {
+  return 2 * (StreamCfg<Q8>::kSeg + kStagePad);  // gate segment + pad, up segment + pad
+}
+template <bool Q8>
+__host__ __device__ constexpr int stream_smem_bytes() {
+  return kStreamWarps * StreamCfg<Q8>::kStages * stream_stage_bytes<Q8>();
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+template <bool Q8>
+__global__ void __launch_bounds__(kStreamWarps * 32)
+    gate_up_stream_kernel(KernelSlab sl, DevicePlan plan, const __nv_bfloat16* __restrict__ x,
+                          float* __restrict__ h) {
+  constexpr int SEG = StreamCfg<Q8>::kSeg, NS = StreamCfg<Q8>::kStages;
+  constexpr int STAGE = stream_stage_bytes<Q8>();
+  constexpr int CPL = (SEG / 16 + 31) / 32;  // 16-byte copies per lane and matrix: 4 / 3
+  extern __shared__ __align__(16) uint8_t smem[];
+  dev::pdl_launch_dependents();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  uint8_t* ring = smem + warp * NS * STAGE;
+  const int64_t n_rows = static_cast<int64_t>(plan.token_ptr[plan.n_tokens]) * sl.I;
+  const int64_t n_warps = static_cast<int64_t>(gridDim.x) * kStreamWarps;
+  const int64_t gw = static_cast<int64_t>(blockIdx.x) * kStreamWarps + warp;
+  const int64_t r_beg = n_rows * gw / n_warps, r_end = n_rows * (gw + 1) / n_warps;
+  if (r_beg >= r_end) return;  // warp-uniform
+  const int row_bytes = Q8 ? (sl.H / kQ8BlockSize) * kQ8BlockBytes : sl.H * 2;
+  const int nseg = (row_bytes + SEG - 1) / SEG;
+  const int64_t n_items = (r_end - r_beg) * nseg;
+
+  // Item it = (row r_beg + it / nseg, segment it % nseg) goes to stage it % NS. Every call
+  // commits one group (empty past the end), so "wait until NS - 1 groups are pending" always
+  // means "item it has landed".
+  auto issue = [&](int64_t it) {
+    if (it < n_items) {
+      const int64_t rr = r_beg + it / nseg;
+      const int s = static_cast<int>(it - (rr - r_beg) * nseg);
+      const int pair = static_cast<int>(rr / sl.I), row = static_cast<int>(rr - int64_t{pair} * sl.I);
+      const uint8_t* e = expert_ptr(sl, plan.pair_slot[pair]);
+      const std::size_t off = static_cast<std::size_t>(row) * row_bytes + s * SEG;
+      const int nch = min(SEG, row_bytes - s * SEG) / 16;
+      const uint8_t* gs = e + sl.gate_off + off;
+      const uint8_t* us = e + sl.up_off + off;
+      uint8_t* st = ring + static_cast<int>(it % NS) * STAGE;
+#pragma unroll
+      for (int k = 0; k < CPL; ++k) {
+        const int c = lane + 32 * k;
+        if (c < nch) {
+          cp_async16(st + 16 * c, gs + 16 * c);
+          cp_async16(st + SEG + kStagePad + 16 * c, us + 16 * c);
+        }
+      }
+    }
+    cp_async_commit();
+  };
+#pragma unroll
+  for (int k = 0; k < NS - 1; ++k) issue(k);
+  float sg = 0.f, su = 0.f;
+  for (int64_t it = 0; it < n_items; ++it) {
+    issue(it + NS - 1);
+    cp_async_wait<NS - 1>();
+    __syncwarp();  // every lane's copies of item it are visible to the whole warp
+    const int64_t rr = r_beg + it / nseg;
+    const int s = static_cast<int>(it - (rr - r_beg) * nseg);
+    const int pair = static_cast<int>(rr / sl.I);
+    const uint8_t* st = ring + static_cast<int>(it % NS) * STAGE;
+    const __nv_bfloat16* xr = x + static_cast<int64_t>(plan.pair_token[pair]) * sl.H;
+    if constexpr (!Q8) {
+      const int nch = min(SEG, row_bytes - s * SEG) / 16;
+      const uint4* g = reinterpret_cast<const uint4*>(st);
+      const uint4* u = reinterpret_cast<const uint4*>(st + SEG + kStagePad);
+      const uint4* xv = reinterpret_cast<const uint4*>(xr) + s * (SEG / 16);
+#pragma unroll
+      for (int k = 0; k < CPL; ++k) {
+        const int c = lane + 32 * k;
+        if (c < nch) {
+          const uint4 xx = __ldg(xv + c);
+          sg += dev::dot8_bf16(g[c], xx);
+          su += dev::dot8_bf16(u[c], xx);
+        }
+      }
+    } else {
+      const int nblk = min(32, sl.H / kQ8BlockSize - s * 32);
+      if (lane < nblk) {
+        uint32_t qg[8], qu[8];
+        const float dg = dev::q8_load_block_smem(st + lane * kQ8BlockBytes, qg);
+        const float du = dev::q8_load_block_smem(st + SEG + kStagePad + lane * kQ8BlockBytes, qu);
+        const uint4* xv = reinterpret_cast<const uint4*>(xr + (s * 32 + lane) * kQ8BlockSize);
+        float tg = 0.f, tu = 0.f;
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          const uint4 xx = __ldg(xv + c);
+          tg += dev::q8_dot8_bf16(qg[2 * c], qg[2 * c + 1], xx);
+          tu += dev::q8_dot8_bf16(qu[2 * c], qu[2 * c + 1], xx);
+        }
+        sg = fmaf(dg, tg, sg);
+        su = fmaf(du, tu, su);
+      }
+    }
+    if (s == nseg - 1) {  // row complete (warp-uniform)
+      const float g = dev::warp_sum(sg), u = dev::warp_sum(su);
+      if (lane == 0) h[rr] = dev::silu(g) * u;  // h is [pairs, I]: row rr = pair * I + row
+      sg = su = 0.f;
+    }
+    __syncwarp();  // every lane is done with stage it % NS before the next issue() refills it
+  }
+  cp_async_wait<0>();  // no copy may outlive the warp (only empty groups remain, but be exact)
+}
+
 // ---------------------------------------------------------------- phase 2: down, weighted sum
 template <int KC, typename OutT>
 __global__ void __launch_bounds__(kWarps * 32)
@@ -355,6 +492,38 @@ bool use_pdl() {
   return major >= 9;
 }
 
+// Streaming phase 1 unless HM_DECODE_STREAM=0 (for A/B benchmarks against the one-warp-per-row
+// grid).
+bool use_stream() {
+  const char* env = std::getenv("HM_DECODE_STREAM");
+  return env == nullptr || env[0] != '0';
+}
+
+// Blocks of the streaming phase-1 kernel: as many as are resident at once on the current device
+// (occupancy calculator, cached per device), but no more than the rows need (warps_needed rows at
+// most, one warp each). Also raises the kernel's dynamic shared-memory limit once per device.
+template <bool Q8>
+int stream_grid(int64_t warps_needed) {
+  int dev = 0;
+  HM_CUDA_CHECK(cudaGetDevice(&dev));
+  static std::atomic<int> cached[64];  // 0 = not yet computed
+  HM_CHECK_RT(dev >= 0 && dev < 64, "device index out of range: ", dev);
+  int resident = cached[dev].load(std::memory_order_relaxed);
+  if (resident == 0) {
+    auto* fn = gate_up_stream_kernel<Q8>;
+    HM_CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       stream_smem_bytes<Q8>()));
+    int per_sm = 0, sms = 0;
+    HM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, kStreamWarps * 32,
+                                                                stream_smem_bytes<Q8>()));
+    HM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    resident = std::max(1, per_sm) * sms;
+    cached[dev].store(resident, std::memory_order_relaxed);
+  }
+  return static_cast<int>(std::max<int64_t>(
+      1, std::min<int64_t>(resident, (warps_needed + kStreamWarps - 1) / kStreamWarps)));
+}
+
 template <typename... Params, typename... Args>
 void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream,
                    bool programmatic, Args... args) {
@@ -433,10 +602,23 @@ void launch_decode(const SlabView& slab, const DevicePlan& plan, const void* x, 
   const bool q8 = slab.layout.format == WeightFormat::kQ8_0;
   const bool pdl = use_pdl();
   // Phase 1 is an ordinary launch: it overwrites h, which the previous decode's phase 2 reads.
-  if (q8)
+  // Streaming version unless HM_DECODE_STREAM=0 or Q8_0 rows are not 16-byte multiples.
+  const bool q8_wide = (sl.H / kQ8BlockSize) * kQ8BlockBytes % 16 == 0;
+  if (use_stream() && (!q8 || q8_wide)) {
+    const int64_t warps_needed = static_cast<int64_t>(plan.max_pairs) * sl.I;
+    const int blocks = q8 ? stream_grid<true>(warps_needed) : stream_grid<false>(warps_needed);
+    const std::size_t smem = q8 ? stream_smem_bytes<true>() : stream_smem_bytes<false>();
+    if (q8)
+      gate_up_stream_kernel<true><<<blocks, kStreamWarps * 32, smem, stream>>>(sl, plan, xb,
+                                                                             h_workspace);
+    else
+      gate_up_stream_kernel<false><<<blocks, kStreamWarps * 32, smem, stream>>>(sl, plan, xb,
+                                                                              h_workspace);
+  } else if (q8) {
     gate_up_q8_kernel<<<grid1, block, 0, stream>>>(sl, plan, xb, h_workspace);
-  else
+  } else {
     gate_up_bf16(chunks_per_lane(sl.H / 8))<<<grid1, block, 0, stream>>>(sl, plan, xb, h_workspace);
+  }
   HM_CUDA_CHECK(cudaGetLastError());
   if (out_dtype == OutDtype::kFloat32)
     launch_down(sl, plan, h_workspace, static_cast<float*>(out), q8, grid2, block, stream, pdl);
