@@ -185,6 +185,75 @@ def kt_batched_time(lay, calls, L, reps: int = 3) -> float:
     return statistics.median(ts)
 
 
+def fit_line(xs, ys):
+    """Least-squares y = a + b x -> (a, b)."""
+    xm, ym = statistics.fmean(xs), statistics.fmean(ys)
+    b = sum((x - xm) * (y - ym) for x, y in zip(xs, ys)) / sum((x - xm) ** 2 for x in xs)
+    return ym - b * xm, b
+
+
+def fixed_cost_sweep(ours, isas, ebytes, E, H, I, L, a) -> dict:
+    """Where a T=1 layer call's time goes: ms at n experts per call for each n in --fixed-cost,
+    the fitted intercept (per-call fixed cost) and slope (ms per expert -> streaming GB/s), plus
+    (a) an empty call (0 assignments: Python + binding only) and (b) a pool round trip (one tiny
+    64x64 expert: submit, 3 phases with their barriers, join), back to back (workers spinning)
+    and after a 2 ms pause (workers asleep)."""
+    ns = [int(n) for n in a.fixed_cost.split(",")]
+    out = {"experts_per_call": ns}
+    reps = max(9, a.max_reps)
+    x1 = torch.randn(1, H)
+    empty = ours("bf16", isas[0])(x1, torch.zeros(1, 0, dtype=torch.int64), torch.zeros(1, 0), 0)
+    out["empty_call_ms"] = median_time(lambda i: empty(), reps * 4) * 1e3
+    tiny_store = CpuExpertStore.from_tensors(
+        *(torch.randn(1, 64, 64) * 0.05 for _ in range(3)), fmt="bf16"
+    )
+    tiny_ptrs = tiny_store.expert_ptrs()
+    xt, ot = torch.randn(1, 64), torch.zeros(1, 64)
+    tok, eid, wt = (np.zeros(1, np.int32), np.zeros(1, np.int32), np.ones(1, np.float32))
+
+    def tiny():
+        native.cpu_moe_layer(
+            "bf16", 64, 64, tiny_ptrs, xt.data_ptr(), 1, tok, eid, wt, ot.data_ptr(), a.threads,
+            isas[0],
+        )
+
+    out["pool_round_trip_ms"] = median_time(lambda i: tiny(), reps * 4) * 1e3
+    out["pool_round_trip_after_2ms_ms"] = (
+        median_time(lambda i: (time.sleep(0.002), tiny()) and None, reps) * 1e3
+        - median_time(lambda i: time.sleep(0.002), reps) * 1e3
+    )
+    for fmt in ("bf16", "q8_0"):
+        for isa in isas:
+            ms = []
+            for n in ns:
+                calls = [
+                    ours(fmt, isa)(torch.randn(1, H), *routing(1, E, n, 7000 + r), r % L)
+                    for r in range(reps + 2)
+                ]
+                ms.append(median_time(lambda i, c=calls: c[i](), reps) * 1e3)
+            fixed, per = fit_line(ns, ms)
+            out[f"ours_{fmt}_{isa}"] = {
+                "ms": ms,
+                "fixed_ms": fixed,
+                "ms_per_expert": per,
+                "stream_gbs": ebytes[fmt] / (per * 1e-3) / 1e9,
+            }
+            print(
+                f"fixed cost ours_{fmt}_{isa}: "
+                + " ".join(f"n={n}:{m:.3f}ms" for n, m in zip(ns, ms))
+                + f" -> fixed {fixed:.3f} ms + {per:.4f} ms/expert "
+                f"({ebytes[fmt] / (per * 1e-3) / 1e9:.1f} GB/s streaming)",
+                flush=True,
+            )
+    print(
+        f"empty call {out['empty_call_ms'] * 1e3:.1f} us; pool round trip (tiny expert) "
+        f"{out['pool_round_trip_ms'] * 1e3:.1f} us back to back, "
+        f"{out['pool_round_trip_after_2ms_ms'] * 1e3:.1f} us after a 2 ms pause",
+        flush=True,
+    )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -201,6 +270,12 @@ def main() -> None:
     ap.add_argument("--kt-threads", type=int, default=0, help="kt CPUInfer workers (0: --threads)")
     ap.add_argument("--skip-torch", action="store_true", help="leave out the torch bf16 baseline")
     ap.add_argument("--max-reps", type=int, default=15)
+    ap.add_argument(
+        "--fixed-cost",
+        default="",
+        help="comma list of experts per call (e.g. 8,16,32,64): time ours at T=1 with that many "
+        "experts and fit time = fixed + n * per_expert (plus an empty call and a pool round trip)",
+    )
     ap.add_argument("--json", default="")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -255,44 +330,47 @@ def main() -> None:
             print(f"kt-kernel {m} unavailable: {exc}", flush=True)
 
     def ours(fmt, isa):
-        def call(x, ids, w, l):
-            T = x.shape[0]
-            out = torch.zeros(T, H, dtype=torch.float32)
-            tok = np.repeat(np.arange(T, dtype=np.int32), k)
-            native.cpu_moe_layer(
-                fmt,
-                H,
-                I,
-                ptrs[fmt][l],
-                x.data_ptr(),
-                T,
-                tok,
-                ids.to(torch.int32).reshape(-1).numpy(),
-                w.reshape(-1).numpy(),
-                out.data_ptr(),
-                a.threads,
-                isa,
-            )
+        return lambda x, ids, w, l: ours_call(fmt, isa, x, ids, w, l)
 
-        return call
+    def ours_call(fmt, isa, x, ids, w, l):
+        """Prepares the arguments (outside the timed region), returns the timed call."""
+        T, kk = ids.shape
+        out = torch.zeros(T, H, dtype=torch.float32)
+        tok = np.repeat(np.arange(T, dtype=np.int32), kk)
+        eid = ids.to(torch.int32).reshape(-1).numpy()
+        wf = w.to(torch.float32).reshape(-1).contiguous().numpy()
+        x = x.contiguous()
+        p = ptrs[fmt][l]
+        return lambda: native.cpu_moe_layer(
+            fmt, H, I, p, x.data_ptr(), T, tok, eid, wf, out.data_ptr(), a.threads, isa
+        )
 
+    # Each method: prep(x, ids, w, layer) -> call(); only call() is timed (argument conversion,
+    # output allocation and dtype casts happen in prep, for every method alike).
     methods = {f"ours_{f}_{i}": (ours(f, i), f) for f in ("bf16", "q8_0") for i in isas}
     if not a.skip_torch:
-        methods["torch_bf16"] = (
-            lambda x, ids, w, li: torch_bf16_layer(*layers[li], x.to(torch.bfloat16), ids, w),
-            "bf16",
-        )
+
+        def torch_prep(x, ids, w, li):
+            xb = x.to(torch.bfloat16)
+            return lambda: torch_bf16_layer(*layers[li], xb, ids, w)
+
+        methods["torch_bf16"] = (torch_prep, "bf16")
     for m, lay in kt.items():
-        methods[f"kt_{m}"] = (
-            lambda x, ids, w, l, lay=lay: lay[l](x.to(torch.bfloat16), ids, w),
-            "bf16",
-        )
+
+        def kt_prep(x, ids, w, l, lay=lay):
+            xb = x.to(torch.bfloat16)
+            return lambda: lay[l](xb, ids, w)
+
+        methods[f"kt_{m}"] = (kt_prep, "bf16")
 
     # Touch every expert of every layer once (first use page-faults).
     for name, (fn, _) in methods.items():
         for l in range(L):
             ids = torch.randperm(E)[: (E // k) * k].reshape(-1, k)
-            fn(torch.randn(ids.shape[0], H), ids, torch.rand(ids.shape), l)
+            fn(torch.randn(ids.shape[0], H), ids, torch.rand(ids.shape), l)()
+
+    if a.fixed_cost and isas:
+        res["fixed_cost"] = fixed_cost_sweep(ours, isas, ebytes, E, H, I, L, a)
 
     for T in Ts:
         if kt:  # kt's workers spin ~50 ms after a call on the cores ours use: let them go idle
@@ -302,10 +380,11 @@ def main() -> None:
         row = {"T": T, "reps": reps}
         distinct = float(np.mean([len(c[1].unique()) for c in calls]))
 
-        timed = {
-            name: (median_time(lambda i, fn=fn, calls=calls: fn(*calls[i], i % L), reps), fmt)
-            for name, (fn, fmt) in methods.items()
-        }
+        timed = {}
+        for name, (prep, fmt) in methods.items():
+            prepared = [prep(*c, i % L) for i, c in enumerate(calls)]
+            timed[name] = (median_time(lambda i, p=prepared: p[i](), reps), fmt)
+            del prepared
         for m, lay in kt.items():
             timed[f"kt_{m}_batched"] = (kt_batched_time(lay, calls, L), "bf16")
         for name, (dt, fmt) in timed.items():

@@ -33,6 +33,11 @@ static_assert(sizeof(QuantBlockQ8) == 36, "activation Q8 block is 36 bytes");
 // once; a malformed value raises hm::ValueError on first use.
 inline constexpr int kDefaultPrefetchBytes = 1024;
 int prefetch_bytes();
+// Cache level the SIMD variants' software prefetches target: HYBRID_MOE_PREFETCH_HINT = l1
+// (default, prefetcht0), l2 (prefetcht1) or nta (prefetchnta). Read once; a malformed value
+// raises hm::ValueError on first use.
+enum class PrefetchHint { kL1, kL2, kNonTemporal };
+PrefetchHint prefetch_hint();
 
 // Group size from which the AMX variant uses tiles (below it, its AVX512 code).
 inline constexpr int kAmxMinTokens = 8;

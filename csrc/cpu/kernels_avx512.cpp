@@ -92,6 +92,7 @@ struct RowPrefetcher {
   std::size_t stride, row_len, off;
   int64_t ahead_rows, rows_left;
   bool on;
+  PrefetchHint hint = prefetch_hint();
   RowPrefetcher(const uint8_t* w_, std::size_t stride_, std::size_t row_len_, int64_t rows_left_,
                 bool enabled)
       : w(w_), stride(stride_), row_len(row_len_), off(0), ahead_rows(0), rows_left(rows_left_) {
@@ -107,9 +108,14 @@ struct RowPrefetcher {
   inline void step(std::size_t bytes) {
     if (!on) return;
     for (int j = 0; j < R; ++j)
-      if (j + ahead_rows < rows_left)
-        _mm_prefetch(reinterpret_cast<const char*>(w + (j + ahead_rows) * stride + off),
-                     _MM_HINT_T0);
+      if (j + ahead_rows < rows_left) {
+        const char* p = reinterpret_cast<const char*>(w + (j + ahead_rows) * stride + off);
+        switch (hint) {  // fixed per process: the branch is always predicted
+          case PrefetchHint::kL2: _mm_prefetch(p, _MM_HINT_T1); break;
+          case PrefetchHint::kNonTemporal: _mm_prefetch(p, _MM_HINT_NTA); break;
+          default: _mm_prefetch(p, _MM_HINT_T0); break;
+        }
+      }
     off += bytes;
     if (off >= row_len) {
       off -= row_len;
@@ -151,15 +157,22 @@ inline void bf16_block(const uint8_t* w, std::size_t stride, int64_t n_in, const
     for (int t = 0; t < NT; ++t) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
-// The two fp16 scales of blocks b and b+1 (at blk and blk + 34) as lanes 0-7 and 8-15.
-inline __m512 q8_pair_scales(const uint8_t* blk) {
-  uint16_t d0, d1;
-  std::memcpy(&d0, blk, 2);
-  std::memcpy(&d1, blk + kQ8BlockBytes, 2);
-  const __m256i h = _mm256_inserti128_si256(
-      _mm256_castsi128_si256(_mm_set1_epi16(static_cast<short>(d0))),
-      _mm_set1_epi16(static_cast<short>(d1)), 1);
-  return _mm512_cvtph_ps(h);
+// Word indices for q8_pair's scales: words 0-7 <- word 0 (d of block b, bytes 0-1 of the pair),
+// words 8-15 <- word 17 (d of block b+1, bytes 34-35).
+inline __m512i q8_scale_index() {
+  return _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  //
+                          17, 17, 17, 17, 17, 17, 17, 17, 0, 0, 0, 0, 0, 0, 0, 0);
+}
+
+// One block pair of a weight row (68 bytes at blk: d0, q0[32], d1, q1[32]; no byte past blk + 68
+// is read). q: q0 in bytes 0-31, q1 in bytes 32-63; returns d0 in lanes 0-7, d1 in lanes 8-15.
+// Two full-width loads plus one merge and one word permute: fewer port-5 uops than broadcasting
+// the two scales from scalar loads (this runs once per 68 weight bytes and row at T = 1).
+inline __m512 q8_pair(const uint8_t* blk, __m512i idx, __m512i* q) {
+  const __m512i raw = _mm512_loadu_si512(blk);  // bytes 0-63
+  // bytes 2-65, then bytes 36-67 merged into lanes 32-63 (masked lanes are not read)
+  *q = _mm512_mask_loadu_epi8(_mm512_loadu_si512(blk + 2), 0xFFFFFFFF00000000ull, blk + 4);
+  return _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(idx, raw)));
 }
 
 // Q8: R rows x NT tokens. u8: token 0's u8 activations (token t at + t * n_in); sc: token 0's
@@ -173,6 +186,7 @@ inline void q8_block(const uint8_t* w, std::size_t stride, int64_t nb, const uin
     for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_setzero_ps();
   const __m512i c128 = _mm512_set1_epi8(static_cast<char>(0x80));
   const __m512i zero = _mm512_setzero_si512();
+  const __m512i idx = q8_scale_index();
   RowPrefetcher<R> pre(w, stride, static_cast<std::size_t>(nb) * kQ8BlockBytes, rows_left, pf);
   int64_t b = 0;
   for (; b + 2 <= nb; b += 2) {
@@ -184,11 +198,8 @@ inline void q8_block(const uint8_t* w, std::size_t stride, int64_t nb, const uin
       dx[t] = _mm512_loadu_ps(sc + (t * nb + b) * 8);
     }
     for (int r = 0; r < R; ++r) {
-      const uint8_t* blk = w + r * stride + b * kQ8BlockBytes;
-      const __m512i q = _mm512_inserti64x4(
-          _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2))),
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + kQ8BlockBytes + 2)), 1);
-      const __m512 dw = q8_pair_scales(blk);
+      __m512i q;
+      const __m512 dw = q8_pair(w + r * stride + b * kQ8BlockBytes, idx, &q);
       // -128 * (sum of each 4 weights): start value of every token's vpdpbusd.
       const __m512i neg_corr = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, c128, q));
       for (int t = 0; t < NT; ++t) {

@@ -3,6 +3,7 @@
 // (exact products); Q8_0 quantises activations per 32-block like the SIMD variants and sums the
 // int8 x int8 products of a block exactly in int32 before scaling by d_w * d_x.
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "core/check.h"
@@ -87,6 +88,19 @@ int prefetch_bytes() {
     return static_cast<int>(n);
   }();
   return bytes;
+}
+
+PrefetchHint prefetch_hint() {
+  static const PrefetchHint hint = [] {
+    const char* v = std::getenv("HYBRID_MOE_PREFETCH_HINT");
+    const std::string s = v ? v : "";
+    if (s.empty() || s == "l1") return PrefetchHint::kL1;
+    if (s == "l2") return PrefetchHint::kL2;
+    HM_CHECK(s == "nta", "environment variable HYBRID_MOE_PREFETCH_HINT='", s,
+             "': expected l1, l2 or nta");
+    return PrefetchHint::kNonTemporal;
+  }();
+  return hint;
 }
 
 const KernelOps& generic_ops() {

@@ -123,6 +123,33 @@ class MoeJob final : public Job {
     else if (p == 1) gate_up(groups_[item / blocks1_], item % blocks1_);
     else down(item);
   }
+  // At a phase barrier: one weight row of the item per step into L2 (weights are read-only, so
+  // this is safe before the earlier phase ends). Phase 1: the item's gate rows, then its up rows;
+  // phase 2: its down rows, expert group after expert group.
+  bool warm(int p, int64_t item, int64_t step) override {
+    const auto& L = args_.layout;
+    const uint8_t* row = nullptr;
+    std::size_t len = 0;
+    if (p == 1) {
+      const Group& g = groups_[item / blocks1_];
+      const int64_t r0 = (item % blocks1_) * kRowsPhase1;
+      const int64_t rows = std::min(kRowsPhase1, L.intermediate - r0);
+      if (step >= 2 * rows) return false;
+      len = row_bytes(L.format, L.hidden);
+      row = args_.experts[g.expert] + (step < rows ? L.gate_offset : L.up_offset) +
+            (r0 + step % rows) * len;
+    } else if (p == 2) {
+      const int64_t r0 = item * kRowsPhase2, rows = std::min(kRowsPhase2, L.hidden - r0);
+      if (step >= rows * static_cast<int64_t>(groups_.size())) return false;
+      len = row_bytes(L.format, L.intermediate);
+      row = args_.experts[groups_[step / rows].expert] + L.down_offset + (r0 + step % rows) * len;
+    } else {
+      return false;
+    }
+    for (std::size_t off = 0; off < len; off += 64) __builtin_prefetch(row + off, 0, 2);
+    __builtin_prefetch(row + len - 1, 0, 2);  // the last line when the row is not line-aligned
+    return true;
+  }
 
  private:
   uint8_t* scratch() const { return scratch_.first.get(); }
@@ -230,7 +257,8 @@ void validate(const MoeLayerArgs& a) {
 
 JobHandle submit_moe_layer(ThreadPool& pool, const MoeLayerArgs& args, Isa isa) {
   validate(args);
-  prefetch_bytes();  // a malformed HYBRID_MOE_PREFETCH raises here, in the caller's thread
+  prefetch_bytes();  // a malformed HYBRID_MOE_PREFETCH(_HINT) raises here, in the caller's thread
+  prefetch_hint();
   return pool.submit(std::make_shared<MoeJob>(args, kernel_ops(isa)));
 }
 

@@ -208,7 +208,21 @@ void ThreadPool::work_on(Job& job) {
     while (ticket >= job.phase_end_[p]) ++p;
     const int64_t start = p > 0 ? job.phase_end_[p - 1] : 0;
     // Phase barrier: tickets are handed out in order, so waiting for the count of finished items
-    // to reach this phase's start waits exactly for all earlier phases.
+    // to reach this phase's start waits exactly for all earlier phases. Before spinning, the
+    // item warms up step by step for as long as the barrier holds.
+    if (job.done_.load(std::memory_order_acquire) < start &&
+        !job.failed_.load(std::memory_order_relaxed)) {
+      try {
+        for (int64_t s = 0;
+             job.done_.load(std::memory_order_acquire) < start && job.warm(p, ticket - start, s);
+             ++s) {
+        }
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(job.m_);
+        if (!job.error_) job.error_ = std::current_exception();
+        job.failed_.store(true, std::memory_order_relaxed);
+      }
+    }
     for (int spins = 0; job.done_.load(std::memory_order_acquire) < start; ++spins) {
       if (spins < 4096) {
         HM_PAUSE();

@@ -4,6 +4,7 @@
 // take items from one global ticket counter, so phases run in order with an implicit barrier: a
 // ticket of phase p+1 waits until every item of phase p has finished (done counter). This gives
 // "all gate/up rows of all experts, barrier, all down rows" without a second synchronisation tool.
+// While it waits at a barrier, a worker lets its item warm up (Job::warm: e.g. prefetch weights).
 //
 // - Workers are created once, spin briefly (HYBRID_MOE_SPIN_US, default 100 us) when idle, then
 //   sleep on a condition variable; they are pinned one per physical core when Linux allows it.
@@ -34,6 +35,12 @@ class Job {
   virtual int phases() const = 0;
   virtual int64_t items(int phase) const = 0;
   virtual void run(int phase, int64_t item) = 0;
+  // Optional: a worker that already holds item `item` of phase p while earlier phases still run
+  // (it would spin at the phase barrier) calls warm(p, item, 0), warm(p, item, 1), ... until it
+  // returns false or the barrier clears. Lets the item fetch inputs no earlier phase writes (the
+  // CPU MoE layer prefetches its weight rows into L2), so barrier time streams DRAM instead of
+  // idling. May throw like run().
+  virtual bool warm(int /*phase*/, int64_t /*item*/, int64_t /*step*/) { return false; }
 
  private:
   friend class ThreadPool;

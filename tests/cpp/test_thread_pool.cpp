@@ -1,8 +1,10 @@
 // Thread pool: every item runs once, phases are ordered (barrier), exceptions reach wait(),
 // submit is non-blocking and jobs are freed when done.
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <stdexcept>
+#include <thread>
 #include <vector>
 
 #include "core/check.h"
@@ -82,4 +84,42 @@ HM_TEST(thread_pool_rejects_bad_sizes) {
   HM_EXPECT_THROWS(hm::cpu::ThreadPool too_big(2000, false), hm::ValueError);
   hm::cpu::ThreadPool pool(1, false);
   HM_EXPECT_THROWS(pool.submit(nullptr), hm::ValueError);
+}
+
+namespace {
+
+// Phase 0 has one item that holds the barrier until some phase-1 item has warmed (or 5 s pass);
+// warm records (phase, item, step) and stops after 3 steps, or throws when asked to.
+struct WarmJob final : hm::cpu::Job {
+  std::atomic<int> warm_calls{0}, warm_bad{0};
+  bool warm_throws = false;
+  int phases() const override { return 2; }
+  int64_t items(int p) const override { return p == 0 ? 1 : 6; }
+  void run(int p, int64_t) override {
+    if (p == 0) {
+      const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+      while (warm_calls.load() == 0 && std::chrono::steady_clock::now() < end)
+        std::this_thread::yield();
+    }
+  }
+  bool warm(int p, int64_t item, int64_t step) override {
+    if (p != 1 || item < 0 || item >= 6 || step < 0 || step > 3) warm_bad++;
+    warm_calls++;
+    if (warm_throws) throw std::runtime_error("warm failed");
+    return step < 3;
+  }
+};
+
+}  // namespace
+
+HM_TEST(thread_pool_warms_items_waiting_at_a_barrier) {
+  hm::cpu::ThreadPool pool(2, false);
+  auto job = std::make_shared<WarmJob>();
+  pool.run(job);
+  HM_EXPECT(job->warm_calls.load() >= 1);  // the second worker warmed while phase 0 ran
+  HM_EXPECT(job->warm_bad.load() == 0);
+  auto failing = std::make_shared<WarmJob>();
+  failing->warm_throws = true;
+  auto h = pool.submit(failing);
+  HM_EXPECT_THROWS(h.wait(), std::runtime_error);
 }
