@@ -47,19 +47,20 @@ timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_cpu_experts.py te
 echo "pytest rc=$?: $(tail -1 "$OUT/tests.log")" | tee -a "$OUT/info.txt"
 
 stage "benchmark (ours, torch, kt with $KT_THREADS workers, fixed-cost sweep)"
-timeout 200 python3 bench/bench_cpu_experts.py --threads "$THREADS" --kt-threads "$KT_THREADS" \
+timeout 150 python3 bench/bench_cpu_experts.py --threads "$THREADS" --kt-threads "$KT_THREADS" \
   --tokens "$TOKENS" --fixed-cost "$FIXED" $BENCH --json "$OUT/bench_cpu.json" \
   > "$OUT/bench.log" 2>&1
 echo "bench rc=$?" | tee -a "$OUT/info.txt"
 
 # Software prefetch variants of our SIMD kernels at T = 1, 4 (main run: 1024 bytes ahead, into
-# L1): distance and target cache level (HYBRID_MOE_PREFETCH, HYBRID_MOE_PREFETCH_HINT).
+# L1): distance and target cache level (HYBRID_MOE_PREFETCH, HYBRID_MOE_PREFETCH_HINT), and the
+# barrier-time weight prefetch turned off (HYBRID_MOE_BARRIER_WARM=0).
 stage "prefetch variants (ours, T=1,4)"
 for v in "HYBRID_MOE_PREFETCH_HINT=l1" "HYBRID_MOE_PREFETCH_HINT=l2" "HYBRID_MOE_PREFETCH=2048" \
-  "HYBRID_MOE_PREFETCH=2048 HYBRID_MOE_PREFETCH_HINT=l2" "HYBRID_MOE_PREFETCH=0"; do
+  "HYBRID_MOE_PREFETCH=0" "HYBRID_MOE_BARRIER_WARM=0"; do
   echo "$v" >> "$OUT/sweep.log"
-  env $v timeout 40 python3 bench/bench_cpu_experts.py --threads "$THREADS" --tokens 1,4 \
-    --kt "" --skip-torch $BENCH --layers 2 --max-reps 21 2>&1 | grep -E "^(DRAM|T= *[0-9]+ ours_)" >> "$OUT/sweep.log"
+  env $v timeout 30 python3 bench/bench_cpu_experts.py --threads "$THREADS" --tokens 1,4 \
+    --kt "" --skip-torch $BENCH --layers 2 --max-reps 21 2>&1 | grep -E "^(DRAM|T= *[0-9]+ ours_\S+ +[0-9])" >> "$OUT/sweep.log"
 done
 
 stage "C++ CPU tests (every ISA)"

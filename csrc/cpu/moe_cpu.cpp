@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "core/check.h"
@@ -67,6 +68,15 @@ inline void prefetch_rows(const uint8_t* w, std::size_t stride, int64_t rows, st
     for (std::size_t off = 0; off < bytes; off += 64) __builtin_prefetch(w + r * stride + off, 0, 3);
 }
 
+// HYBRID_MOE_BARRIER_WARM=0 turns the barrier-time weight prefetch off (for measurements).
+bool barrier_warm_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("HYBRID_MOE_BARRIER_WARM");
+    return !(v && std::string(v) == "0");
+  }();
+  return on;
+}
+
 struct Group {
   int32_t expert;
   int64_t slot0;  // first slot (index into slot_token / slot_weight)
@@ -127,6 +137,7 @@ class MoeJob final : public Job {
   // this is safe before the earlier phase ends). Phase 1: the item's gate rows, then its up rows;
   // phase 2: its down rows, expert group after expert group.
   bool warm(int p, int64_t item, int64_t step) override {
+    if (!barrier_warm_enabled()) return false;
     const auto& L = args_.layout;
     const uint8_t* row = nullptr;
     std::size_t len = 0;
