@@ -137,6 +137,7 @@ HM_BINDINGS(runtime) {
       .def("wait_copies", &Runtime::wait_copies, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("started", &Runtime::started)
       .def_property_readonly("has_gpu", &Runtime::has_gpu)
+      .def_property_readonly("decode_sync", &Runtime::decode_sync)
       .def_property_readonly("device", &Runtime::device)
       .def_property_readonly("n_layers", &Runtime::n_layers)
       .def_property_readonly("n_expert", &Runtime::n_expert)

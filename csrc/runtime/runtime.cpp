@@ -1,8 +1,10 @@
 // Runtime: registration, start-up, the shared planning step and the CPU path (runtime.h).
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
+#include "cpu/isa.h"
 #include "runtime/runtime_internal.h"
 
 namespace hm::runtime {
@@ -36,13 +38,22 @@ Runtime::Runtime(const RuntimeOptions& opt)
     : opt_(opt), device_(opt.device), t0_(Clock::now()), timeline_(t0_) {
   validate_options(opt);
   hint_acc_ = opt.hint_probability;
-  pool_ = &cpu::shared_pool(opt.threads);
+  int threads = opt.threads;
+  if (threads == 0 && device_ >= 0 && std::getenv("HYBRID_MOE_THREADS") == nullptr) {
+    // With a GPU, two cores stay free: the planner thread spins on one while decode steps come,
+    // the caller (Python, the CUDA driver's threads, the copy thread) uses the other. Pinned
+    // workers on every core starved them (bench/RESULTS.md, decode timeline).
+    threads = std::max(1, cpu::physical_cores() - 2);
+  }
+  pool_ = &cpu::shared_pool(threads);
   if (opt.n_layers > 0) layers_.resize(static_cast<std::size_t>(opt.n_layers));
   if (device_ >= 0) init_gpu();
 }
 
 Runtime::~Runtime() {
-  // Jobs still running read our buffers: join them before anything is freed.
+  // The device first (the planner thread serves queued steps, then stops); then the CPU jobs
+  // still running read our buffers: join them before anything is freed.
+  if (device_ >= 0) stop_gpu();
   for (auto& c : layers_) {
     if (!c || !c->job.valid()) continue;
     try {
@@ -50,7 +61,6 @@ Runtime::~Runtime() {
     } catch (...) {
     }
   }
-  if (device_ >= 0) stop_gpu();
 }
 
 void Runtime::check_layer(int layer) const {
@@ -239,9 +249,11 @@ void Runtime::reconfigure(const RuntimeOptions& o) {
     opt_ = prev;  // keep a working runtime: the previous configuration, rebuilt
     make_engine();
     if (device_ >= 0) start_engine_gpu();
+    resume_planner();
     throw;
   }
   if (device_ >= 0) start_engine_gpu();
+  resume_planner();
 }
 
 void Runtime::record_error(const std::string& what) {

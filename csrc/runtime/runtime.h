@@ -57,7 +57,8 @@ namespace hm::runtime {
 struct RuntimeOptions {
   std::string policy = "value";  // policy_names() except 'oracle' (simulator only)
   HardwareProfile profile;
-  int threads = 0;   // CPU pool size; 0: HYBRID_MOE_THREADS or the physical cores
+  int threads = 0;   // CPU pool size; 0: HYBRID_MOE_THREADS, else the physical cores (minus 2
+                     // with a GPU: the planner thread and the caller keep a core each)
   int device = -1;   // CUDA device ordinal; -1: CPU only (budget then counts as 0)
   // The cache budget: exactly one of these is >= 0. Fraction of all registered experts in [0, 1]
   // (ceil), bytes (floor to whole slots), or slots. 0 means every expert on the CPU.
@@ -121,6 +122,9 @@ class Runtime {
 
   // Introspection.
   bool has_gpu() const { return device_ >= 0; }
+  // How decode steps hand over to the host: "doorbell" (planner thread + stream memory
+  // operations) or "host functions" with the reason doorbells are not used.
+  std::string decode_sync() const;
   int device() const { return device_; }
   int n_layers() const { return n_layers_; }
   int n_expert() const { return n_expert_; }
@@ -144,10 +148,11 @@ class Runtime {
  private:
   struct Gpu;       // CUDA state (runtime_gpu.cpp); null without a device
   struct LayerCtx;  // per layer buffers, plan and counters
-  struct Launch {   // fixed arguments of one (layer, T, hints) host-function pair
+  struct Launch {   // fixed arguments of one (layer, T, hints) decode step
     Runtime* rt;
     LayerCtx* ctx;
     int T, n_hints;
+    uint32_t id;     // doorbell value naming this Launch (>= 1)
   };
   // Where each selected expert runs after plan(): slot >= 0 on the GPU, -1 on the CPU.
   struct PlanOut {
@@ -172,6 +177,14 @@ class Runtime {
   void record_error(const std::string& what);
   void host_plan(const Launch& la);  // decode host functions (runtime_gpu.cpp)
   void host_join(const Launch& la);
+  // Doorbell decode (runtime_planner.cpp): the planner thread replaces both host functions.
+  void init_doorbells();           // mapped words, probe of the stream memory operations
+  void enqueue_doorbell_waits(LayerCtx& c, Launch* la, void* stream, bool before_kernel);
+  void planner_loop();
+  bool planner_step();             // one pass over every layer's doorbells; true: did work
+  void pause_planner();            // returns once the planner is parked (quiesced runtime)
+  void resume_planner();
+  void stop_planner();
   static void plan_fn(void* launch);
   static void join_fn(void* launch);
   void init_gpu();    // runtime_gpu.cpp: device checks, CUDA state

@@ -142,6 +142,7 @@ void Runtime::start_gpu() {
     c.ev_start = a;
     c.ev_stop = b;
   }
+  init_doorbells();
 }
 
 void Runtime::start_engine_gpu() {
@@ -186,13 +187,15 @@ void Runtime::stop_engine_gpu() {
 void Runtime::quiesce_gpu() {
   HM_CUDA_CHECK(cudaSetDevice(device_));
   HM_CUDA_CHECK(cudaDeviceSynchronize());  // queued host functions name the engine's state
+  pause_planner();  // resume_planner() once the engine is rebuilt
   if (gpu_->mover) gpu_->mover->wait_idle();
 }
 
 void Runtime::stop_gpu() {
   if (!gpu_) return;
   (void)cudaSetDevice(device_);
-  (void)cudaDeviceSynchronize();  // host functions of queued steps still name our buffers
+  (void)cudaDeviceSynchronize();  // host functions / the planner serve the queued steps
+  stop_planner();
   for (auto& c : layers_) {
     if (!c || !c->job.valid()) continue;
     try {
@@ -216,6 +219,8 @@ void Runtime::stop_gpu() {
   }
   g.slab.reset();
   g.store.reset();
+  if (g.bells) (void)cudaFreeHost(g.bells);
+  g.bells = nullptr;
   gpu_.reset();
 }
 
@@ -248,7 +253,20 @@ std::vector<int64_t> Runtime::mover_stats() const {
 
 Runtime::Launch* Runtime::launch_for(LayerCtx& c, int T, int n_hints) {
   auto& slot = c.launches[{T, n_hints}];
-  if (!slot) slot = std::make_unique<Launch>(Launch{this, &c, T, n_hints});
+  if (!slot) {
+    Gpu& g = *gpu_;
+    uint32_t id = 0;
+    if (g.doorbell) {
+      id = g.n_launch_ids.load(std::memory_order_relaxed) + 1;
+      HM_CHECK_RT(id <= g.launch_by_id.size(), "more than ", g.launch_by_id.size(),
+                  " distinct (layer, tokens, hints) decode shapes");
+    }
+    slot = std::make_unique<Launch>(Launch{this, &c, T, n_hints, id});
+    if (g.doorbell) {
+      g.launch_by_id[id - 1] = slot.get();
+      g.n_launch_ids.store(id, std::memory_order_release);  // publishes the entry to the planner
+    }
+  }
   return slot.get();
 }
 
@@ -320,7 +338,11 @@ void Runtime::decode_cuda(LayerCtx& c, int64_t T, const void* x, const int32_t* 
   if (n_hints > 0)
     HM_CUDA_CHECK(cudaMemcpyAsync(c.hints_h, hints, static_cast<std::size_t>(n_hints) * 4,
                                   cudaMemcpyDeviceToHost, s));
-  HM_CUDA_CHECK(cudaLaunchHostFunc(s, &Runtime::plan_fn, la));
+  const bool bell = gpu_->doorbell;
+  if (bell)
+    enqueue_doorbell_waits(c, la, stream, /*before_kernel=*/true);
+  else
+    HM_CUDA_CHECK(cudaLaunchHostFunc(s, &Runtime::plan_fn, la));
   if (gpu_->slab) {
     const bool timed = !capturing && !c.timing_pending;
     if (timed) {
@@ -341,7 +363,10 @@ void Runtime::decode_cuda(LayerCtx& c, int64_t T, const void* x, const int32_t* 
       c.timing_pending = true;
     }
   }
-  HM_CUDA_CHECK(cudaLaunchHostFunc(s, &Runtime::join_fn, la));
+  if (bell)
+    enqueue_doorbell_waits(c, la, stream, /*before_kernel=*/false);
+  else
+    HM_CUDA_CHECK(cudaLaunchHostFunc(s, &Runtime::join_fn, la));
   const float* partial = c.d_partial_map;
   if (gpu_->partials_by_copy) {
     HM_CUDA_CHECK(cudaMemcpyAsync(gpu_->d_partial, c.partial_h, T * H * 4, cudaMemcpyHostToDevice, s));

@@ -7,6 +7,8 @@
 #include <cstdlib>
 #include <map>
 #include <memory>
+#include <string>
+#include <thread>
 #include <mutex>
 #include <utility>
 #include <vector>
@@ -82,6 +84,21 @@ struct Runtime::LayerCtx {
   std::atomic<bool> timing_armed{false};
   int timed_gpu_experts = 0;
   int64_t timed_gpu_pairs = 0;
+  // Doorbells (doorbell decode): one word per cache line in mapped host memory, host views
+  // (volatile: written by the GPU) and device views. ready: GPU -> planner, the Launch id once
+  // the inputs are staged; go: planner -> GPU, 1 once the plan is written; kdone: GPU -> planner,
+  // 1 once the decode kernel finished (its slots may be released); done: planner -> GPU, 1 once
+  // the CPU's partial sums are written. Each side resets the words it waits for.
+  volatile uint32_t* bell_ready = nullptr;
+  volatile uint32_t* bell_go = nullptr;
+  volatile uint32_t* bell_kdone = nullptr;
+  volatile uint32_t* bell_done = nullptr;
+  void* d_bell_ready = nullptr;
+  void* d_bell_go = nullptr;
+  void* d_bell_kdone = nullptr;
+  void* d_bell_done = nullptr;
+  bool kernel_pending = false;  // planner: go written, kdone not yet seen
+  bool cpu_pending = false;     // planner: CPU job running, done not yet written
   // Fixed host-function arguments per (T, n_hints): stable pointers for captured graphs.
   std::map<std::pair<int, int>, std::unique_ptr<Launch>> launches;
 };
@@ -106,6 +123,17 @@ struct Runtime::Gpu {
   std::vector<Completion> cq, cq_local;
   std::vector<double> request_us;  // [n_slots] when the slot's last copy was requested
   double last_completion_us = 0;
+
+  // Doorbell decode (runtime_planner.cpp).
+  bool doorbell = false;
+  std::string decode_sync_why;     // why host functions are used instead (empty: doorbell)
+  void* bells = nullptr;           // mapped block: 4 words per layer, 64 bytes apart
+  std::vector<Launch*> launch_by_id;  // [id - 1]; fixed capacity (no reallocation while read)
+  std::atomic<uint32_t> n_launch_ids{0};
+  std::thread planner;
+  std::atomic<bool> planner_stop{false};
+  std::atomic<bool> planner_pause{false};
+  std::atomic<bool> planner_parked{false};
 
   // Prefill scratch (host-driven, one layer at a time).
   std::vector<int32_t> ids, hints;

@@ -357,7 +357,15 @@ def run_decode(
     x0 = (torch.randn(1, hidden, generator=g)).to(
         dev, torch.bfloat16 if device == "cuda" else torch.float32
     )
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync = lambda: None  # noqa: E731
+    if device == "cuda":
+        # A blocking event: the waiting thread sleeps instead of spinning on a core the runtime's
+        # CPU workers and planner need (torch.cuda.synchronize spins by default).
+        done = torch.cuda.Event(blocking=True)
+
+        def sync() -> None:
+            done.record()
+            done.synchronize()
 
     def step() -> None:
         x = x0
@@ -498,47 +506,50 @@ def run_benchmark(
     )
     task = progress.add_task("bench decode", total=n_runs) if progress is not None else None
     rows: list[dict] = []
+    # One runtime per (format, expert count, top_k): its host store (58 GB pinned for the full
+    # bf16 model) is built once; every (source, budget, policy) of the group reconfigures it.
+    groups: dict[tuple[int, int], list[_Source]] = {}
+    for src in sources:
+        groups.setdefault((src.trace.n_expert, src.trace.top_k), []).append(src)
     for fmt in cfg.formats:
-        for src in sources:
+        for (n_expert, top_k), group in groups.items():
             t0 = time.perf_counter()
             weights = random_layer_weights(
-                fmt, src.trace.n_expert, cfg.hidden, cfg.intermediate, seed=cfg.seed
+                fmt, n_expert, cfg.hidden, cfg.intermediate, seed=cfg.seed
             )
-            log(
-                f"{src.desc} {fmt}: one layer of random experts in {time.perf_counter() - t0:.1f} s"
-            )
-            # One runtime per (source, format): its host store (58 GB pinned for the full bf16
-            # model) is built once; each configuration reconfigures policy and budget.
-            t0 = time.perf_counter()
             first = cfg.policies[0]
             model = make_model(
                 weights,
                 cfg.layers,
-                src.trace.top_k,
+                top_k,
                 first,
                 cfg.budgets[0] if first != "cpu" else 0,
                 profile,
                 cfg.threads,
                 cfg.device,
-                src.freq if first == "static" else None,
+                group[0].freq if first == "static" else None,
                 cfg.hint_accuracy,
-                src.router.next_router,
+                None,
             )
             del weights
-            log(f"{src.desc} {fmt}: runtime with {cfg.layers} layers in {time.perf_counter() - t0:.1f} s")
-            cpu_row = None
-            for budget in cfg.budgets:
-                for policy in cfg.policies:
-                    if policy == "cpu" and cpu_row is not None:
-                        rows.append(dict(cpu_row, budget=float(budget)))
-                        continue
-                    row = _one_config(cfg, profile, src, fmt, budget, policy, model, log)
-                    cpu_row = row if policy == "cpu" else cpu_row
-                    rows.append(row)
-                    if progress is not None:
-                        progress.advance(task)
+            log(
+                f"{fmt}, {n_expert} experts, top-{top_k}: runtime with {cfg.layers} layers in "
+                f"{time.perf_counter() - t0:.1f} s"
+            )
+            for src in group:
+                cpu_row = None
+                for budget in cfg.budgets:
+                    for policy in cfg.policies:
+                        if policy == "cpu" and cpu_row is not None:
+                            rows.append(dict(cpu_row, budget=float(budget)))
+                            continue
+                        row = _one_config(cfg, profile, src, fmt, budget, policy, model, log)
+                        cpu_row = row if policy == "cpu" else cpu_row
+                        rows.append(row)
+                        if progress is not None:
+                            progress.advance(task)
             del model
-            gc.collect()  # the runtime (pinned host store, VRAM slab) goes before the next
+            gc.collect()  # the runtime (pinned store, VRAM slab) goes before the next group
     _fit_layer_fixed(rows, profile, cfg, log)
     return {
         "config": {
@@ -624,6 +635,7 @@ def _one_config(
         "hit_rate": float(st.get("hit_rate", 0.0)),
         "stats": stats,
         "graph": bool(cfg.graph and cfg.device == "cuda"),
+        "decode_sync": st.get("decode_sync"),
         "timeline": tl.summary() if tl is not None else None,
     }
     row.update(
@@ -656,7 +668,7 @@ def _one_config(
         f"{row['bound_us'] / 1e3:.2f} ms, hit {row['hit_rate']:.0%}; setup {t_build:.1f} s)"
     )
     if tl is not None and tl.visits:
-        log(f"    timeline: {tl.describe()}")
+        log(f"    timeline ({st.get('decode_sync')}): {tl.describe()}")
     return row
 
 

@@ -131,7 +131,8 @@ class Runtime:
     policy: one of cpu, static, lru, lfu, lru-fetch, value ('oracle' is simulator-only).
     profile: hardware profile name, path or dict (hybrid_moe.cost_model.load_profile); None: the
         shipped profile closest to this machine. The runtime refines it from observed times.
-    threads: CPU pool size (None: HYBRID_MOE_THREADS or the physical cores).
+    threads: CPU pool size (None: HYBRID_MOE_THREADS, else the physical cores, minus 2 on a GPU
+        runtime so that its planner thread and the caller keep a core each).
     device: 'cpu', 'cuda', 'cuda:N', an int or None (the GPU when usable, else the CPU).
     n_layers: number of MoE layers, when known (layer_idx then lies in [0, n_layers)).
     decode_max_tokens: T above it takes the host-driven prefill path (not graph-capturable).
@@ -383,6 +384,7 @@ class Runtime:
             out[k] = sum(d[k] for d in layers)
         out["hit_rate"] = out["hits"] / out["experts"] if layers and out["experts"] else 0.0
         if self._native is not None:
+            out["decode_sync"] = self._native.decode_sync
             out["resident_experts"] = self._native.resident_experts()
             out["hint_accuracy"] = self._native.hint_accuracy()
             out["cost_scale"] = dict(

@@ -6,9 +6,9 @@
 
 One *visit* is one layer's decode step as the stream's host functions saw it:
     plan_begin .. plan_end          planning on the host (scheduler, mover requests, CPU submit)
-    plan_end .. join_begin          the GPU expert kernel, plus host-function latency
-    join_begin .. cpu_done          waiting for the CPU's experts (0 when they were done)
-    cpu_done .. join_end            releasing slots and pins
+    plan_end .. join_begin          the GPU expert kernel, plus hand-off latency
+    join_begin .. cpu_done          waiting for the CPU's experts (0 when they were done first)
+    .. join_end                     releasing slots and pins
     prev join_end .. plan_begin     `gap`: the previous layer's add-partials, the ops between
                                     layers, this layer's D2H staging and host-function latency
 Eager steps also record enqueue_begin/end on the caller's thread: `lead` = plan_begin -
@@ -92,8 +92,9 @@ class Timeline:
             jb = t.get("join_begin")
             cd = t.get("cpu_done", jb)
             if jb is not None:
-                p["cpu_wait"] = cd - jb
-                p["release"] = t["join_end"] - cd
+                # Doorbell decode may see the CPU finish before the kernel: no wait then.
+                p["cpu_wait"] = max(0.0, cd - jb)
+                p["release"] = t["join_end"] - max(cd, jb)
             if prev is not None:
                 p["gap"] = t["plan_begin"] - prev.t["join_end"]
             if i + 1 < len(done):
