@@ -226,7 +226,9 @@ def bench_decode(fmt, n_exp, n_rot, hbm):
     for name, env in (
         ("pdl_off", {"HM_DECODE_PDL": "0"}),
         ("rowgrid", {"HM_DECODE_STREAM": "0"}),
-        ("rowgrid_pdl_off", {"HM_DECODE_STREAM": "0", "HM_DECODE_PDL": "0"}),
+        ("down_regs", {"HM_DECODE_DOWN": "0"}),
+        ("rowgrid_down_regs", {"HM_DECODE_STREAM": "0", "HM_DECODE_DOWN": "0"}),
+        ("rowgrid_down_regs_pdl_off", {"HM_DECODE_STREAM": "0", "HM_DECODE_DOWN": "0", "HM_DECODE_PDL": "0"}),
     ):
         os.environ.update(env)
         try:
@@ -242,8 +244,7 @@ def bench_decode(fmt, n_exp, n_rot, hbm):
         "ours_graph_us": t_graph,
         "ours_eager_us": t_eager,
         "ours_graph_us_pdl_off": t_graph_nopdl,
-        "ours_graph_us_rowgrid": variants["rowgrid"],
-        "ours_graph_us_rowgrid_pdl_off": variants["rowgrid_pdl_off"],
+        **{f"ours_graph_us_{k}": v for k, v in variants.items()},
         "ours_GBps": bytes_ / t_graph / 1e3,
         "hbm_copy_GBps": hbm,
         "fraction_of_hbm": bytes_ / t_graph / 1e3 / hbm,
@@ -377,8 +378,9 @@ def main():
         print(
             f"decode {d['format']:5s} 8x1: {d['ours_graph_us']:.1f} us ({d['ours_GBps']:.0f} GB/s = "
             f"{100 * d['fraction_of_hbm']:.0f}% of HBM {d['hbm_copy_GBps']:.0f}; PDL off "
-            f"{d['ours_graph_us_pdl_off']:.1f} us; row grid {d['ours_graph_us_rowgrid']:.1f} / "
-            f"PDL off {d['ours_graph_us_rowgrid_pdl_off']:.1f} us){extra}"
+            f"{d['ours_graph_us_pdl_off']:.1f} us){extra}\n  phase-1 row grid {d['ours_graph_us_rowgrid']:.1f}, "
+            f"phase-2 register loads {d['ours_graph_us_down_regs']:.1f}, both (previous kernels) "
+            f"{d['ours_graph_us_rowgrid_down_regs']:.1f} / PDL off {d['ours_graph_us_rowgrid_down_regs_pdl_off']:.1f} us"
         )
     for p in res["prefill"]:
         g = p.get("torch_grouped_mm_us")

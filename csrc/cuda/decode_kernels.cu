@@ -11,6 +11,9 @@
 //   buffer, and each lane decodes whole 34-byte blocks from there with 4-byte reads and a funnel
 //   shift (the quants sit at 2 mod 4 or 0 mod 4); int8 -> fp32 by PRMT + FADD (no I2F). Rows that
 //   are not a multiple of 16 bytes (n_in / 32 not a multiple of 8) are copied with 2-byte loads.
+// Phase 2, default: down_async_kernel (all pairs' down rows of a token copied with cp.async at
+//   once, see its comment); the register-load kernels below are kept for Q8_0 rows that are not
+//   16-byte multiples and for A/B runs (HM_DECODE_DOWN=0).
 // Phase 2 (down): grid (ceil(H / 8), n_tokens), one warp per (token, output row), so each out
 //   element has exactly one writer. The warp walks the token's pairs (CSR token_ptr) in groups of
 //   4 and loads the down rows of all 4 pairs before using any (BF16: 4 x KC 16-byte loads per
@@ -271,20 +274,35 @@ __global__ void __launch_bounds__(kStreamWarps * 32)
   const int nseg = (row_bytes + SEG - 1) / SEG;
   const int64_t n_items = (r_end - r_beg) * nseg;
 
-  // Item it = (row r_beg + it / nseg, segment it % nseg) goes to stage it % NS. Every call
-  // commits one group (empty past the end), so "wait until NS - 1 groups are pending" always
-  // means "item it has landed".
-  auto issue = [&](int64_t it) {
-    if (it < n_items) {
-      const int64_t rr = r_beg + it / nseg;
-      const int s = static_cast<int>(it - (rr - r_beg) * nseg);
-      const int pair = static_cast<int>(rr / sl.I), row = static_cast<int>(rr - int64_t{pair} * sl.I);
-      const uint8_t* e = expert_ptr(sl, plan.pair_slot[pair]);
-      const std::size_t off = static_cast<std::size_t>(row) * row_bytes + s * SEG;
-      const int nch = min(SEG, row_bytes - s * SEG) / 16;
+  // Item it = (row r_beg + it / nseg, segment it % nseg) goes to stage it % NS. Two cursors walk
+  // the items incrementally (no 64-bit divisions per item): `in` issues, `cu` computes, NS - 1
+  // behind. Every issue() commits one group (empty past the end), so "wait until NS - 1 groups
+  // are pending" always means "item it has landed".
+  struct Cursor {
+    int pair, row, seg, stage;
+  };
+  const int pair0 = static_cast<int>(r_beg / sl.I);
+  Cursor in{pair0, static_cast<int>(r_beg - int64_t{pair0} * sl.I), 0, 0};
+  Cursor cu = in;
+  auto advance = [&](Cursor& c) {
+    if (++c.seg == nseg) {
+      c.seg = 0;
+      if (++c.row == sl.I) {
+        c.row = 0;
+        ++c.pair;
+      }
+    }
+    if (++c.stage == NS) c.stage = 0;
+  };
+  int64_t n_issued = 0;
+  auto issue = [&]() {
+    if (n_issued < n_items) {
+      const uint8_t* e = expert_ptr(sl, plan.pair_slot[in.pair]);
+      const std::size_t off = static_cast<std::size_t>(in.row) * row_bytes + in.seg * SEG;
+      const int nch = min(SEG, row_bytes - in.seg * SEG) / 16;
       const uint8_t* gs = e + sl.gate_off + off;
       const uint8_t* us = e + sl.up_off + off;
-      uint8_t* st = ring + static_cast<int>(it % NS) * STAGE;
+      uint8_t* st = ring + in.stage * STAGE;
 #pragma unroll
       for (int k = 0; k < CPL; ++k) {
         const int c = lane + 32 * k;
@@ -293,20 +311,22 @@ __global__ void __launch_bounds__(kStreamWarps * 32)
           cp_async16(st + SEG + kStagePad + 16 * c, us + 16 * c);
         }
       }
+      advance(in);
+      ++n_issued;
     }
     cp_async_commit();
   };
 #pragma unroll
-  for (int k = 0; k < NS - 1; ++k) issue(k);
+  for (int k = 0; k < NS - 1; ++k) issue();
   float sg = 0.f, su = 0.f;
   for (int64_t it = 0; it < n_items; ++it) {
-    issue(it + NS - 1);
+    issue();
     cp_async_wait<NS - 1>();
     __syncwarp();  // every lane's copies of item it are visible to the whole warp
-    const int64_t rr = r_beg + it / nseg;
-    const int s = static_cast<int>(it - (rr - r_beg) * nseg);
-    const int pair = static_cast<int>(rr / sl.I);
-    const uint8_t* st = ring + static_cast<int>(it % NS) * STAGE;
+    const int s = cu.seg, pair = cu.pair;
+    const int64_t rr = int64_t{pair} * sl.I + cu.row;
+    const uint8_t* st = ring + cu.stage * STAGE;
+    advance(cu);
     const __nv_bfloat16* xr = x + static_cast<int64_t>(plan.pair_token[pair]) * sl.H;
     if constexpr (!Q8) {
       const int nch = min(SEG, row_bytes - s * SEG) / 16;
@@ -466,6 +486,99 @@ __global__ void __launch_bounds__(kWarps * 32)
   if (lane == 0) dev::add_out(out, static_cast<int64_t>(t) * sl.H + row, acc);
 }
 
+// ---------------------------------------------------------------- phase 2, all pairs in flight
+// One warp per (token, output row) as above, but the down rows of up to kDownPairs (8) pairs of
+// the token go global -> shared with cp.async at once (BF16: pieces of 1536 bytes = 768 values,
+// 3 copies per lane and pair; Q8_0: pieces of 32 blocks = 1088 bytes), so with top-8 a warp waits
+// for DRAM once instead of once per group of 4 register-loaded pairs. Measured reason (ncu, H200,
+// 2026-11-28): the register version of Q8_0 phase 2 read 13.4 MB in 21 us (0.64 TB/s) with 16
+// warps per SM, each waiting twice for DRAM and then for h. Used for BF16 and for Q8_0 rows that
+// are 16-byte multiples unless HM_DECODE_DOWN=0.
+constexpr int kDownPairs = 8;
+template <bool Q8>
+__host__ __device__ constexpr int down_piece() {
+  return Q8 ? 32 * kQ8BlockBytes : 1536;
+}
+template <bool Q8>
+__host__ __device__ constexpr int down_smem_bytes() {
+  return kWarps * kDownPairs * (down_piece<Q8>() + kStagePad);
+}
+
+template <bool Q8, typename OutT>
+__global__ void __launch_bounds__(kWarps * 32)
+    down_async_kernel(KernelSlab sl, DevicePlan plan, const float* h, OutT* out) {
+  constexpr int PIECE = down_piece<Q8>(), SLOT = PIECE + kStagePad;
+  constexpr int CPL = (PIECE / 16 + 31) / 32;  // 3 copies per lane and pair
+  extern __shared__ __align__(16) uint8_t smem[];
+  const int t = blockIdx.y;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int row = blockIdx.x * kWarps + warp;
+  if (row >= sl.H) return;
+  uint8_t* buf = smem + warp * kDownPairs * SLOT;
+  const int beg = plan.token_ptr[t], end = plan.token_ptr[t + 1];
+  const int row_bytes = Q8 ? (sl.I / kQ8BlockSize) * kQ8BlockBytes : sl.I * 2;
+  const int npieces = (row_bytes + PIECE - 1) / PIECE;
+  float acc = 0.f;
+  bool waited = false;
+  for (int pc = 0; pc < npieces; ++pc) {
+    const int pbytes = min(PIECE, row_bytes - pc * PIECE);
+    const int nch = pbytes / 16;
+    for (int p0 = beg; p0 < end; p0 += kDownPairs) {
+      const int np = min(kDownPairs, end - p0);
+      for (int j = 0; j < np; ++j) {
+        const uint8_t* d = expert_ptr(sl, plan.pair_slot[p0 + j]) + sl.down_off +
+                           static_cast<std::size_t>(row) * row_bytes + pc * PIECE;
+#pragma unroll
+        for (int k = 0; k < CPL; ++k) {
+          const int c = lane + 32 * k;
+          if (c < nch) cp_async16(buf + j * SLOT + 16 * c, d + 16 * c);
+        }
+      }
+      cp_async_wait_all();
+      __syncwarp();  // every lane's copies are visible to the whole warp
+      if (!waited) {  // the first pieces are in shared memory; now h must be complete
+        dev::pdl_wait();
+        waited = true;
+      }
+      if constexpr (!Q8) {
+        for (int j = 0; j < np; ++j) {
+          const int p = p0 + j;
+          const float4* hp =
+              reinterpret_cast<const float4*>(h + static_cast<int64_t>(p) * sl.I + pc * (PIECE / 2));
+          const uint4* w = reinterpret_cast<const uint4*>(buf + j * SLOT);
+          float sum = 0.f;
+#pragma unroll
+          for (int k = 0; k < CPL; ++k) {
+            const int c = lane + 32 * k;
+            if (c < nch) sum += dev::dot8_bf16_f32(w[c], __ldca(hp + 2 * c), __ldca(hp + 2 * c + 1));
+          }
+          acc = fmaf(plan.pair_weight[p], sum, acc);
+        }
+      } else {
+        const int nblk = pbytes / kQ8BlockBytes;
+        for (int it = lane; it < np * nblk; it += 32) {
+          const int j = it / nblk, b = it - j * nblk;
+          const int p = p0 + j;
+          uint32_t q[8];
+          const float d = dev::q8_load_block_smem(buf + j * SLOT + b * kQ8BlockBytes, q);
+          const float4* hp = reinterpret_cast<const float4*>(
+              h + static_cast<int64_t>(p) * sl.I + (pc * 32 + b) * kQ8BlockSize);
+          float sum = 0.f;
+#pragma unroll
+          for (int c = 0; c < 4; ++c)
+            sum += dev::q8_dot8_f32(q[2 * c], q[2 * c + 1], __ldca(hp + 2 * c),
+                                    __ldca(hp + 2 * c + 1));
+          acc = fmaf(plan.pair_weight[p] * d, sum, acc);
+        }
+      }
+      __syncwarp();  // the buffer is refilled by the next group
+    }
+  }
+  if (!waited) dev::pdl_wait();
+  acc = dev::warp_sum(acc);
+  if (lane == 0) dev::add_out(out, static_cast<int64_t>(t) * sl.H + row, acc);
+}
+
 template <typename OutT>
 __global__ void add_partials_kernel(OutT* out, const float* __restrict__ partial, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
@@ -499,6 +612,27 @@ bool use_stream() {
   return env == nullptr || env[0] != '0';
 }
 
+// Phase 2 with all pairs' down rows in flight (down_async_kernel) unless HM_DECODE_DOWN=0.
+bool use_down_async() {
+  const char* env = std::getenv("HM_DECODE_DOWN");
+  return env == nullptr || env[0] != '0';
+}
+
+// Raises down_async_kernel<Q8, OutT>'s dynamic shared-memory limit once per device (needed
+// above 48 KB; one flag array per instantiation).
+template <bool Q8, typename OutT>
+void allow_down_smem() {
+  int dev = 0;
+  HM_CUDA_CHECK(cudaGetDevice(&dev));
+  HM_CHECK_RT(dev >= 0 && dev < 64, "device index out of range: ", dev);
+  static std::atomic<bool> done[64];
+  if (done[dev].load(std::memory_order_acquire)) return;
+  HM_CUDA_CHECK(cudaFuncSetAttribute(down_async_kernel<Q8, OutT>,
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     down_smem_bytes<Q8>()));
+  done[dev].store(true, std::memory_order_release);
+}
+
 // Blocks of the streaming phase-1 kernel: as many as are resident at once on the current device
 // (occupancy calculator, cached per device), but no more than the rows need (warps_needed rows at
 // most, one warp each). Also raises the kernel's dynamic shared-memory limit once per device.
@@ -525,12 +659,12 @@ int stream_grid(int64_t warps_needed) {
 }
 
 template <typename... Params, typename... Args>
-void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream,
-                   bool programmatic, Args... args) {
+void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t smem,
+                   cudaStream_t stream, bool programmatic, Args... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
-  cfg.dynamicSmemBytes = 0;
+  cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cudaLaunchAttribute attr[1] = {};
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -558,6 +692,17 @@ template <typename OutT>
 void launch_down(const KernelSlab& sl, const DevicePlan& plan, const float* h, OutT* out, bool q8,
                  dim3 grid, dim3 block, cudaStream_t stream, bool pdl) {
   using Fn = void (*)(KernelSlab, DevicePlan, const float*, OutT*);
+  const bool q8_wide = (sl.I / kQ8BlockSize) * kQ8BlockBytes % 16 == 0;
+  if (use_down_async() && (!q8 || q8_wide)) {
+    Fn afn = q8 ? down_async_kernel<true, OutT> : down_async_kernel<false, OutT>;
+    const int smem = q8 ? down_smem_bytes<true>() : down_smem_bytes<false>();
+    if (q8)
+      allow_down_smem<true, OutT>();
+    else
+      allow_down_smem<false, OutT>();
+    launch_kernel(afn, grid, block, static_cast<std::size_t>(smem), stream, pdl, sl, plan, h, out);
+    return;
+  }
   Fn fn = down_q8_kernel<OutT>;
   if (!q8) {
     switch (chunks_per_lane(sl.I / 8)) {
@@ -567,7 +712,7 @@ void launch_down(const KernelSlab& sl, const DevicePlan& plan, const float* h, O
       default: fn = down_bf16_kernel<4, OutT>; break;
     }
   }
-  launch_kernel(fn, grid, block, stream, pdl, sl, plan, h, out);
+  launch_kernel(fn, grid, block, 0, stream, pdl, sl, plan, h, out);
 }
 
 }  // namespace
