@@ -17,8 +17,8 @@ struct FreeDeleter {
   void operator()(uint64_t* p) const { std::free(p); }
 };
 
-// Sum of words [begin, end): 8 independent accumulators keep enough loads in flight per core.
-uint64_t read_words(const uint64_t* p, std::size_t n) {
+// Variant 1: one linear stream, 8 independent accumulators (the hardware prefetcher alone).
+uint64_t read_linear(const uint64_t* p, std::size_t n) {
   uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
   std::size_t i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -33,6 +33,27 @@ uint64_t read_words(const uint64_t* p, std::size_t n) {
   }
   for (; i < n; ++i) a0 += p[i];
   return a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7;
+}
+
+// Variant 2: the expert kernels' access pattern: kStreams interleaved streams (the range cut in
+// kStreams parts, one 64-byte line of each per step) with software prefetch kAhead bytes ahead
+// in every stream. On the lent Xeon variant 1 read 80-88 GB/s while the kernels streamed 110-128.
+constexpr int kStreams = 4;
+constexpr std::size_t kAhead = 2048;
+uint64_t read_streams(const uint64_t* p, std::size_t n) {
+  constexpr std::size_t kLine = 8;  // words per 64-byte line
+  const std::size_t part = n / kStreams / kLine * kLine;
+  uint64_t acc[kStreams][kLine] = {};
+  for (std::size_t i = 0; i < part; i += kLine)
+    for (int s = 0; s < kStreams; ++s) {
+      const uint64_t* q = p + s * part + i;
+      __builtin_prefetch(reinterpret_cast<const char*>(q) + kAhead, 0, 3);
+      for (std::size_t w = 0; w < kLine; ++w) acc[s][w] += q[w];
+    }
+  uint64_t sum = read_linear(p + kStreams * part, n - kStreams * part);  // the remainder
+  for (auto& a : acc)
+    for (uint64_t v : a) sum += v;
+  return sum;
 }
 
 }  // namespace
@@ -59,23 +80,27 @@ double measure_dram_read_gbps(ThreadPool& pool, std::size_t bytes, int reps) {
     for (std::size_t i = b; i < e; ++i) buf.get()[i] = i;
   });
   std::atomic<uint64_t> sink{0};
-  auto read_all = [&] {
-    pool.parallel_for(chunks, [&](int64_t c) {
-      const auto [b, e] = range(c);
-      sink.fetch_add(read_words(buf.get() + b, e - b), std::memory_order_relaxed);
-    });
-  };
-  read_all();  // warm: page tables, worker wake-up
-  std::vector<double> secs;
-  for (int r = 0; r < reps; ++r) {
-    const auto t0 = std::chrono::steady_clock::now();
-    read_all();
-    secs.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  double best = 0.0;
+  for (auto* reader : {&read_linear, &read_streams}) {
+    auto read_all = [&] {
+      pool.parallel_for(chunks, [&](int64_t c) {
+        const auto [b, e] = range(c);
+        sink.fetch_add(reader(buf.get() + b, e - b), std::memory_order_relaxed);
+      });
+    };
+    read_all();  // warm: page tables, worker wake-up
+    std::vector<double> secs;
+    for (int r = 0; r < reps; ++r) {
+      const auto t0 = std::chrono::steady_clock::now();
+      read_all();
+      secs.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    std::sort(secs.begin(), secs.end());
+    best = std::max(best, static_cast<double>(bytes) / secs[secs.size() / 2] / 1e9);
   }
-  std::sort(secs.begin(), secs.end());
   // The sum depends on every word, so the reads cannot be optimised away.
   HM_CHECK_RT(sink.load() != 0, "DRAM reader produced no data");
-  return static_cast<double>(bytes) / secs[secs.size() / 2] / 1e9;
+  return best;
 }
 
 }  // namespace hm::cpu

@@ -31,13 +31,22 @@ static_assert(sizeof(QuantBlockQ8) == 36, "activation Q8 block is 36 bytes");
 // Software prefetch distance of the SIMD variants, bytes ahead in each weight-row stream:
 // HYBRID_MOE_PREFETCH if set (0 turns software prefetch off), else kDefaultPrefetchBytes. Read
 // once; a malformed value raises hm::ValueError on first use.
-inline constexpr int kDefaultPrefetchBytes = 1024;
+inline constexpr int kDefaultPrefetchBytes = 2048;  // best of 0, 1024, 2048 on the lent Xeon
 int prefetch_bytes();
 // Cache level the SIMD variants' software prefetches target: HYBRID_MOE_PREFETCH_HINT = l1
 // (default, prefetcht0), l2 (prefetcht1) or nta (prefetchnta). Read once; a malformed value
 // raises hm::ValueError on first use.
 enum class PrefetchHint { kL1, kL2, kNonTemporal };
 PrefetchHint prefetch_hint();
+// Order in which the SIMD variants walk a call's weight rows, 4 at a time (HYBRID_MOE_ROW_ORDER):
+// streams (default): the rows are cut into 4 contiguous runs and a pass takes one row of each, so
+//   every one of the 4 concurrent load streams is one long sequential range (hardware
+//   prefetchers track one stream per 4 KiB page; Q8_0 rows are 2176 or 816 bytes, so with
+//   interleaved order 2-4 streams share a page);
+// interleaved: a pass takes 4 adjacent rows (rows 0-3, then 4-7, ...).
+// Read once; a malformed value raises hm::ValueError on first use.
+enum class RowOrder { kStreams, kInterleaved };
+RowOrder row_order();
 
 // Group size from which the AMX variant uses tiles (below it, its AVX512 code).
 inline constexpr int kAmxMinTokens = 8;

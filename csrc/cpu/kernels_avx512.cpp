@@ -2,8 +2,11 @@
 // At T = 1 the layer is pure weight streaming, so both formats are written to keep the memory
 // system busy: 4 weight rows per pass (4 independent streams, 4 x NT accumulator chains), few
 // instructions per weight byte (so the out-of-order window spans many cache lines), and software
-// prefetch of each stream prefetch_bytes() ahead (HYBRID_MOE_PREFETCH). A stream that runs past
-// the end of its row continues at the same row of the next 4-row pass, as the loads will.
+// prefetch of each stream prefetch_bytes() ahead (HYBRID_MOE_PREFETCH). Row order
+// (HYBRID_MOE_ROW_ORDER, kernel_ops.h): by default the call's rows are cut into 4 contiguous runs
+// and pass p takes row p of each run, so each of the 4 streams reads one sequential range (what
+// hardware prefetchers follow best); the prefetcher runs on from a row's end into the same
+// stream's next row, as the loads will.
 // BF16: activations rounded to bf16 once per group, dot products with vdpbf16ps (fp32 sums),
 //   32 values per instruction; a row tail (n % 32) is read with a masked load, the activation
 //   buffer is zero-padded to 32. Blocking: 4 weight rows x up to 4 tokens share each load.
@@ -23,6 +26,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "cpu/kernel_ops.h"
 #include "cpu/numeric.h"
@@ -82,34 +86,40 @@ void avx_pack(WeightFormat f, int n_tok, int64_t n, int64_t k0, int64_t k1,
   }
 }
 
-// Software prefetch of R row streams, `dist` bytes ahead of the loads. Row j of the current pass
-// is at w + j * stride and is `row_len` bytes long; the stream continues with row j + R, j + 2R,
-// ... (the next passes), and stops at row `rows_left` (rows of this call from the current pass
-// on), so that nothing beyond the caller's rows is fetched.
+// The R weight rows of one pass and where their streams continue (see [NOTE], row order).
+struct PassRows {
+  const uint8_t* w;     // row 0 of the pass
+  std::size_t step;     // bytes from row j to row j + 1 of the pass
+  std::size_t next;     // bytes from a row to the row after it in its stream (next pass)
+  int64_t yr;           // y index distance between rows j and j + 1 of the pass
+  int64_t passes_left;  // passes of the call from this one on (bounds the prefetch)
+  const uint8_t* row(int j) const { return w + j * step; }
+};
+
+// Software prefetch of R row streams, prefetch_bytes() ahead of the loads: stream j is row j of
+// the pass, `row_len` bytes long, continuing `next` bytes further in the next pass, up to
+// `passes_left` passes, so nothing beyond the caller's rows is fetched.
 template <int R>
 struct RowPrefetcher {
-  const uint8_t* w;
-  std::size_t stride, row_len, off;
-  int64_t ahead_rows, rows_left;
+  PassRows pr;
+  std::size_t row_len, off;
+  int64_t ahead = 0;  // passes ahead of the current one
   bool on;
   PrefetchHint hint = prefetch_hint();
-  RowPrefetcher(const uint8_t* w_, std::size_t stride_, std::size_t row_len_, int64_t rows_left_,
-                bool enabled)
-      : w(w_), stride(stride_), row_len(row_len_), off(0), ahead_rows(0), rows_left(rows_left_) {
-    const std::size_t dist = static_cast<std::size_t>(prefetch_bytes());
-    on = enabled && dist > 0;
-    off = dist;
+  RowPrefetcher(const PassRows& p, std::size_t row_len_, bool enabled)
+      : pr(p), row_len(row_len_), off(static_cast<std::size_t>(prefetch_bytes())) {
+    on = enabled && off > 0;
     while (on && off >= row_len) {
       off -= row_len;
-      ahead_rows += R;
+      ++ahead;
     }
   }
   // Call once per step of `step` bytes consumed in each row.
   inline void step(std::size_t bytes) {
     if (!on) return;
-    for (int j = 0; j < R; ++j)
-      if (j + ahead_rows < rows_left) {
-        const char* p = reinterpret_cast<const char*>(w + (j + ahead_rows) * stride + off);
+    if (ahead < pr.passes_left)
+      for (int j = 0; j < R; ++j) {
+        const char* p = reinterpret_cast<const char*>(pr.row(j) + ahead * pr.next + off);
         switch (hint) {  // fixed per process: the branch is always predicted
           case PrefetchHint::kL2: _mm_prefetch(p, _MM_HINT_T1); break;
           case PrefetchHint::kNonTemporal: _mm_prefetch(p, _MM_HINT_NTA); break;
@@ -119,26 +129,26 @@ struct RowPrefetcher {
     off += bytes;
     if (off >= row_len) {
       off -= row_len;
-      ahead_rows += R;
+      ++ahead;
     }
   }
 };
 
-// y[t * ldy + r] for R rows x NT tokens. rows_left: rows of the call from this pass on (prefetch).
+// y[t * ldy + r * yr] for the R rows of pass pr x NT tokens.
 template <int R, int NT>
-inline void bf16_block(const uint8_t* w, std::size_t stride, int64_t n_in, const uint16_t* act,
-                       int64_t act_stride, float* y, int64_t ldy, int64_t rows_left, bool pf) {
+inline void bf16_block(const PassRows& pr, int64_t n_in, const uint16_t* act, int64_t act_stride,
+                       float* y, int64_t ldy, bool pf) {
   __m512 acc[R][NT];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_setzero_ps();
-  RowPrefetcher<R> pre(w, stride, static_cast<std::size_t>(n_in) * 2, rows_left, pf);
+  RowPrefetcher<R> pre(pr, static_cast<std::size_t>(n_in) * 2, pf);
   int64_t k = 0;
   for (; k + 32 <= n_in; k += 32) {
     pre.step(64);
     __m512i a[NT];
     for (int t = 0; t < NT; ++t) a[t] = _mm512_loadu_si512(act + t * act_stride + k);
     for (int r = 0; r < R; ++r) {
-      const __m512i wv = _mm512_loadu_si512(w + r * stride + k * 2);
+      const __m512i wv = _mm512_loadu_si512(pr.row(r) + k * 2);
       for (int t = 0; t < NT; ++t)
         acc[r][t] = _mm512_dpbf16_ps(acc[r][t], (__m512bh)wv, (__m512bh)a[t]);
     }
@@ -148,13 +158,13 @@ inline void bf16_block(const uint8_t* w, std::size_t stride, int64_t n_in, const
     __m512i a[NT];
     for (int t = 0; t < NT; ++t) a[t] = _mm512_loadu_si512(act + t * act_stride + k);
     for (int r = 0; r < R; ++r) {
-      const __m512i wv = _mm512_maskz_loadu_epi16(m, w + r * stride + k * 2);
+      const __m512i wv = _mm512_maskz_loadu_epi16(m, pr.row(r) + k * 2);
       for (int t = 0; t < NT; ++t)
         acc[r][t] = _mm512_dpbf16_ps(acc[r][t], (__m512bh)wv, (__m512bh)a[t]);
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int t = 0; t < NT; ++t) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+    for (int t = 0; t < NT; ++t) y[t * ldy + r * pr.yr] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
 // Word indices for q8_pair's scales: words 0-7 <- word 0 (d of block b, bytes 0-1 of the pair),
@@ -178,8 +188,8 @@ inline __m512 q8_pair(const uint8_t* blk, __m512i idx, __m512i* q) {
 // Q8: R rows x NT tokens. u8: token 0's u8 activations (token t at + t * n_in); sc: token 0's
 // expanded scales (token t at + t * nb * 8).
 template <int R, int NT>
-inline void q8_block(const uint8_t* w, std::size_t stride, int64_t nb, const uint8_t* u8,
-                     const float* sc, float* y, int64_t ldy, int64_t rows_left, bool pf) {
+inline void q8_block(const PassRows& pr, int64_t nb, const uint8_t* u8, const float* sc, float* y,
+                     int64_t ldy, bool pf) {
   const int64_t n_in = nb * kQ8BlockSize;
   __m512 acc[R][NT];
   for (int r = 0; r < R; ++r)
@@ -187,7 +197,7 @@ inline void q8_block(const uint8_t* w, std::size_t stride, int64_t nb, const uin
   const __m512i c128 = _mm512_set1_epi8(static_cast<char>(0x80));
   const __m512i zero = _mm512_setzero_si512();
   const __m512i idx = q8_scale_index();
-  RowPrefetcher<R> pre(w, stride, static_cast<std::size_t>(nb) * kQ8BlockBytes, rows_left, pf);
+  RowPrefetcher<R> pre(pr, static_cast<std::size_t>(nb) * kQ8BlockBytes, pf);
   int64_t b = 0;
   for (; b + 2 <= nb; b += 2) {
     pre.step(2 * kQ8BlockBytes);
@@ -199,7 +209,7 @@ inline void q8_block(const uint8_t* w, std::size_t stride, int64_t nb, const uin
     }
     for (int r = 0; r < R; ++r) {
       __m512i q;
-      const __m512 dw = q8_pair(w + r * stride + b * kQ8BlockBytes, idx, &q);
+      const __m512 dw = q8_pair(pr.row(r) + b * kQ8BlockBytes, idx, &q);
       // -128 * (sum of each 4 weights): start value of every token's vpdpbusd.
       const __m512i neg_corr = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, c128, q));
       for (int t = 0; t < NT; ++t) {
@@ -218,7 +228,7 @@ inline void q8_block(const uint8_t* w, std::size_t stride, int64_t nb, const uin
       dx[t] = _mm512_maskz_loadu_ps(0x00ff, sc + (t * nb + b) * 8);
     }
     for (int r = 0; r < R; ++r) {
-      const uint8_t* blk = w + r * stride + b * kQ8BlockBytes;
+      const uint8_t* blk = pr.row(r) + b * kQ8BlockBytes;
       const __m512i q = _mm512_zextsi256_si512(
           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2)));
       uint16_t d0;
@@ -233,79 +243,86 @@ inline void q8_block(const uint8_t* w, std::size_t stride, int64_t nb, const uin
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int t = 0; t < NT; ++t) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+    for (int t = 0; t < NT; ++t) y[t * ldy + r * pr.yr] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
-// R rows, all n_tok tokens in chunks of 4 (weights are prefetched on the first chunk only; the
-// later chunks find the R rows in L1/L2).
+// The R rows of pass pr, all n_tok tokens in chunks of 4 (weights are prefetched on the first
+// chunk only; the later chunks find the R rows in L1/L2).
 template <int R>
-void bf16_rows(const uint8_t* w, std::size_t stride, int64_t n_in, const uint16_t* act,
-               int64_t act_stride, int n_tok, float* y, int64_t ldy, int64_t rows_left) {
+void bf16_rows(const PassRows& pr, int64_t n_in, const uint16_t* act, int64_t act_stride,
+               int n_tok, float* y, int64_t ldy) {
   int t = 0;
   for (; t + 4 <= n_tok; t += 4)
-    bf16_block<R, 4>(w, stride, n_in, act + t * act_stride, act_stride, y + t * ldy, ldy,
-                     rows_left, t == 0);
+    bf16_block<R, 4>(pr, n_in, act + t * act_stride, act_stride, y + t * ldy, ldy, t == 0);
   const uint16_t* a = act + t * act_stride;
   float* yt = y + t * ldy;
   const bool pf = t == 0;
   switch (n_tok - t) {
-    case 3: bf16_block<R, 3>(w, stride, n_in, a, act_stride, yt, ldy, rows_left, pf); break;
-    case 2: bf16_block<R, 2>(w, stride, n_in, a, act_stride, yt, ldy, rows_left, pf); break;
-    case 1: bf16_block<R, 1>(w, stride, n_in, a, act_stride, yt, ldy, rows_left, pf); break;
+    case 3: bf16_block<R, 3>(pr, n_in, a, act_stride, yt, ldy, pf); break;
+    case 2: bf16_block<R, 2>(pr, n_in, a, act_stride, yt, ldy, pf); break;
+    case 1: bf16_block<R, 1>(pr, n_in, a, act_stride, yt, ldy, pf); break;
     default: break;
   }
 }
 
 template <int R>
-void q8_rows(const uint8_t* w, std::size_t stride, int64_t nb, const uint8_t* u8, const float* sc,
-             int n_tok, float* y, int64_t ldy, int64_t rows_left) {
+void q8_rows(const PassRows& pr, int64_t nb, const uint8_t* u8, const float* sc, int n_tok,
+             float* y, int64_t ldy) {
   const int64_t n_in = nb * kQ8BlockSize;
   int t = 0;
   for (; t + 4 <= n_tok; t += 4)
-    q8_block<R, 4>(w, stride, nb, u8 + t * n_in, sc + t * nb * 8, y + t * ldy, ldy, rows_left,
-                   t == 0);
+    q8_block<R, 4>(pr, nb, u8 + t * n_in, sc + t * nb * 8, y + t * ldy, ldy, t == 0);
   const uint8_t* u = u8 + t * n_in;
   const float* s = sc + t * nb * 8;
   float* yt = y + t * ldy;
   const bool pf = t == 0;
   switch (n_tok - t) {
-    case 3: q8_block<R, 3>(w, stride, nb, u, s, yt, ldy, rows_left, pf); break;
-    case 2: q8_block<R, 2>(w, stride, nb, u, s, yt, ldy, rows_left, pf); break;
-    case 1: q8_block<R, 1>(w, stride, nb, u, s, yt, ldy, rows_left, pf); break;
+    case 3: q8_block<R, 3>(pr, nb, u, s, yt, ldy, pf); break;
+    case 2: q8_block<R, 2>(pr, nb, u, s, yt, ldy, pf); break;
+    case 1: q8_block<R, 1>(pr, nb, u, s, yt, ldy, pf); break;
+    default: break;
+  }
+}
+
+// Runs body<R>(pass, y of the pass) over all rows: full passes of kRows rows in the row order of
+// HYBRID_MOE_ROW_ORDER (see [NOTE]), then one pass of the rows % kRows tail rows.
+template <typename Body>
+void for_each_pass(const uint8_t* w, std::size_t stride, int64_t rows, float* y, Body&& body) {
+  const int64_t n_pass = rows / kRows, tail = rows % kRows;
+  const bool streams = row_order() == RowOrder::kStreams;
+  for (int64_t p = 0; p < n_pass; ++p) {
+    const PassRows pr =
+        streams ? PassRows{w + p * stride, n_pass * stride, stride, n_pass, n_pass - p}
+                : PassRows{w + p * kRows * stride, stride, kRows * stride, 1, n_pass - p};
+    body(std::integral_constant<int, kRows>(), pr, y + (streams ? p : p * kRows));
+  }
+  const PassRows pt{w + n_pass * kRows * stride, stride, tail * stride, 1, 1};
+  float* yt = y + n_pass * kRows;
+  switch (tail) {
+    case 3: body(std::integral_constant<int, 3>(), pt, yt); break;
+    case 2: body(std::integral_constant<int, 2>(), pt, yt); break;
+    case 1: body(std::integral_constant<int, 1>(), pt, yt); break;
     default: break;
   }
 }
 
 void avx_dot_rows(WeightFormat f, const uint8_t* w, std::size_t row_stride, int64_t rows,
                   int64_t n_in, const uint8_t* packed, int n_tok, float* y, int64_t ldy) {
-  int64_t r = 0;
   if (f == WeightFormat::kBF16) {
     const auto* act = reinterpret_cast<const uint16_t*>(packed);
     const int64_t as = round32(n_in);
-    for (; r + kRows <= rows; r += kRows)
-      bf16_rows<kRows>(w + r * row_stride, row_stride, n_in, act, as, n_tok, y + r, ldy, rows - r);
-    const uint8_t* wr = w + r * row_stride;
-    switch (rows - r) {
-      case 3: bf16_rows<3>(wr, row_stride, n_in, act, as, n_tok, y + r, ldy, 3); break;
-      case 2: bf16_rows<2>(wr, row_stride, n_in, act, as, n_tok, y + r, ldy, 2); break;
-      case 1: bf16_rows<1>(wr, row_stride, n_in, act, as, n_tok, y + r, ldy, 1); break;
-      default: break;
-    }
+    for_each_pass(w, row_stride, rows, y, [&](auto r, const PassRows& pr, float* yp) {
+      bf16_rows<decltype(r)::value>(pr, n_in, act, as, n_tok, yp, ldy);
+    });
     return;
   }
   const int64_t nb = n_in / kQ8BlockSize;
   const Q8Parts parts = q8_parts(n_tok, n_in);
   const uint8_t* u8 = packed + parts.u8;
   const auto* sc = reinterpret_cast<const float*>(packed + parts.scales);
-  for (; r + kRows <= rows; r += kRows)
-    q8_rows<kRows>(w + r * row_stride, row_stride, nb, u8, sc, n_tok, y + r, ldy, rows - r);
-  const uint8_t* wr = w + r * row_stride;
-  switch (rows - r) {
-    case 3: q8_rows<3>(wr, row_stride, nb, u8, sc, n_tok, y + r, ldy, 3); break;
-    case 2: q8_rows<2>(wr, row_stride, nb, u8, sc, n_tok, y + r, ldy, 2); break;
-    case 1: q8_rows<1>(wr, row_stride, nb, u8, sc, n_tok, y + r, ldy, 1); break;
-    default: break;
-  }
+  for_each_pass(w, row_stride, rows, y, [&](auto r, const PassRows& pr, float* yp) {
+    q8_rows<decltype(r)::value>(pr, nb, u8, sc, n_tok, yp, ldy);
+  });
 }
 
 }  // namespace

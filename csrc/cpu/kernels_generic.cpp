@@ -103,6 +103,18 @@ PrefetchHint prefetch_hint() {
   return hint;
 }
 
+RowOrder row_order() {
+  static const RowOrder order = [] {
+    const char* v = std::getenv("HYBRID_MOE_ROW_ORDER");
+    const std::string s = v ? v : "";
+    if (s.empty() || s == "streams") return RowOrder::kStreams;
+    HM_CHECK(s == "interleaved", "environment variable HYBRID_MOE_ROW_ORDER='", s,
+             "': expected streams or interleaved");
+    return RowOrder::kInterleaved;
+  }();
+  return order;
+}
+
 const KernelOps& generic_ops() {
   static const KernelOps ops{Isa::kGeneric, generic_packed_bytes, generic_pack, generic_dot_rows};
   return ops;

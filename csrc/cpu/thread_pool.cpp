@@ -152,6 +152,14 @@ JobHandle ThreadPool::submit(std::shared_ptr<Job> job) {
   return JobHandle(std::move(job));
 }
 
+void ThreadPool::wake() {
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    epoch_.fetch_add(1, std::memory_order_release);
+  }
+  cv_.notify_all();
+}
+
 void ThreadPool::parallel_for(int64_t n, std::function<void(int64_t)> fn) {
   struct ForJob final : Job {
     int64_t n;

@@ -83,6 +83,11 @@ class ThreadPool {
   bool pinned() const { return pinned_; }
 
   JobHandle submit(std::shared_ptr<Job> job);
+  // Hint that a job comes soon: sleeping workers wake and spin (HYBRID_MOE_SPIN_US) for it, then
+  // sleep again if none came. A submit after an idle gap longer than the spin otherwise pays the
+  // wake-up from sleep (14.5 us pool round trip back to back vs 109 us after a 2 ms pause, lent
+  // Xeon); calling wake() ~0.1 ms before such a submit hides it. Cheap; callable from any thread.
+  void wake();
   void run(std::shared_ptr<Job> job) { submit(std::move(job)).wait(); }
   // Convenience: fn(i) for i in [0, n) on the workers; blocks; rethrows.
   void parallel_for(int64_t n, std::function<void(int64_t)> fn);

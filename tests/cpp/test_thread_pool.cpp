@@ -123,3 +123,16 @@ HM_TEST(thread_pool_warms_items_waiting_at_a_barrier) {
   auto h = pool.submit(failing);
   HM_EXPECT_THROWS(h.wait(), std::runtime_error);
 }
+
+HM_TEST(thread_pool_wake_hint_keeps_the_pool_working) {
+  hm::cpu::ThreadPool pool(3, false);
+  for (int rep = 0; rep < 50; ++rep) {
+    pool.wake();  // idle workers wake and spin; the job that follows (or none) runs as usual
+    if (rep % 5 == 0) std::this_thread::sleep_for(std::chrono::microseconds(300));
+    auto job = std::make_shared<PhasedJob>(std::vector<int64_t>{7, 9});
+    pool.run(job);
+    for (auto& h : job->hits) HM_EXPECT(h.load() == 1);
+    HM_EXPECT(job->phase1_started_early.load() == 0);
+  }
+  pool.wake();  // a hint with no job after it, then destruction: workers must still stop
+}
