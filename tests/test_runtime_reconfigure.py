@@ -97,18 +97,33 @@ def test_reconfigure_before_start_only_changes_options():
 def test_timeline_parser_on_handmade_events():
     # Two layers, one step, then layer 0 again; times in us. Kinds as in csrc/runtime/timeline.h.
     ev = [
-        (0.0, 0, 0, 1, 0), (5.0, 0, 1, 0, 0),  # enqueue layer 0
-        (10.0, 0, 2, 1, 0), (14.0, 0, 3, 2, 3),  # plan: 2 CPU experts, 3 GPU
-        (40.0, 0, 4, 0, 0), (70.0, 0, 5, 1, 0), (72.0, 0, 6, 0, 0),
+        (0.0, 0, 0, 1, 0),
+        (5.0, 0, 1, 0, 0),  # enqueue layer 0
+        (10.0, 0, 2, 1, 0),
+        (14.0, 0, 3, 2, 3),  # plan: 2 CPU experts, 3 GPU
+        (40.0, 0, 4, 0, 0),
+        (70.0, 0, 5, 1, 0),
+        (72.0, 0, 6, 0, 0),
         (30.0, -1, 7, 5, 0),  # a copy landed
-        (90.0, 1, 2, 1, 0), (92.0, 1, 3, 0, 5), (120.0, 1, 4, 0, 0), (121.0, 1, 6, 0, 0),
-        (150.0, 0, 2, 1, 0), (151.0, 0, 3, 0, 1), (170.0, 0, 4, 0, 0), (171.0, 0, 6, 0, 0),
+        (90.0, 1, 2, 1, 0),
+        (92.0, 1, 3, 0, 5),
+        (120.0, 1, 4, 0, 0),
+        (121.0, 1, 6, 0, 0),
+        (150.0, 0, 2, 1, 0),
+        (151.0, 0, 3, 0, 1),
+        (170.0, 0, 4, 0, 0),
+        (171.0, 0, 6, 0, 0),
     ]
     tl = Timeline(ev)
     assert [v.layer for v in tl.visits] == [0, 1, 0]
     v0, v1, v2 = tl.visits
     assert v0.phases == {
-        "plan": 4.0, "gpu": 26.0, "cpu_wait": 30.0, "release": 2.0, "period": 80.0, "lead": 5.0
+        "plan": 4.0,
+        "gpu": 26.0,
+        "cpu_wait": 30.0,
+        "release": 2.0,
+        "period": 80.0,
+        "lead": 5.0,
     }
     assert v0.cpu_experts == 2 and v0.gpu_experts == 3 and v0.cpu_waited
     assert v1.phases["gap"] == 18.0 and v1.phases["cpu_wait"] == 0.0 and "lead" not in v1.phases

@@ -133,6 +133,7 @@ HM_BINDINGS(runtime) {
           },
           "[(t_us, layer, kind, a, b)] recorded so far (kinds: TimelineKind in timeline.h)")
       .def("timeline_dropped", &Runtime::timeline_dropped)
+      .def("settle", &Runtime::settle, py::call_guard<py::gil_scoped_release>())
       .def("check_error", &Runtime::check_error)
       .def("wait_copies", &Runtime::wait_copies, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("started", &Runtime::started)

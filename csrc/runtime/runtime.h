@@ -119,6 +119,10 @@ class Runtime {
   void check_error();
   // Blocks until the mover has copied everything it was asked to (tests, benchmarks).
   void wait_copies();
+  // Blocks until every queued step has finished and been accounted (device synchronize, and the
+  // planner thread has handled every doorbell): stats and the timeline are then complete.
+  // Not while a stream of this runtime is being captured.
+  void settle();
 
   // Introspection.
   bool has_gpu() const { return device_ >= 0; }

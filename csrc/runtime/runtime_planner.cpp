@@ -256,6 +256,14 @@ void Runtime::pause_planner() {
   }
 }
 
+void Runtime::settle() {
+  if (!gpu_ || !started_) return;
+  HM_CUDA_CHECK(cudaSetDevice(device_));
+  HM_CUDA_CHECK(cudaDeviceSynchronize());
+  pause_planner();  // handles the kdone words the planner had not seen yet
+  resume_planner();
+}
+
 void Runtime::resume_planner() {
   if (gpu_ && gpu_->doorbell) gpu_->planner_pause.store(false, std::memory_order_release);
 }
@@ -269,11 +277,20 @@ void Runtime::stop_planner() {
 #else  // CPU-only build
 
 std::string Runtime::decode_sync() const { return "none (CPU only)"; }
+void Runtime::settle() {}
 void Runtime::init_doorbells() {}
 void Runtime::enqueue_doorbell_waits(LayerCtx&, Launch*, void*, bool) {}
 void Runtime::planner_loop() {}
 bool Runtime::planner_step() { return false; }
 void Runtime::pause_planner() {}
+void Runtime::settle() {
+  if (!gpu_ || !started_) return;
+  HM_CUDA_CHECK(cudaSetDevice(device_));
+  HM_CUDA_CHECK(cudaDeviceSynchronize());
+  pause_planner();  // handles the kdone words the planner had not seen yet
+  resume_planner();
+}
+
 void Runtime::resume_planner() {}
 void Runtime::stop_planner() {}
 

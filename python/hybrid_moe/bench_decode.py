@@ -357,15 +357,14 @@ def run_decode(
     x0 = (torch.randn(1, hidden, generator=g)).to(
         dev, torch.bfloat16 if device == "cuda" else torch.float32
     )
-    sync = lambda: None  # noqa: E731
-    if device == "cuda":
-        # A blocking event: the waiting thread sleeps instead of spinning on a core the runtime's
-        # CPU workers and planner need (torch.cuda.synchronize spins by default).
-        done = torch.cuda.Event(blocking=True)
+    # A blocking event: the waiting thread sleeps instead of spinning on a core the runtime's
+    # CPU workers and planner need (torch.cuda.synchronize spins by default).
+    finished = torch.cuda.Event(blocking=True) if device == "cuda" else None
 
-        def sync() -> None:
-            done.record()
-            done.synchronize()
+    def sync() -> None:
+        if finished is not None:
+            finished.record()
+            finished.synchronize()
 
     def step() -> None:
         x = x0

@@ -292,7 +292,13 @@ class Runtime:
         if self._native is not None:
             frac, nbytes, slots = parsed
             self._native.reconfigure(
-                to_native(prof), policy, frac, nbytes, slots, float(hp), self._frequency_list(frequency)
+                to_native(prof),
+                policy,
+                frac,
+                nbytes,
+                slots,
+                float(hp),
+                self._frequency_list(frequency),
             )
         self.policy, self.profile, self.hint_probability = policy, prof, float(hp)
         if budget is not None:
@@ -339,8 +345,7 @@ class Runtime:
 
     def synchronize(self) -> None:
         """Wait for the device's queued work and the copy thread, then check()."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        self._settle()
         if self._native is not None:
             self._native.wait_copies()
         self.check()
@@ -414,6 +419,7 @@ class Runtime:
             and not torch.cuda.is_current_stream_capturing()
         ):
             torch.cuda.synchronize(self.device)
+            self._native.settle()  # the planner thread has handled every finished step
 
     def __repr__(self) -> str:
         return (

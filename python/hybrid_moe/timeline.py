@@ -55,21 +55,22 @@ class Timeline:
 
     def _visits(self) -> list[Visit]:
         open_visit: dict[int, Visit] = {}
-        enqueues: dict[int, list[tuple[float, float]]] = {}
-        pending_enqueue: dict[int, float] = {}
+        # Enqueue events pair with visits of the same layer in order; the stream may plan a layer
+        # before the caller's forward returned, so an enqueue_end can follow its plan_begin.
+        begins: dict[int, list[float]] = {}
+        ends: dict[int, list[float]] = {}
+        by_layer: dict[int, list[Visit]] = {}
         done: list[Visit] = []
         for t, layer, kind, a, b in self.events:
             name = KINDS.get(kind)
             if name == "enqueue_begin":
-                pending_enqueue[layer] = t
+                begins.setdefault(layer, []).append(t)
             elif name == "enqueue_end":
-                enqueues.setdefault(layer, []).append((pending_enqueue.pop(layer, t), t))
+                ends.setdefault(layer, []).append(t)
             elif name == "plan_begin":
                 v = Visit(layer)
                 v.t["plan_begin"] = t
-                q = enqueues.get(layer)
-                if q:
-                    v.t["enqueue_begin"], v.t["enqueue_end"] = q.pop(0)
+                by_layer.setdefault(layer, []).append(v)
                 open_visit[layer] = v
             elif layer in open_visit:
                 v = open_visit[layer]
@@ -80,6 +81,9 @@ class Timeline:
                     v.cpu_waited = bool(a)
                 elif name == "join_end":
                     done.append(open_visit.pop(layer))
+        for layer, vs in by_layer.items():
+            for v, tb, te in zip(vs, begins.get(layer, []), ends.get(layer, []), strict=False):
+                v.t["enqueue_begin"], v.t["enqueue_end"] = tb, te
         done.sort(key=lambda v: v.t["plan_begin"])
         prev = None
         for i, v in enumerate(done):
