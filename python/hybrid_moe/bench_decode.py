@@ -157,6 +157,41 @@ def load_source(source: str, decode_tokens: int, seed: int = 0) -> tuple[RouteTr
     return load_trace(source), Path(source).name
 
 
+def static_frequency(
+    source: str, trace: RouteTrace, cfg: DecodeBenchConfig, n_steps: int, notes: list[str]
+) -> np.ndarray:
+    """Use counts [layers, n_expert] that place `static`'s experts, from tokens the benchmark does
+    NOT replay (a profile from a calibration run, as a user would have): a trace's decode steps
+    after the first n_steps; for a synthetic preset, another draw of the same preset (seed + 1).
+    Only when a trace has no other steps are the replayed ones used (optimistic, noted)."""
+    freq = np.zeros((cfg.layers, trace.n_expert))
+    if source.startswith("synthetic:"):
+        other, _ = load_source(source, max(n_steps, 256), cfg.seed + 1)
+        ids, _, _ = decode_routing(other, cfg.layers, max(n_steps, 256))
+    else:
+        rows = [
+            int(trace.step_offsets[s])
+            for s in trace.decode_steps()
+            if trace.step_offsets[s + 1] - trace.step_offsets[s] == 1
+        ]
+        rest = rows[n_steps:]
+        if rest:
+            ids = trace.ids[np.asarray(rest), : cfg.layers, :]
+            notes.append(
+                f"{Path(source).name}: static placed from its {len(rest)} decode steps after "
+                f"the {n_steps} replayed"
+            )
+        else:
+            ids, _, _ = decode_routing(trace, cfg.layers, n_steps)
+            notes.append(
+                f"{Path(source).name}: no decode steps beyond the replayed ones: static is placed "
+                "from the replayed routing itself (optimistic)"
+            )
+    for li in range(cfg.layers):
+        np.add.at(freq[li], np.asarray(ids)[:, li, :].reshape(-1), 1.0)
+    return freq
+
+
 def decode_routing(
     trace: RouteTrace, n_layers: int, n_steps: int
 ) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -431,8 +466,10 @@ def simulate_same(
     intermediate: int,
     warmup: int,
     hint_accuracy: float,
+    static_profile: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """The simulator on exactly the replayed routing; statistics over the measured steps only."""
+    """The simulator on exactly the replayed routing; statistics over the measured steps only.
+    static_profile: the use counts the live `static` was placed by (the same placement)."""
     from hybrid_moe.sim import simulate
 
     r = simulate(
@@ -444,6 +481,7 @@ def simulate_same(
         hint_accuracy,
         hidden=hidden,
         intermediate=intermediate,
+        static_profile=static_profile,
     )
     steps = np.asarray(r["step_latency_us"], dtype=np.float64)[warmup:]
     return {
@@ -474,9 +512,7 @@ def _prepare_source(source: str, cfg: DecodeBenchConfig, notes: list[str]) -> _S
         notes.append(
             f"{desc}: fewer than {n_steps} one-token decode steps, routing repeated cyclically"
         )
-    freq = np.zeros((cfg.layers, trace.n_expert))
-    for li in range(cfg.layers):
-        np.add.at(freq[li], ids[:, li, :].reshape(-1), 1.0)
+    freq = static_frequency(source, trace, cfg, n_steps, notes)
     hints = next_layer_hints(ids, trace.n_expert, cfg.hint_accuracy, cfg.seed)
     router = DeviceRouter(ids, w, hints, trace.n_expert, torch.device(cfg.device))
     return _Source(desc, routing_trace(ids, w, trace.n_expert, trace.model), ids, router, freq)
@@ -648,6 +684,7 @@ def _one_config(
             cfg.intermediate,
             cfg.warmup,
             cfg.hint_accuracy,
+            src.freq,
         )
     )
     n = cfg.tokens
