@@ -220,15 +220,18 @@ def bench_decode(fmt, n_exp, n_rot, hbm):
 
     t_graph = graph_time_us(ours, n_rot)
     t_eager = cuda_time_us(ours, 3) / n_rot
-    # A/B in the same run: phase 2 without programmatic dependent launch (plain stream order),
-    # and phase 1 as the one-warp-per-row grid instead of the streaming kernel (with PDL on/off)
+    # A/B in the same run, each knob set explicitly (the defaults differ per format): phase 1
+    # streaming (S) or one warp per row (R), phase 2 async (A) or register loads (G), PDL on/off
     variants = {}
     for name, env in (
         ("pdl_off", {"HM_DECODE_PDL": "0"}),
-        ("rowgrid", {"HM_DECODE_STREAM": "0"}),
-        ("down_regs", {"HM_DECODE_DOWN": "0"}),
-        ("rowgrid_down_regs", {"HM_DECODE_STREAM": "0", "HM_DECODE_DOWN": "0"}),
-        ("rowgrid_down_regs_pdl_off", {"HM_DECODE_STREAM": "0", "HM_DECODE_DOWN": "0", "HM_DECODE_PDL": "0"}),
+        ("pdl_on", {"HM_DECODE_PDL": "1"}),
+        ("SA_pdl", {"HM_DECODE_STREAM": "1", "HM_DECODE_DOWN": "1", "HM_DECODE_PDL": "1"}),
+        ("SA_nopdl", {"HM_DECODE_STREAM": "1", "HM_DECODE_DOWN": "1", "HM_DECODE_PDL": "0"}),
+        ("SG_pdl", {"HM_DECODE_STREAM": "1", "HM_DECODE_DOWN": "0", "HM_DECODE_PDL": "1"}),
+        ("SG_nopdl", {"HM_DECODE_STREAM": "1", "HM_DECODE_DOWN": "0", "HM_DECODE_PDL": "0"}),
+        ("RG_pdl", {"HM_DECODE_STREAM": "0", "HM_DECODE_DOWN": "0", "HM_DECODE_PDL": "1"}),
+        ("RG_nopdl", {"HM_DECODE_STREAM": "0", "HM_DECODE_DOWN": "0", "HM_DECODE_PDL": "0"}),
     ):
         os.environ.update(env)
         try:
@@ -378,9 +381,12 @@ def main():
         print(
             f"decode {d['format']:5s} 8x1: {d['ours_graph_us']:.1f} us ({d['ours_GBps']:.0f} GB/s = "
             f"{100 * d['fraction_of_hbm']:.0f}% of HBM {d['hbm_copy_GBps']:.0f}; PDL off "
-            f"{d['ours_graph_us_pdl_off']:.1f} us){extra}\n  phase-1 row grid {d['ours_graph_us_rowgrid']:.1f}, "
-            f"phase-2 register loads {d['ours_graph_us_down_regs']:.1f}, both (previous kernels) "
-            f"{d['ours_graph_us_rowgrid_down_regs']:.1f} / PDL off {d['ours_graph_us_rowgrid_down_regs_pdl_off']:.1f} us"
+            f"{d['ours_graph_us_pdl_off']:.1f} us, on {d['ours_graph_us_pdl_on']:.1f} us){extra}\n  "
+            + ", ".join(
+                f"{k} {d['ours_graph_us_' + k]:.1f}"
+                for k in ("SA_pdl", "SA_nopdl", "SG_pdl", "SG_nopdl", "RG_pdl", "RG_nopdl")
+            )
+            + " us (S/R: phase 1 streaming / row grid; A/G: phase 2 async / register loads)"
         )
     for p in res["prefill"]:
         g = p.get("torch_grouped_mm_us")

@@ -152,18 +152,18 @@ def test_slab_budget_and_oom(cuda_device):
     "fmt,hidden,inter",
     [("bf16", 2048, 768), ("q8_0", 2048, 768), ("bf16", 2304, 1536), ("q8_0", 2304, 1536)],
 )
-@pytest.mark.parametrize("kernels", ["default", "rowgrid", "previous"])
+@pytest.mark.parametrize("kernels", ["stream_regs", "stream_async", "rowgrid_regs"])
 def test_decode_model_shapes_top8(cuda_device, fmt, hidden, inter, kernels, monkeypatch):
     """Qwen3-30B-A3B shapes (the benchmark's: full 16-byte segments, Q8_0 16-byte rows) and a
     shape with partial segments / several Q8_0 pieces per row (H=2304: 72 blocks; I=1536: 48),
     with both phase-1 kernels: the streaming one (default; BF16 rows of 4608 bytes = 2 full
     segments + 512 bytes, Q8_0 rows of 72 blocks = 32 + 32 + 8) and the one-warp-per-row grid
-    (HM_DECODE_STREAM=0); phase 2 with all pairs' down rows in flight (default; I=1536: BF16
-    pieces 1536 + 1536, Q8_0 32 + 16 blocks) and with register loads (HM_DECODE_DOWN=0)."""
-    if kernels in ("rowgrid", "previous"):
-        monkeypatch.setenv("HM_DECODE_STREAM", "0")
-    if kernels == "previous":
-        monkeypatch.setenv("HM_DECODE_DOWN", "0")
+    (HM_DECODE_STREAM=0); phase 2 with all pairs' down rows in flight (HM_DECODE_DOWN=1, the
+    Q8_0 default; I=1536: BF16 pieces 1536 + 1536, Q8_0 32 + 16 blocks) and with register loads
+    (HM_DECODE_DOWN=0, the BF16 default)."""
+    phase1, phase2 = kernels.split("_")
+    monkeypatch.setenv("HM_DECODE_STREAM", "1" if phase1 == "stream" else "0")
+    monkeypatch.setenv("HM_DECODE_DOWN", "1" if phase2 == "async" else "0")
     _, slab, _, _, f32 = _setup(fmt, hidden, inter, n_exp=10)
     for n_tok in (1, 2, 5):
         tokens, slots, weights = _plan(n_tok, 8, slab.n_slots, seed=100 + n_tok)
@@ -225,6 +225,7 @@ def test_decode_graph_replay_and_pdl_off_match(cuda_device, fmt, monkeypatch):
     tokens, slots, weights = _plan(3, 4, slab.n_slots, seed=5)
     xe = torch.randn(3, hidden, device=dev).bfloat16()
     base = torch.randn(3, hidden, device=dev)
+    monkeypatch.setenv("HM_DECODE_PDL", "1")  # explicit: the default is off for Q8_0
     on = gpu.run_decode(slab, xe, tokens, slots, weights, out=base.clone())
     monkeypatch.setenv("HM_DECODE_PDL", "0")
     off = gpu.run_decode(slab, xe, tokens, slots, weights, out=base.clone())

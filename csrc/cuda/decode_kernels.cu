@@ -588,11 +588,21 @@ __global__ void add_partials_kernel(OutT* out, const float* __restrict__ partial
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-// Programmatic dependent launch for phase 2: only on compute capability >= 9 (cached per device)
-// and unless HM_DECODE_PDL=0.
-bool use_pdl() {
-  const char* env = std::getenv("HM_DECODE_PDL");
-  if (env != nullptr && env[0] == '0') return false;
+// Kernel choices per format, each overridable by an environment variable ("0" off, anything
+// else on) for A/B benchmarks. Defaults from the H200 measurements of 2026-11-28 (session 2,
+// CUDA graph of 16 decodes, 8 experts x 1 token, Qwen3-30B-A3B shapes):
+//   BF16: streaming phase 1 + register-load phase 2 + PDL   29.7 us (async phase 2: 32.3 us)
+//   Q8_0: streaming phase 1 + async phase 2, PDL off        35.9 us (PDL on: 38.1 us)
+// (Q8_0 phase-2 blocks hold 70 KB of shared memory while they wait for phase 1 under PDL.)
+bool env_flag(const char* name, bool dflt) {
+  const char* env = std::getenv(name);
+  return env == nullptr || env[0] == '\0' ? dflt : env[0] != '0';
+}
+
+// Programmatic dependent launch for phase 2: only on compute capability >= 9 (cached per device);
+// HM_DECODE_PDL overrides the per-format default.
+bool use_pdl(bool q8) {
+  if (!env_flag("HM_DECODE_PDL", !q8)) return false;
   int dev = 0;
   HM_CUDA_CHECK(cudaGetDevice(&dev));
   static std::atomic<int> cc_major[64];  // 0 = not yet asked
@@ -605,18 +615,12 @@ bool use_pdl() {
   return major >= 9;
 }
 
-// Streaming phase 1 unless HM_DECODE_STREAM=0 (for A/B benchmarks against the one-warp-per-row
-// grid).
-bool use_stream() {
-  const char* env = std::getenv("HM_DECODE_STREAM");
-  return env == nullptr || env[0] != '0';
-}
+// Streaming phase 1 (both formats) unless HM_DECODE_STREAM=0: one-warp-per-row grid instead.
+bool use_stream() { return env_flag("HM_DECODE_STREAM", true); }
 
-// Phase 2 with all pairs' down rows in flight (down_async_kernel) unless HM_DECODE_DOWN=0.
-bool use_down_async() {
-  const char* env = std::getenv("HM_DECODE_DOWN");
-  return env == nullptr || env[0] != '0';
-}
+// Phase 2 with all pairs' down rows in flight (down_async_kernel): default for Q8_0, register
+// loads for BF16; HM_DECODE_DOWN overrides.
+bool use_down_async(bool q8) { return env_flag("HM_DECODE_DOWN", q8); }
 
 // Raises down_async_kernel<Q8, OutT>'s dynamic shared-memory limit once per device (needed
 // above 48 KB; one flag array per instantiation).
@@ -693,7 +697,7 @@ void launch_down(const KernelSlab& sl, const DevicePlan& plan, const float* h, O
                  dim3 grid, dim3 block, cudaStream_t stream, bool pdl) {
   using Fn = void (*)(KernelSlab, DevicePlan, const float*, OutT*);
   const bool q8_wide = (sl.I / kQ8BlockSize) * kQ8BlockBytes % 16 == 0;
-  if (use_down_async() && (!q8 || q8_wide)) {
+  if (use_down_async(q8) && (!q8 || q8_wide)) {
     Fn afn = q8 ? down_async_kernel<true, OutT> : down_async_kernel<false, OutT>;
     const int smem = q8 ? down_smem_bytes<true>() : down_smem_bytes<false>();
     if (q8)
@@ -745,7 +749,7 @@ void launch_decode(const SlabView& slab, const DevicePlan& plan, const void* x, 
   const dim3 grid1((sl.I + kWarps - 1) / kWarps, plan.max_pairs);
   const dim3 grid2((sl.H + kWarps - 1) / kWarps, plan.n_tokens);
   const bool q8 = slab.layout.format == WeightFormat::kQ8_0;
-  const bool pdl = use_pdl();
+  const bool pdl = use_pdl(q8);
   // Phase 1 is an ordinary launch: it overwrites h, which the previous decode's phase 2 reads.
   // Streaming version unless HM_DECODE_STREAM=0 or Q8_0 rows are not 16-byte multiples.
   const bool q8_wide = (sl.H / kQ8BlockSize) * kQ8BlockBytes % 16 == 0;
