@@ -157,36 +157,36 @@ def load_source(source: str, decode_tokens: int, seed: int = 0) -> tuple[RouteTr
     return load_trace(source), Path(source).name
 
 
+STATIC_EXTRA_STEPS = 256  # synthetic sources: steps generated beyond the replayed ones
+
+
 def static_frequency(
     source: str, trace: RouteTrace, cfg: DecodeBenchConfig, n_steps: int, notes: list[str]
 ) -> np.ndarray:
     """Use counts [layers, n_expert] that place `static`'s experts, from tokens the benchmark does
-    NOT replay (a profile from a calibration run, as a user would have): a trace's decode steps
-    after the first n_steps; for a synthetic preset, another draw of the same preset (seed + 1).
-    Only when a trace has no other steps are the replayed ones used (optimistic, noted)."""
+    NOT replay (a profile from a calibration run, as a user would have): the source's one-token
+    decode steps after the first n_steps (a trace's later tokens; for a synthetic preset,
+    STATIC_EXTRA_STEPS more steps of the same draw, i.e. the same model's hot set). Only when a
+    trace has no other steps are the replayed ones used (optimistic, noted)."""
     freq = np.zeros((cfg.layers, trace.n_expert))
-    if source.startswith("synthetic:"):
-        other, _ = load_source(source, max(n_steps, 256), cfg.seed + 1)
-        ids, _, _ = decode_routing(other, cfg.layers, max(n_steps, 256))
+    name = source if source.startswith("synthetic:") else Path(source).name
+    rows = [
+        int(trace.step_offsets[s])
+        for s in trace.decode_steps()
+        if trace.step_offsets[s + 1] - trace.step_offsets[s] == 1
+    ]
+    rest = rows[n_steps:]
+    if rest:
+        ids = trace.ids[np.asarray(rest), : cfg.layers, :]
+        notes.append(
+            f"{name}: static placed from its {len(rest)} decode steps after the {n_steps} replayed"
+        )
     else:
-        rows = [
-            int(trace.step_offsets[s])
-            for s in trace.decode_steps()
-            if trace.step_offsets[s + 1] - trace.step_offsets[s] == 1
-        ]
-        rest = rows[n_steps:]
-        if rest:
-            ids = trace.ids[np.asarray(rest), : cfg.layers, :]
-            notes.append(
-                f"{Path(source).name}: static placed from its {len(rest)} decode steps after "
-                f"the {n_steps} replayed"
-            )
-        else:
-            ids, _, _ = decode_routing(trace, cfg.layers, n_steps)
-            notes.append(
-                f"{Path(source).name}: no decode steps beyond the replayed ones: static is placed "
-                "from the replayed routing itself (optimistic)"
-            )
+        ids, _, _ = decode_routing(trace, cfg.layers, n_steps)
+        notes.append(
+            f"{name}: no decode steps beyond the replayed ones: static is placed from the "
+            "replayed routing itself (optimistic)"
+        )
     for li in range(cfg.layers):
         np.add.at(freq[li], np.asarray(ids)[:, li, :].reshape(-1), 1.0)
     return freq
@@ -506,7 +506,8 @@ class _Source:
 
 def _prepare_source(source: str, cfg: DecodeBenchConfig, notes: list[str]) -> _Source:
     n_steps = cfg.warmup + cfg.tokens
-    trace, desc = load_source(source, n_steps, cfg.seed)
+    # Synthetic: STATIC_EXTRA more steps of the same draw, which static is placed by (not replayed).
+    trace, desc = load_source(source, n_steps + STATIC_EXTRA_STEPS, cfg.seed)
     ids, w, cycled = decode_routing(trace, cfg.layers, n_steps)
     if cycled:
         notes.append(
