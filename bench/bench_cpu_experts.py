@@ -11,13 +11,16 @@ GFLOP/s = 2 * 3 * H * I * T * k / time.
 
 kt-kernel timing. Per call (`kt_<m>`): submit + sync of one layer, as a runtime uses it. Its
 CPUInfer runs `--kt-threads` pinned workers plus an unpinned task-queue thread, and the caller
-spins in sync(); with as many workers as cores that is more runnable threads than cores, so the
-OS time-slices them (4 ms ticks) and per-call times come out in multiples of ~2-4 ms (8.000,
-16.001, 24.0 ms measured on the 16-core Xeon). Two fairer numbers are recorded as well:
-`kt_<m>_batched`: `reps` layer calls submitted back to back, one sync, time / reps (the
-per-call sync and wake-up costs amortised: its throughput); and with `--kt-threads` set below
-`--threads` (e.g. threads - 2) no core is shared. `x_vs_kt_int8` uses the fastest kt AMXINT8 number
-of the row (per call or batched).
+spins in sync(). With as many workers as cores (16 on the lent Xeon) that is more runnable threads
+than cores, the OS time-slices them, and every call takes a multiple of ~8 ms (7.999 ms at T=1
+and T=4, measured again 2026-11-28); with 14 workers kt runs at its real speed (0.67-0.76 ms at
+T=1). So `--kt-threads` defaults to threads - 2. `kt_<m>_batched`: `reps` layer calls submitted
+back to back, one sync, time / reps (its throughput). `x_vs_kt_int8` uses the fastest kt AMXINT8
+number of the row (per call or batched).
+
+`--fixed-cost 8,16,32,64` also times ours at T=1 with that many experts per call and fits
+time = fixed + n * per_expert (intercept: per-call fixed cost; slope: streaming GB/s), plus an
+empty call and a pool round trip (see fixed_cost_sweep).
 
     python bench/bench_cpu_experts.py --threads 16 --json results_cpu.json
 """
@@ -196,7 +199,8 @@ def kt_batched_time(lay, calls, L, reps: int = 3) -> float:
 def fit_line(xs, ys):
     """Least-squares y = a + b x -> (a, b)."""
     xm, ym = statistics.fmean(xs), statistics.fmean(ys)
-    b = sum((x - xm) * (y - ym) for x, y in zip(xs, ys)) / sum((x - xm) ** 2 for x in xs)
+    sxy = sum((x - xm) * (y - ym) for x, y in zip(xs, ys, strict=True))
+    b = sxy / sum((x - xm) ** 2 for x in xs)
     return ym - b * xm, b
 
 
@@ -221,13 +225,28 @@ def fixed_cost_sweep(ours, isas, ebytes, E, H, I, L, a) -> dict:
 
     def tiny():
         native.cpu_moe_layer(
-            "bf16", 64, 64, tiny_ptrs, xt.data_ptr(), 1, tok, eid, wt, ot.data_ptr(), a.threads,
+            "bf16",
+            64,
+            64,
+            tiny_ptrs,
+            xt.data_ptr(),
+            1,
+            tok,
+            eid,
+            wt,
+            ot.data_ptr(),
+            a.threads,
             isas[0],
         )
 
     out["pool_round_trip_ms"] = median_time(lambda i: tiny(), reps * 4) * 1e3
+
+    def pause_then_tiny():
+        time.sleep(0.002)
+        tiny()
+
     out["pool_round_trip_after_2ms_ms"] = (
-        median_time(lambda i: (time.sleep(0.002), tiny()) and None, reps) * 1e3
+        median_time(lambda i: pause_then_tiny(), reps) * 1e3
         - median_time(lambda i: time.sleep(0.002), reps) * 1e3
     )
     for fmt in ("bf16", "q8_0"):
@@ -248,7 +267,7 @@ def fixed_cost_sweep(ours, isas, ebytes, E, H, I, L, a) -> dict:
             }
             print(
                 f"fixed cost ours_{fmt}_{isa}: "
-                + " ".join(f"n={n}:{m:.3f}ms" for n, m in zip(ns, ms))
+                + " ".join(f"n={n}:{m:.3f}ms" for n, m in zip(ns, ms, strict=True))
                 + f" -> fixed {fixed:.3f} ms + {per:.4f} ms/expert "
                 f"({ebytes[fmt] / (per * 1e-3) / 1e9:.1f} GB/s streaming)",
                 flush=True,
@@ -275,7 +294,9 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--isas", default="", help="comma list; default: avx512 and amx where runnable")
     ap.add_argument("--kt", default="AMXINT8,AMXINT4", help="kt-kernel methods ('' to skip)")
-    ap.add_argument("--kt-threads", type=int, default=0, help="kt CPUInfer workers (0: --threads)")
+    ap.add_argument(
+        "--kt-threads", type=int, default=0, help="kt CPUInfer workers (0: --threads - 2, >= 1)"
+    )
     ap.add_argument(
         "--skip-torch", action="store_true", help="leave out torch (bf16 baseline, sum reader)"
     )
@@ -297,7 +318,7 @@ def main() -> None:
     else:
         asked = a.isas.split(",") if a.isas else ["avx512", "amx"]
         isas = [s for s in asked if s in runnable] or ["generic"]
-    kt_threads = a.kt_threads or a.threads
+    kt_threads = a.kt_threads or max(1, a.threads - 2)
     res = {
         "machine": {
             "cpu": dict(native.cpu_features())["brand"],
@@ -374,7 +395,7 @@ def main() -> None:
         methods[f"kt_{m}"] = (kt_prep, "bf16")
 
     # Touch every expert of every layer once (first use page-faults).
-    for name, (fn, _) in methods.items():
+    for fn, _ in methods.values():
         for l in range(L):
             ids = torch.randperm(E)[: (E // k) * k].reshape(-1, k)
             fn(torch.randn(ids.shape[0], H), ids, torch.rand(ids.shape), l)()

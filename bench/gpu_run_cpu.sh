@@ -2,8 +2,8 @@
 # CPU kernels on the lent GPU machine's 16-core Xeon (AMX, AVX512-BF16/VNNI), one call, ~4 min:
 # CPU-only build, the CPU tests (every ISA variant, AMX included: Python face and C++ kernels),
 # then the CPU MoE benchmark against torch bf16 and kt-kernel (AMXINT8, AMXINT4) with the
-# per-call fixed-cost sweep, then software-prefetch variants at T = 1, 4. Every step has a
-# `timeout`. Run from the repository root with .carry/ holding the wheels
+# per-call fixed-cost sweep, then a row-order A/B at T = 1, 4 and kt with every core as a worker.
+# Every step has a `timeout`. Run from the repository root with .carry/ holding the wheels
 # (../shared/wheels/README.md). If .carry/cpu_src.tar exists (a snapshot: `git archive` of a
 # commit that builds, plus this issue's files), it is built instead of the working tree, so that
 # another developer's half-edited file cannot break the run. Logs and JSON go to $OUT (<= 8 files).
@@ -28,6 +28,7 @@ lscpu > "$OUT/lscpu.txt" 2>&1
 if [ "${SMOKE:-0}" = 1 ]; then  # small shapes: checks the script end to end, measures nothing
   BENCH="--hidden 512 --intermediate 256 --experts 16 --layers 2 --max-reps 3"
   TOKENS=1,4
+  KT_TOKENS=1,4
   FIXED=2,4,8
 else
   BENCH="--layers $LAYERS"
@@ -52,23 +53,24 @@ timeout 150 python3 bench/bench_cpu_experts.py --threads "$THREADS" --kt-threads
   > "$OUT/bench.log" 2>&1
 echo "bench rc=$?" | tee -a "$OUT/info.txt"
 
-# Software prefetch variants of our SIMD kernels at T = 1, 4 (main run: 1024 bytes ahead, into
-# L1): distance and target cache level (HYBRID_MOE_PREFETCH, HYBRID_MOE_PREFETCH_HINT), and the
-# barrier-time weight prefetch turned off (HYBRID_MOE_BARRIER_WARM=0).
-stage "prefetch variants (ours, T=1,4)"
-for v in "HYBRID_MOE_PREFETCH_HINT=l1" "HYBRID_MOE_PREFETCH_HINT=l2" "HYBRID_MOE_PREFETCH=2048" \
-  "HYBRID_MOE_PREFETCH=0" "HYBRID_MOE_BARRIER_WARM=0"; do
-  echo "$v" >> "$OUT/sweep.log"
-  env $v timeout 30 python3 bench/bench_cpu_experts.py --threads "$THREADS" --tokens 1,4 \
-    --kt "" --skip-torch $BENCH --layers 2 --max-reps 21 2>&1 | grep -E "^(DRAM|T= *[0-9]+ ours_\S+ +[0-9])" >> "$OUT/sweep.log"
-done
-
 stage "C++ CPU tests (every ISA)"
 cmake -S . -B build/cpu-tests -G Ninja -DHYBRID_MOE_BUILD_TESTS=ON -DHYBRID_MOE_CUDA=OFF \
   > "$OUT/cpp_tests.log" 2>&1 \
   && timeout 120 cmake --build build/cpu-tests -j "${JOBS:-16}" --target hm_cpp_tests >> "$OUT/cpp_tests.log" 2>&1 \
   && { for f in cpu_ thread_pool; do timeout 60 build/cpu-tests/hm_cpp_tests $f; done >> "$OUT/cpp_tests.log" 2>&1; }
 echo "C++ tests rc=$?: $(grep -c '\[ ok \]' "$OUT/cpp_tests.log") ok, $(grep -c FAILED "$OUT/cpp_tests.log") failed" | tee -a "$OUT/info.txt"
+
+# A/B of the row order at T = 1, 4 (the main run used the default, streams), alternating, and
+# kt-kernel with all 16 cores as workers (the main run gave it KT_THREADS).
+stage "row order A/B (ours, T=1,4); kt with $THREADS workers"
+for v in "HYBRID_MOE_ROW_ORDER=interleaved" "HYBRID_MOE_ROW_ORDER=streams"; do
+  echo "$v" >> "$OUT/sweep.log"
+  env $v timeout 30 python3 bench/bench_cpu_experts.py --threads "$THREADS" --tokens 1,4 \
+    --kt "" --skip-torch $BENCH --layers 2 --max-reps 21 2>&1 | grep -E "^(DRAM|T= *[0-9]+ ours_\S+ +[0-9])" >> "$OUT/sweep.log"
+done
+echo "kt-kernel with --kt-threads $THREADS" >> "$OUT/sweep.log"
+timeout 40 python3 bench/bench_cpu_experts.py --threads "$THREADS" --kt-threads "$THREADS" --isas none \
+  --skip-torch --tokens "${KT_TOKENS:-1,4,512}" $BENCH 2>&1 | grep -E "^T= *[0-9]+ kt_\S+ +[0-9]" >> "$OUT/sweep.log"
 
 stage "summary"
 grep -E "^(DRAM|fixed cost|empty call|kt-kernel)" "$OUT/bench.log"

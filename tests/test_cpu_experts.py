@@ -9,6 +9,10 @@ weights so that only the kernel's arithmetic is measured:
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -124,3 +128,68 @@ def test_isa_unavailable_is_a_value_error():
     ids, w = _routing(1, 2, 1, seed=2)
     with pytest.raises(ValueError, match="amx"):
         run_layer(store, torch.randn(1, H), ids, w, isa="amx")
+
+
+_TUNING_CHILD = """
+import torch
+from hybrid_moe.cpu_experts import CpuExpertStore, available_isas, reference_layer, run_layer
+g = torch.Generator().manual_seed(11)
+for fmt, (H, I), tol in (("bf16", (200, 72), 2e-2), ("q8_0", (160, 96), 3e-2)):
+    mk = lambda *s: torch.randn(*s, generator=g) * 0.05
+    store = CpuExpertStore.from_tensors(mk(6, I, H), mk(6, I, H), mk(6, H, I), fmt=fmt)
+    x = torch.randn(9, H, generator=g)
+    ids = torch.stack([torch.randperm(6, generator=g)[:3] for _ in range(9)])
+    w = torch.rand(9, 3, generator=g) + 0.1
+    ref = reference_layer(*store.dequantized(), x, ids, w)
+    for isa in [i for i in available_isas() if i != "generic"]:
+        err = (run_layer(store, x, ids, w, threads=2, isa=isa) - ref).abs().max().item()
+        assert err <= tol * ref.abs().max().item(), (fmt, isa, err)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"HYBRID_MOE_ROW_ORDER": "streams", "HYBRID_MOE_PREFETCH_HINT": "l2"},
+        {
+            "HYBRID_MOE_PREFETCH": "0",
+            "HYBRID_MOE_PREFETCH_HINT": "nta",
+            "HYBRID_MOE_BARRIER_WARM": "0",
+        },
+    ],
+)
+def test_tuning_settings_keep_results_exact(env):
+    """The SIMD variants under the non-default tuning settings (read once per process, hence a
+    child process) against the float32 reference."""
+    if ISAS == ["generic"]:
+        pytest.skip("no SIMD variant on this machine")
+    r = subprocess.run(
+        [sys.executable, "-c", _TUNING_CHILD],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_bad_tuning_setting_is_a_value_error():
+    child = (
+        "import torch\n"
+        "from hybrid_moe.cpu_experts import CpuExpertStore, run_layer\n"
+        "s = CpuExpertStore.from_tensors(*(torch.randn(2, 32, 64) for _ in range(2)), "
+        "torch.randn(2, 64, 32), fmt='bf16')\n"
+        "try:\n"
+        "    run_layer(s, torch.randn(1, 64), torch.tensor([[0]]), torch.ones(1, 1))\n"
+        "except ValueError as e:\n"
+        "    print('ValueError:', e)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", child],
+        env={**os.environ, "HYBRID_MOE_ROW_ORDER": "diagonal"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.stdout.startswith("ValueError:") and "HYBRID_MOE_ROW_ORDER" in r.stdout, r.stderr

@@ -39,13 +39,14 @@ int prefetch_bytes();
 enum class PrefetchHint { kL1, kL2, kNonTemporal };
 PrefetchHint prefetch_hint();
 // Order in which the SIMD variants walk a call's weight rows, 4 at a time (HYBRID_MOE_ROW_ORDER):
-// streams (default): the rows are cut into 4 contiguous runs and a pass takes one row of each, so
-//   every one of the 4 concurrent load streams is one long sequential range (hardware
-//   prefetchers track one stream per 4 KiB page; Q8_0 rows are 2176 or 816 bytes, so with
-//   interleaved order 2-4 streams share a page);
-// interleaved: a pass takes 4 adjacent rows (rows 0-3, then 4-7, ...).
+// interleaved (default): a pass takes 4 adjacent rows (rows 0-3, then 4-7, ...);
+// streams: the rows are cut into 4 contiguous runs and a pass takes one row of each, so each of
+//   the 4 concurrent load streams is one long sequential range (Q8_0 rows are 2176 or 816 bytes,
+//   so with interleaved order 2-4 streams share a 4 KiB page). 10-15% faster on the 2-core AMD
+//   development machine, but equal at T=1 and 1-14% slower at T=4 on the lent Xeon (2026-11-28),
+//   the machine that matters, hence not the default.
 // Read once; a malformed value raises hm::ValueError on first use.
-enum class RowOrder { kStreams, kInterleaved };
+enum class RowOrder { kInterleaved, kStreams };
 RowOrder row_order();
 
 // Group size from which the AMX variant uses tiles (below it, its AVX512 code).

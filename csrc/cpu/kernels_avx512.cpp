@@ -3,10 +3,10 @@
 // system busy: 4 weight rows per pass (4 independent streams, 4 x NT accumulator chains), few
 // instructions per weight byte (so the out-of-order window spans many cache lines), and software
 // prefetch of each stream prefetch_bytes() ahead (HYBRID_MOE_PREFETCH). Row order
-// (HYBRID_MOE_ROW_ORDER, kernel_ops.h): by default the call's rows are cut into 4 contiguous runs
-// and pass p takes row p of each run, so each of the 4 streams reads one sequential range (what
-// hardware prefetchers follow best); the prefetcher runs on from a row's end into the same
-// stream's next row, as the loads will.
+// (HYBRID_MOE_ROW_ORDER, kernel_ops.h): by default pass p takes rows 4p..4p+3; optionally the
+// call's rows are cut into 4 contiguous runs and pass p takes row p of each run (each stream one
+// sequential range). Either way the prefetcher runs on from a row's end into the row that the
+// same stream reads next, as the loads will.
 // BF16: activations rounded to bf16 once per group, dot products with vdpbf16ps (fp32 sums),
 //   32 values per instruction; a row tail (n % 32) is read with a masked load, the activation
 //   buffer is zero-padded to 32. Blocking: 4 weight rows x up to 4 tokens share each load.

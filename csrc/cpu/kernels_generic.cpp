@@ -107,10 +107,10 @@ RowOrder row_order() {
   static const RowOrder order = [] {
     const char* v = std::getenv("HYBRID_MOE_ROW_ORDER");
     const std::string s = v ? v : "";
-    if (s.empty() || s == "streams") return RowOrder::kStreams;
-    HM_CHECK(s == "interleaved", "environment variable HYBRID_MOE_ROW_ORDER='", s,
-             "': expected streams or interleaved");
-    return RowOrder::kInterleaved;
+    if (s.empty() || s == "interleaved") return RowOrder::kInterleaved;
+    HM_CHECK(s == "streams", "environment variable HYBRID_MOE_ROW_ORDER='", s,
+             "': expected interleaved or streams");
+    return RowOrder::kStreams;
   }();
   return order;
 }
