@@ -4,9 +4,10 @@
 # then the CPU MoE benchmark against torch bf16 and kt-kernel (AMXINT8, AMXINT4) with the
 # per-call fixed-cost sweep, then a row-order A/B at T = 1, 4 and kt with every core as a worker.
 # Every step has a `timeout`. Run from the repository root with .carry/ holding the wheels
-# (../shared/wheels/README.md). If .carry/cpu_src.tar exists (a snapshot: `git archive` of a
-# commit that builds, plus this files), it is built instead of the working tree, so that
-# another developer's half-edited file cannot break the run. Logs and JSON go to $OUT (<= 8 files).
+# (../shared/wheels/README.md). With CPU_SRC_TAR=path (e.g. .carry/cpu_src.tar: `git archive` of
+# a commit that builds, plus this files copied over it) that snapshot is built instead of
+# the working tree, so that another developer's half-edited file cannot break the run (used on
+# 2026-11-28 while the committed runtime did not build CPU-only). Logs and JSON go to $OUT (<= 8).
 # Env: THREADS (16), KT_THREADS (14: leaves cores to kt's task-queue thread and the spinning
 # caller), LAYERS (4), SMOKE=1 (small sizes, for checking the script on a small machine).
 set -uo pipefail
@@ -20,8 +21,8 @@ t0=$SECONDS
 stage() { echo "=== [$((SECONDS - t0))s] $*"; }
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .carry/*.whl 2>/dev/null
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
-if [ -f .carry/cpu_src.tar ]; then
-  rm -rf /tmp/cpu_src && mkdir -p /tmp/cpu_src && tar -xf .carry/cpu_src.tar -C /tmp/cpu_src
+if [ -n "${CPU_SRC_TAR:-}" ]; then
+  rm -rf /tmp/cpu_src && mkdir -p /tmp/cpu_src && tar -xf "$CPU_SRC_TAR" -C /tmp/cpu_src
   cd /tmp/cpu_src
 fi
 lscpu > "$OUT/lscpu.txt" 2>&1
