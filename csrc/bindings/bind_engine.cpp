@@ -139,6 +139,8 @@ HM_BINDINGS(engine) {
           cfg.value.copy_factor = value_params["copy_factor"].cast<double>();
         if (value_params.contains("horizon_lifetimes"))
           cfg.value.horizon_lifetimes = value_params["horizon_lifetimes"].cast<double>();
+        if (value_params.contains("stall_aware"))
+          cfg.value.stall_aware = value_params["stall_aware"].cast<bool>();
         cfg.static_profile.assign(static_profile.data(),
                                   static_profile.data() + static_profile.size());
         const hm::HardwareProfile prof = hm::bindings::profile_from_dict(profile);

@@ -28,6 +28,8 @@ inline HardwareProfile profile_from_dict(const pybind11::dict& d) {
   p.h2d_gbps = get("h2d_gbps");
   p.copy_latency_us = get("copy_latency_us");
   p.layer_fixed_us = get("layer_fixed_us");
+  p.decode_gpu_layer_us = get("decode_gpu_layer_us");
+  p.copy_stall_fraction = get("copy_stall_fraction");
   p.bf16 = {get("bf16_cpu_efficiency"), get("bf16_cpu_tflops"), get("bf16_gpu_tflops")};
   p.q8_0 = {get("q8_0_cpu_efficiency"), get("q8_0_cpu_tflops"), get("q8_0_gpu_tflops")};
   p.validate();

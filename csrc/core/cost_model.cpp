@@ -9,8 +9,10 @@ void HardwareProfile::validate() const {
   HM_CHECK(vram_gbps > 0, "profile '", name, "': vram_gbps must be > 0, got ", vram_gbps);
   HM_CHECK(h2d_gbps > 0, "profile '", name, "': h2d_gbps must be > 0, got ", h2d_gbps);
   HM_CHECK(cpu_overhead_us >= 0 && gpu_overhead_us >= 0 && gpu_layer_overhead_us >= 0 &&
-               copy_latency_us >= 0 && layer_fixed_us >= 0,
+               copy_latency_us >= 0 && layer_fixed_us >= 0 && decode_gpu_layer_us >= 0,
            "profile '", name, "': overheads and latencies must be >= 0 us");
+  HM_CHECK(copy_stall_fraction >= 0 && copy_stall_fraction <= 2, "profile '", name,
+           "': copy_stall_fraction must be in [0, 2], got ", copy_stall_fraction);
   for (const FormatCosts* f : {&bf16, &q8_0}) {
     HM_CHECK(f->cpu_efficiency > 0 && f->cpu_efficiency <= 1, "profile '", name,
              "': cpu_efficiency must be in (0, 1], got ", f->cpu_efficiency);

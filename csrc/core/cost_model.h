@@ -38,6 +38,12 @@ struct HardwareProfile {
   double copy_latency_us = 10.0;    // fixed cost of one copy (the floor of a tiny copy)
   double layer_fixed_us = 50.0;     // per layer, per decode step, outside the experts: attention,
                                     // router, ids D2H, plan and join host functions
+  // The live decode path (measured from the runtime's timeline, not by calibrate's kernel runs):
+  double decode_gpu_layer_us = 0.0;  // per decode layer with GPU experts: the hand-off to the
+                                     // GPU path (doorbells, plan and partials over PCIe) beyond
+                                     // gpu_layer_overhead_us
+  double copy_stall_fraction = 0.0;  // share of each expert copy's time a decode step cannot
+                                     // overlap (the copy fills PCIe and DRAM the step needs)
   FormatCosts bf16;
   FormatCosts q8_0;
 
@@ -59,6 +65,9 @@ class CostModel {
   double t_copy_bytes(std::size_t bytes) const;
   double gpu_layer_overhead() const { return profile_.gpu_layer_overhead_us * scale_[1]; }
   double layer_fixed() const { return profile_.layer_fixed_us; }
+  double decode_gpu_layer() const { return profile_.decode_gpu_layer_us; }
+  // Critical-path time one expert copy costs a decode step: copy_stall_fraction * t_copy().
+  double t_copy_stall() const { return profile_.copy_stall_fraction * t_copy(); }
   // Saved time per decode use when the expert is a cache hit: t_cpu(1) - t_gpu(1).
   double saved_per_use() const { return t_cpu(1) - t_gpu(1); }
 

@@ -14,6 +14,7 @@ void Policy::reset(int n_layer, int n_expert, int top_k, const CostModel& cost) 
   top_k_ = top_k;
   saved_us_ = cost.saved_per_use();
   copy_us_ = cost.t_copy();
+  stall_us_ = cost.t_copy_stall();
 }
 
 namespace {

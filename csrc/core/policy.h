@@ -67,6 +67,7 @@ class Policy {
  protected:
   int n_layer_ = 0, n_expert_ = 0, top_k_ = 1;
   double saved_us_ = 0, copy_us_ = 0;  // per decode use saved by a hit; one expert copy
+  double stall_us_ = 0;                // decode critical path one copy costs (t_copy_stall)
 };
 
 // Tunables of the value policy (defaults chosen on the dev trace and synthetic preset; see
@@ -80,6 +81,10 @@ struct ValueParams {
   double weight_mix = 0.0;      // 0: every use counts 1; 1: counts weight * top_k (0.5 before
                                 // 2026-11-28: 0 is as good on both traces and skips a log2)
   double copy_factor = 0.0;     // admission needs value > victim's value + copy_factor * t_copy
+  // Admission also charges the copy's stall on the decode path (CostModel::t_copy_stall, from the
+  // profile's copy_stall_fraction; 0 in profiles without it): a copy that delays the step by
+  // more than the uses it buys is not worth making. false: ignore it (the policy before).
+  bool stall_aware = true;
   // > 0: the horizon follows the cache instead: horizon_lifetimes * the measured mean time an
   // expert stays cached (n_slots / evictions per step, a moving average over ~8 steps;
   // horizon_steps until measured). The horizon weighs a resident's predicted uses against a

@@ -23,7 +23,9 @@
 // use, so large budgets prefetch more selectively (measured: 25% budget 1.13x -> 1.16-1.18x over
 // lru, 10% unchanged within 0.02x; bench/RESULTS.md).
 // Admission: a miss (or a predicted next-layer expert) replaces the lowest-key victim only when its
-// value exceeds the victim's value plus copy_factor * t_copy: a copy must earn back the PCIe time it
+// value exceeds the victim's value plus copy_factor * t_copy plus the copy's stall on the decode
+// path (t_copy_stall, measured on the H200 machine: copies are not free even when the copy engine
+// is idle, bench/RESULTS.md session 2): a copy must earn back the PCIe time it
 // takes (which delays other copies) and whatever the victim would still have saved. A free slot
 // admits anything. An expert's first use alone rarely admits it: one-off experts stay on the CPU.
 //
@@ -169,7 +171,7 @@ class ValuePolicy final : public Policy {
     if (victim < 0) return true;
     const double mine = value_us(l, e, step) + imminent * saved_us_;
     const double theirs = value_us(cache.slot_layer(victim), cache.slot_expert(victim), step);
-    const bool yes = mine > theirs + vp_.copy_factor * copy_us_;
+    const bool yes = mine > theirs + vp_.copy_factor * copy_us_ + (vp_.stall_aware ? stall_us_ : 0.0);
     evictions_ += yes;  // the scheduler takes the slot whenever admit says yes
     return yes;
   }

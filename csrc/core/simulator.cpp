@@ -180,7 +180,13 @@ SimResult simulate(const TraceView& tr, const HardwareProfile& profile, const Ex
       in.hint_probability = cfg.predictor_accuracy;
       sched.plan_layer(in, plan);
       copy_free = plan.copy_free;
-      const double end = std::max(plan.timing.finish, in.queues.now);
+      double end = std::max(plan.timing.finish, in.queues.now);
+      if (decode) {
+        // The live decode path (cost_model.h): the GPU hand-off of a layer with GPU experts, and
+        // the part of each copy issued now that the step cannot overlap.
+        if (plan.timing.n_gpu > 0) end += cost.decode_gpu_layer();
+        end += cost.t_copy_stall() * static_cast<double>(plan.copies.size());
+      }
       SimLayerStats& ls = r.layers[l];
       ls.time_us += end - t;
       t = end;

@@ -589,51 +589,6 @@ void Runtime::start_gpu() { no_cuda(); }
 void Runtime::start_engine_gpu() { no_cuda(); }
 void Runtime::stop_engine_gpu() {}
 void Runtime::quiesce_gpu() {}
-void Runtime::start_engine_gpu() {
-  Gpu& g = *gpu_;
-  HM_CUDA_CHECK(cudaSetDevice(device_));
-  if (n_slots_ == 0) return;
-  g.slab = std::make_shared<cuda::DeviceSlab>(layout_, n_slots_, device_);
-  g.mover = std::make_unique<cuda::Mover>(g.store, g.slab);
-  g.request_us.assign(static_cast<std::size_t>(n_slots_), 0.0);
-  g.last_completion_us = 0;
-  Gpu* gp = &g;
-  const auto t0 = t0_;
-  Timeline* tl = &timeline_;
-  g.mover->set_completion_callback([gp, t0, tl](const cuda::FetchCompletion& c) {
-    {
-      std::lock_guard<std::mutex> lk(gp->cq_mu);
-      gp->cq.push_back({c, us_between(t0, Clock::now())});
-    }
-    gp->cq_cv.notify_all();
-    tl->record(-1, TimelineKind::kCopyDone, c.slot);
-  });
-  // Static placement: copy the preloaded experts in before any plan may name them.
-  for (int s = 0; s < cache_->n_slots(); ++s)
-    if (cache_->state(s) == SlotState::kResident)
-      g.mover->request_fetch({static_cast<int64_t>(cache_->slot_layer(s)) * n_expert_ +
-                                  cache_->slot_expert(s),
-                              s, false, 0});
-  g.mover->wait_idle();
-  std::lock_guard<std::mutex> lk(g.cq_mu);
-  g.cq.clear();
-}
-
-void Runtime::stop_engine_gpu() {
-  Gpu& g = *gpu_;
-  g.mover.reset();  // joins its thread (copies in flight complete) before the slab goes
-  g.slab.reset();
-  std::lock_guard<std::mutex> lk(g.cq_mu);
-  g.cq.clear();
-  g.cq_local.clear();
-}
-
-void Runtime::quiesce_gpu() {
-  HM_CUDA_CHECK(cudaSetDevice(device_));
-  HM_CUDA_CHECK(cudaDeviceSynchronize());  // queued host functions name the engine's state
-  if (gpu_->mover) gpu_->mover->wait_idle();
-}
-
 void Runtime::stop_gpu() {}
 bool Runtime::acquire_slots(uint64_t, const std::vector<int>&, const std::vector<int64_t>&) {
   return false;

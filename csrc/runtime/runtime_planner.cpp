@@ -283,14 +283,6 @@ void Runtime::enqueue_doorbell_waits(LayerCtx&, Launch*, void*, bool) {}
 void Runtime::planner_loop() {}
 bool Runtime::planner_step() { return false; }
 void Runtime::pause_planner() {}
-void Runtime::settle() {
-  if (!gpu_ || !started_) return;
-  HM_CUDA_CHECK(cudaSetDevice(device_));
-  HM_CUDA_CHECK(cudaDeviceSynchronize());
-  pause_planner();  // handles the kdone words the planner had not seen yet
-  resume_planner();
-}
-
 void Runtime::resume_planner() {}
 void Runtime::stop_planner() {}
 

@@ -31,6 +31,9 @@ _FIELDS = (
     (("layer_fixed_us",), "layer_fixed_us"),
 )
 _FORMAT_FIELDS = ("cpu_efficiency", "cpu_tflops", "gpu_tflops")
+# Optional section "decode" (default 0 each): the live decode path, measured from the runtime's
+# timeline (bench/RESULTS.md), not by calibrate's kernel runs.
+_DECODE_FIELDS = ("decode_gpu_layer_us", "copy_stall_fraction")
 FORMATS = ("bf16", "q8_0")
 
 
@@ -91,6 +94,15 @@ def to_native(profile: dict) -> dict[str, Any]:
     for fmt in FORMATS:
         for f in _FORMAT_FIELDS:
             flat[f"{fmt}_{f}"] = _get(profile, ("formats", fmt, f))
+    # Optional (profiles written before 2026-11-28 lack them): the live decode path's costs.
+    decode = profile.get("decode", {})
+    for key in _DECODE_FIELDS:
+        flat[key] = _get(profile, ("decode", key)) if key in decode else 0.0
+    if flat["copy_stall_fraction"] > 2:
+        raise ValueError(
+            f"profile key 'decode.copy_stall_fraction' must be in [0, 2], got "
+            f"{flat['copy_stall_fraction']}"
+        )
     for fmt in FORMATS:
         eff = flat[f"{fmt}_cpu_efficiency"]
         if not 0 < eff <= 1:
