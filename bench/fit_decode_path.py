@@ -10,7 +10,8 @@ the kernel-level calibration cannot see:
   decode_gpu_layer_us   per decode layer with GPU experts: the hand-off to the GPU path
   copy_stall_fraction   share of each expert copy's time the decode step cannot overlap
 This script fits both on a small FIT set (default: the real trace, bf16, 25%, policies static and
-lru: one configuration without copies, one with; both formats) by a grid search on |log(measured / predicted)|,
+lru: one configuration without copies, one with; both formats) by a grid search on
+|log(measured / predicted)|,
 and reports every other configuration of the run as out-of-sample checks. `value` is simulated
 with stall_aware=False, as it ran (its admission did not charge the stall yet). The routing is
 rebuilt exactly as the benchmark replayed it; for synthetic sources the run's `static` placement
@@ -117,9 +118,10 @@ def main() -> int:
         shift[key] = cpu["mean_us"] - predict_us(cpu, routings[key[0]], profile, cfg, 0, 0)
 
     def pred(r, g, f):
-        return predict_us(r, routings[r["source"]], profile, cfg, g, f) + shift[
-            (r["source"], r["format"])
-        ]
+        return (
+            predict_us(r, routings[r["source"]], profile, cfg, g, f)
+            + shift[(r["source"], r["format"])]
+        )
 
     fit_pol = args.fit_policies.split(",")
     fit_rows = [
@@ -139,7 +141,10 @@ def main() -> int:
             if best is None or err < best[0]:
                 best = (err, float(g), float(f))
     _, g, f = best
-    print(f"fitted on {len(fit_rows)} rows: decode_gpu_layer_us = {g:.0f}, copy_stall_fraction = {f:.2f}")
+    print(
+        f"fitted on {len(fit_rows)} rows: decode_gpu_layer_us = {g:.0f}, "
+        f"copy_stall_fraction = {f:.2f}"
+    )
     checks = []
     for r in rows:
         if r["policy"] == "cpu" or (r["budget"] != rows[0]["budget"] and r["policy"] == "cpu"):
@@ -167,10 +172,11 @@ def main() -> int:
         )
     out = [c["measured_over_predicted"] for c in checks if not c["in_fit_set"]]
     within = sum(1 / 1.25 <= x <= 1.25 for x in out)
+    before = [c["measured_over_sim_fit_before"] for c in checks if not c["in_fit_set"]]
+    within_before = sum(x is not None and 1 / 1.25 <= x <= 1.25 for x in before)
     print(
         f"out of sample: {len(out)} rows, median measured/predicted {statistics.median(out):.2f}, "
-        f"{within} within 1.25x (before: "
-        f"{sum(1 / 1.25 <= c['measured_over_sim_fit_before'] <= 1.25 for c in checks if not c['in_fit_set'])})"
+        f"{within} within 1.25x (before: {within_before})"
     )
     if args.json:
         Path(args.json).write_text(

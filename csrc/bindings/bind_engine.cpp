@@ -105,7 +105,8 @@ HM_BINDINGS(engine) {
          py::array_t<uint8_t, py::array::c_style> computed, int n_layer, int n_expert, int top_k,
          const py::dict& profile, const std::string& fmt, int64_t hidden, int64_t intermediate,
          const std::string& policy, int n_slots, double predictor_accuracy, uint64_t seed,
-         const py::dict& value_params, py::array_t<double, py::array::c_style> static_profile) {
+         const py::dict& value_params, py::array_t<double, py::array::c_style> static_profile,
+         bool warm_start) {
         hm::TraceView tv;
         tv.n_layer = n_layer;
         tv.n_expert = n_expert;
@@ -143,6 +144,7 @@ HM_BINDINGS(engine) {
           cfg.value.stall_aware = value_params["stall_aware"].cast<bool>();
         cfg.static_profile.assign(static_profile.data(),
                                   static_profile.data() + static_profile.size());
+        cfg.warm_start = warm_start;
         const hm::HardwareProfile prof = hm::bindings::profile_from_dict(profile);
         const hm::ExpertLayout layout =
             hm::make_expert_layout(hm::parse_format(fmt), hidden, intermediate);
@@ -158,6 +160,7 @@ HM_BINDINGS(engine) {
       py::arg("profile"), py::arg("fmt"), py::arg("hidden"), py::arg("intermediate"),
       py::arg("policy"), py::arg("n_slots"), py::arg("predictor_accuracy"), py::arg("seed"),
       py::arg("value_params"), py::arg("static_profile") = py::array_t<double>(0),
+      py::arg("warm_start") = false,
       "Replay a trace through cache, policy and scheduler (csrc/core/simulator.h); use "
       "hybrid_moe.sim.simulate.");
 }

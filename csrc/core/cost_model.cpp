@@ -5,7 +5,8 @@
 namespace hm {
 
 void HardwareProfile::validate() const {
-  HM_CHECK(dram_read_gbps > 0, "profile '", name, "': dram_read_gbps must be > 0, got ", dram_read_gbps);
+  HM_CHECK(dram_read_gbps > 0, "profile '", name, "': dram_read_gbps must be > 0, got ",
+           dram_read_gbps);
   HM_CHECK(vram_gbps > 0, "profile '", name, "': vram_gbps must be > 0, got ", vram_gbps);
   HM_CHECK(h2d_gbps > 0, "profile '", name, "': h2d_gbps must be > 0, got ", h2d_gbps);
   HM_CHECK(cpu_overhead_us >= 0 && gpu_overhead_us >= 0 && gpu_layer_overhead_us >= 0 &&
@@ -25,13 +26,15 @@ CostModel::CostModel(const HardwareProfile& profile, const ExpertLayout& layout)
     : profile_(profile), format_(layout.format), bytes_(layout.weight_bytes()) {
   profile_.validate();
   HM_CHECK(bytes_ > 0, "expert layout must have bytes > 0");
-  flops_per_token_ = 2.0 * 3.0 * static_cast<double>(layout.hidden) * static_cast<double>(layout.intermediate);
+  flops_per_token_ =
+      2.0 * 3.0 * static_cast<double>(layout.hidden) * static_cast<double>(layout.intermediate);
 }
 
 // GB/s = 1e3 bytes/us; TFLOP/s = 1e6 flop/us.
 double CostModel::raw_cpu(int64_t n) const {
   const FormatCosts& f = profile_.format(format_);
-  const double mem = static_cast<double>(bytes_) / (profile_.dram_read_gbps * f.cpu_efficiency * 1e3);
+  const double mem =
+      static_cast<double>(bytes_) / (profile_.dram_read_gbps * f.cpu_efficiency * 1e3);
   const double math = expert_flops(n) / (f.cpu_tflops * 1e6);
   return profile_.cpu_overhead_us + std::max(mem, math);
 }
@@ -47,17 +50,26 @@ double CostModel::raw_copy(std::size_t bytes) const {
   return profile_.copy_latency_us + static_cast<double>(bytes) / (profile_.h2d_gbps * 1e3);
 }
 
-double CostModel::t_cpu(int64_t n) const { return raw_cpu(n) * scale_[0]; }
-double CostModel::t_gpu(int64_t n) const { return raw_gpu(n) * scale_[1]; }
-double CostModel::t_copy() const { return raw_copy(bytes_) * scale_[2]; }
-double CostModel::t_copy_bytes(std::size_t bytes) const { return raw_copy(bytes) * scale_[2]; }
+double CostModel::t_cpu(int64_t n) const {
+  return raw_cpu(n) * scale_[0];
+}
+double CostModel::t_gpu(int64_t n) const {
+  return raw_gpu(n) * scale_[1];
+}
+double CostModel::t_copy() const {
+  return raw_copy(bytes_) * scale_[2];
+}
+double CostModel::t_copy_bytes(std::size_t bytes) const {
+  return raw_copy(bytes) * scale_[2];
+}
 
 void CostModel::refine(Resource r, int64_t n_tokens, double observed_us, double alpha) {
   HM_CHECK(alpha > 0 && alpha <= 1, "refine: alpha must be in (0, 1], got ", alpha);
   HM_CHECK(observed_us > 0, "refine: observed time must be > 0 us, got ", observed_us);
   const int i = static_cast<int>(r);
   HM_CHECK(i >= 0 && i <= 2, "refine: unknown resource ", i);
-  if (r != Resource::kCopy) HM_CHECK(n_tokens >= 1, "refine: n_tokens must be >= 1, got ", n_tokens);
+  if (r != Resource::kCopy)
+    HM_CHECK(n_tokens >= 1, "refine: n_tokens must be >= 1, got ", n_tokens);
   const double predicted = r == Resource::kCpu   ? raw_cpu(n_tokens)
                            : r == Resource::kGpu ? raw_gpu(n_tokens)
                                                  : raw_copy(bytes_);

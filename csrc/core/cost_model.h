@@ -2,8 +2,8 @@
 // the scheduler balances for one expert of one layer:
 //   t_cpu(n)    CPU computes the expert for n tokens, reading its weights from DRAM:
 //               cpu_overhead + max(bytes / (dram_bw * cpu_efficiency), flops(n) / cpu_flops)
-//   t_gpu(n)    GPU computes it from a VRAM slot: gpu_overhead + max(bytes / vram_bw, flops / gpu_flops)
-//   t_copy()    pinned host-to-device copy of the expert's one contiguous byte range:
+//   t_gpu(n)    GPU computes it from a VRAM slot: gpu_overhead + max(bytes / vram_bw, flops /
+//   gpu_flops) t_copy()    pinned host-to-device copy of the expert's one contiguous byte range:
 //               copy_latency + bytes / h2d_bw
 // flops(n) = 2 * (3 * hidden * intermediate) * n (gate, up, down). Each curve is "latency + bytes /
 // bandwidth, becoming FLOP-bound at large n". Constants come from a hardware profile (JSON, parsed
@@ -29,15 +29,15 @@ struct FormatCosts {
 // A hardware profile: what python/hybrid_moe/profiles/*.json hold.
 struct HardwareProfile {
   std::string name;
-  double dram_read_gbps = 60.0;     // host DRAM read bandwidth with all CPU threads, GB/s (1e9)
-  double cpu_overhead_us = 5.0;     // per expert CPU dispatch (thread pool fan-out and join)
-  double vram_gbps = 1000.0;        // device memory bandwidth the expert kernel reaches, GB/s
-  double gpu_overhead_us = 2.0;     // per expert GPU cost inside the one per-layer launch
+  double dram_read_gbps = 60.0;        // host DRAM read bandwidth with all CPU threads, GB/s (1e9)
+  double cpu_overhead_us = 5.0;        // per expert CPU dispatch (thread pool fan-out and join)
+  double vram_gbps = 1000.0;           // device memory bandwidth the expert kernel reaches, GB/s
+  double gpu_overhead_us = 2.0;        // per expert GPU cost inside the one per-layer launch
   double gpu_layer_overhead_us = 8.0;  // per layer with any GPU expert work: launch + plan read
-  double h2d_gbps = 25.0;           // pinned host-to-device copy bandwidth, GB/s
-  double copy_latency_us = 10.0;    // fixed cost of one copy (the floor of a tiny copy)
-  double layer_fixed_us = 50.0;     // per layer, per decode step, outside the experts: attention,
-                                    // router, ids D2H, plan and join host functions
+  double h2d_gbps = 25.0;              // pinned host-to-device copy bandwidth, GB/s
+  double copy_latency_us = 10.0;       // fixed cost of one copy (the floor of a tiny copy)
+  double layer_fixed_us = 50.0;  // per layer, per decode step, outside the experts: attention,
+                                 // router, ids D2H, plan and join host functions
   // The live decode path (measured from the runtime's timeline, not by calibrate's kernel runs):
   double decode_gpu_layer_us = 0.0;  // per decode layer with GPU experts: the hand-off to the
                                      // GPU path (doorbells, plan and partials over PCIe) beyond
@@ -77,7 +77,9 @@ class CostModel {
   double scale(Resource r) const { return scale_[static_cast<int>(r)]; }
 
   std::size_t expert_bytes() const { return bytes_; }
-  double expert_flops(int64_t n_tokens) const { return flops_per_token_ * static_cast<double>(n_tokens); }
+  double expert_flops(int64_t n_tokens) const {
+    return flops_per_token_ * static_cast<double>(n_tokens);
+  }
   const HardwareProfile& profile() const { return profile_; }
   WeightFormat format() const { return format_; }
 

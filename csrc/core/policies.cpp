@@ -38,16 +38,7 @@ class StaticPolicy final : public Policy {
   double key(int, int) const override { return 0.0; }
   bool admit(const ExpertCache&, int, int, int, int64_t, double) const override { return false; }
   void warm_start(ExpertCache& cache, const std::vector<double>& freq) override {
-    const std::size_t n = static_cast<std::size_t>(n_layer_) * n_expert_;
-    HM_CHECK(freq.size() == n, "static policy: frequency profile must have n_layer * n_expert = ", n,
-             " entries, got ", freq.size());
-    std::vector<int> order(n);
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return freq[a] > freq[b]; });
-    for (int i = 0; i < cache.n_slots() && i < static_cast<int>(n); ++i) {
-      if (freq[order[i]] <= 0) break;  // never used: leave the slot free
-      cache.preload(order[i] / n_expert_, order[i] % n_expert_, freq[order[i]]);
-    }
+    preload_top(cache, freq, [](int, double f) { return f; });
   }
 };
 
@@ -61,9 +52,19 @@ class LruPolicy final : public Policy {
     Policy::reset(n_layer, n_expert, top_k, cost);
     last_.assign(static_cast<std::size_t>(n_layer) * n_expert, -1.0);
   }
-  void on_access(const Access& a) override { last_[a.layer * n_expert_ + a.expert] = static_cast<double>(a.tick); }
+  void on_access(const Access& a) override {
+    last_[a.layer * n_expert_ + a.expert] = static_cast<double>(a.tick);
+  }
   double key(int l, int e) const override { return last_[l * n_expert_ + e]; }
   bool admit(const ExpertCache&, int, int, int, int64_t, double) const override { return true; }
+  // Preloaded experts count as used before the first step (ticks < 0), more used ones later:
+  // anything used in the run outranks them, and among them the least used goes first.
+  void warm_start(ExpertCache& cache, const std::vector<double>& freq) override {
+    double top = 0;
+    for (double f : freq) top = std::max(top, f);
+    preload_top(cache, freq,
+                [&](int i, double f) { return last_[i] = -1.0 + 0.5 * f / (top + 1.0); });
+  }
 
  private:
   bool fetch_;
@@ -90,6 +91,16 @@ class LfuPolicy final : public Policy {
     return count_[i] * 4294967296.0 + last_[i];
   }
   bool admit(const ExpertCache&, int, int, int, int64_t, double) const override { return true; }
+  // Preloaded experts start with their profile counts scaled to one use at most (a hint, not
+  // history that would outweigh the run's own uses).
+  void warm_start(ExpertCache& cache, const std::vector<double>& freq) override {
+    double top = 0;
+    for (double f : freq) top = std::max(top, f);
+    preload_top(cache, freq, [&](int i, double f) {
+      count_[i] = f / (top + 1.0);
+      return key(i / n_expert_, i % n_expert_);
+    });
+  }
 
  private:
   std::vector<double> count_, last_;

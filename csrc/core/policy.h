@@ -5,15 +5,16 @@
 //   lru        misses computed on the CPU; copied into the cache in the background when the copy
 //              engine has time; evicts the least recently used.
 //   lfu        as lru, evicting the least frequently used (ties: least recent).
-//   lru-fetch  every miss copied, then computed on the GPU (mixtral-offloading style); LRU eviction.
-//   value      ours: see policy_value.cpp.
-//   oracle     Belady: evicts the expert used again farthest in the future and admits a miss only
+//   lru-fetch  every miss copied, then computed on the GPU (mixtral-offloading style); LRU
+//   eviction. value      ours: see policy_value.cpp. oracle     Belady: evicts the expert used
+//   again farthest in the future and admits a miss only
 //              if it is used again before the victim (future known: simulator only).
 // A policy only ranks and admits; the Scheduler decides where each expert runs and issues copies,
 // and the ExpertCache holds the state. Eviction keys must keep their order as time passes (see
 // expert_cache.h), so a victim is found in O(log slots).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -29,7 +30,8 @@ enum class MissMode : int {
   kCpu = 0,       // computed on the CPU, never admitted (cpu, static)
   kCpuAdmit = 1,  // computed on the CPU, admitted by a background copy (lru, lfu)
   kFetch = 2,     // always copied, then computed on the GPU (lru-fetch)
-  kSchedule = 3,  // the scheduler picks CPU or fetch+GPU; the policy decides admission (value, oracle)
+  kSchedule =
+      3,  // the scheduler picks CPU or fetch+GPU; the policy decides admission (value, oracle)
 };
 
 inline constexpr int64_t kNoNextUse = INT64_MAX;
@@ -38,10 +40,10 @@ inline constexpr int64_t kNoNextUse = INT64_MAX;
 struct Access {
   int layer = 0;
   int expert = 0;
-  float weight = 0.f;    // router weight (summed over the step's tokens that chose it)
-  int n_tokens = 1;      // tokens of the step that chose it
-  int64_t step = 0;      // step index (decode token or prefill chunk)
-  int64_t tick = 0;      // step * n_layer + layer: a global clock of layer visits
+  float weight = 0.f;             // router weight (summed over the step's tokens that chose it)
+  int n_tokens = 1;               // tokens of the step that chose it
+  int64_t step = 0;               // step index (decode token or prefill chunk)
+  int64_t tick = 0;               // step * n_layer + layer: a global clock of layer visits
   int64_t next_use = kNoNextUse;  // step of its next use (simulator only; oracle)
 };
 
@@ -61,14 +63,36 @@ class Policy {
   // imminent: probability it is used at its layer's very next visit (prefetch hints), else 0.
   virtual bool admit(const ExpertCache& cache, int layer, int expert, int victim_slot, int64_t step,
                      double imminent) const = 0;
-  // Called once before a run with per (layer, expert) use counts [n_layer * n_expert] (static).
+  // Called once before a run with per (layer, expert) use counts [n_layer * n_expert]: static
+  // places by them; lru, lfu, lru-fetch and value start from the same placement (a calibration
+  // run's profile) and adapt from there. The default (cpu, oracle) ignores it.
   virtual void warm_start(ExpertCache& cache, const std::vector<double>& frequency) {}
 
  protected:
+  // Fills the cache with the most used (layer, expert) pairs of `frequency` (never-used ones
+  // stay free), each with the eviction key key_of(index, frequency). HM_CHECKs the size.
+  template <typename KeyOf>
+  void preload_top(ExpertCache& cache, const std::vector<double>& frequency, KeyOf key_of) const;
+
   int n_layer_ = 0, n_expert_ = 0, top_k_ = 1;
   double saved_us_ = 0, copy_us_ = 0;  // per decode use saved by a hit; one expert copy
   double stall_us_ = 0;                // decode critical path one copy costs (t_copy_stall)
 };
+
+template <typename KeyOf>
+void Policy::preload_top(ExpertCache& cache, const std::vector<double>& freq, KeyOf key_of) const {
+  const std::size_t n = static_cast<std::size_t>(n_layer_) * n_expert_;
+  HM_CHECK(freq.size() == n, "policy '", name(),
+           "': frequency profile must have n_layer * n_expert = ", n, " entries, got ",
+           freq.size());
+  std::vector<int> order(n);
+  for (std::size_t i = 0; i < n; ++i) order[i] = static_cast<int>(i);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return freq[a] > freq[b]; });
+  for (int i = 0; i < cache.n_slots() && i < static_cast<int>(n); ++i) {
+    if (freq[order[i]] <= 0) break;  // never used: leave the slot free
+    cache.preload(order[i] / n_expert_, order[i] % n_expert_, key_of(order[i], freq[order[i]]));
+  }
+}
 
 // Tunables of the value policy (defaults chosen on the dev trace and synthetic preset; see
 // bench/RESULTS.md, "Decision engine").
@@ -93,6 +117,8 @@ struct ValueParams {
   // respectively. 0: the fixed horizon_steps (the default before 2026-11-28). 0.75 chosen on the
   // dev trace and synthetic seeds 1-3 (0.7: 25% synthetic 1.15x instead of 1.18x; 0.85: 10%
   // synthetic closes 0.47 of the gap instead of 0.52).
+  // Used only while copies do not stall decode steps (profile copy_stall_fraction 0); with a
+  // stall the fixed horizon_steps applies (policy_value.cpp, reset).
   double horizon_lifetimes = 0.75;
 };
 

@@ -12,10 +12,11 @@
 // (2026-11-28, no gain on the dev trace or synthetic seed 1): weighting each use by the expert's
 // long-run share of its layer (a frequency prior), and longer half-lives (16 and 32 steps).
 //
-// Value. S * (1 - 2^(-1/halflife)) estimates the uses per step (an exponential moving average of the
-// use indicator); times horizon_steps it is the predicted number of uses within the horizon, times
-// saved_per_use = t_cpu(1) - t_gpu(1) it is the microseconds a cached copy saves:
-//   value = rate * horizon * saved_per_use  (+ imminent * saved_per_use for a next-layer prediction)
+// Value. S * (1 - 2^(-1/halflife)) estimates the uses per step (an exponential moving average of
+// the use indicator); times horizon_steps it is the predicted number of uses within the horizon,
+// times saved_per_use = t_cpu(1) - t_gpu(1) it is the microseconds a cached copy saves:
+//   value = rate * horizon * saved_per_use  (+ imminent * saved_per_use for a next-layer
+//   prediction)
 // The horizon (ValueParams::horizon_lifetimes > 0, the default) is 0.75 x the measured time an
 // expert stays cached, n_slots / evictions per step (moving average over ~8 steps; evictions are
 // the admissions that took a used slot). Only the prefetch bonus depends on it (both values scale
@@ -32,7 +33,8 @@
 // Speed (>= 1 M layer-steps/s for the simulator): no libm call per access. log2(2^a + 2^b) uses a
 // table of log2(1 + 2^-d) (d in [0, 32), 1/64 steps, linear interpolation: error < 1e-6), log2 of
 // the use weight and exp2 for values use frexp/ldexp with small polynomials (relative error < 1e-4,
-// far below what changes a ranking); the decay factor 2^(-step / halflife) is computed once per step.
+// far below what changes a ranking); the decay factor 2^(-step / halflife) is computed once per
+// step.
 #include "core/policy_value.h"
 
 #include <algorithm>
@@ -53,8 +55,8 @@ constexpr int kSumPerUnit = 64;  // log2(1 + 2^-d) table: 64 intervals per unit 
 constexpr int kSumMax = 32;      // beyond d = 32 the term is < 1e-9
 
 struct Tables {
-  double log2_mant[kMant + 1];  // log2(1 + i / kMant)
-  double exp2_frac[kMant + 1];  // 2^(i / kMant)
+  double log2_mant[kMant + 1];                 // log2(1 + i / kMant)
+  double exp2_frac[kMant + 1];                 // 2^(i / kMant)
   double log2_sum[kSumMax * kSumPerUnit + 1];  // log2(1 + 2^(-i / kSumPerUnit))
   Tables() {
     for (int i = 0; i <= kMant; ++i) {
@@ -79,7 +81,8 @@ double fast_log2(double x) {
   uint64_t bits;
   std::memcpy(&bits, &x, sizeof bits);
   const int e = static_cast<int>((bits >> 52) & 0x7ff) - 1023;
-  const double m = static_cast<double>(bits & ((uint64_t(1) << 52) - 1)) * (1.0 / 4503599627370496.0);
+  const double m =
+      static_cast<double>(bits & ((uint64_t(1) << 52) - 1)) * (1.0 / 4503599627370496.0);
   const double pos = m * kMant;
   const int i = static_cast<int>(pos);
   const double* t = tables().log2_mant;
@@ -118,10 +121,12 @@ using value_math::log2_add;
 class ValuePolicy final : public Policy {
  public:
   explicit ValuePolicy(const ValueParams& vp) : vp_(vp) {
-    HM_CHECK(vp.halflife_steps > 0, "value policy: halflife_steps must be > 0, got ", vp.halflife_steps);
-    HM_CHECK(vp.horizon_steps > 0, "value policy: horizon_steps must be > 0, got ", vp.horizon_steps);
-    HM_CHECK(vp.weight_mix >= 0 && vp.weight_mix <= 1, "value policy: weight_mix must be in [0, 1], got ",
-             vp.weight_mix);
+    HM_CHECK(vp.halflife_steps > 0, "value policy: halflife_steps must be > 0, got ",
+             vp.halflife_steps);
+    HM_CHECK(vp.horizon_steps > 0, "value policy: horizon_steps must be > 0, got ",
+             vp.horizon_steps);
+    HM_CHECK(vp.weight_mix >= 0 && vp.weight_mix <= 1,
+             "value policy: weight_mix must be in [0, 1], got ", vp.weight_mix);
     HM_CHECK(vp.copy_factor >= 0, "value policy: copy_factor must be >= 0, got ", vp.copy_factor);
     HM_CHECK(vp.horizon_lifetimes >= 0, "value policy: horizon_lifetimes must be >= 0, got ",
              vp.horizon_lifetimes);
@@ -143,6 +148,12 @@ class ValuePolicy final : public Policy {
     evictions_ = 0;
     evict_rate_ = -1;  // unknown until the first slot is known (admit) and a step has passed
     n_slots_ = 0;
+    // The adaptive horizon was chosen while copies cost only idle copy-engine time: a long stay
+    // then made more admissions pay. When a copy stalls the decode step (the profile's
+    // copy_stall_fraction, measured on the H200 machine), the long horizon over-admits (simulated
+    // value / best baseline 0.70-0.96 against 1.00-1.29 with the fixed horizon on the dev trace
+    // and the synthetic preset, bench/RESULTS.md session 2): use horizon_steps then.
+    adaptive_ = vp_.horizon_lifetimes > 0 && !(vp_.stall_aware && stall_us_ > 0);
   }
 
   void on_access(const Access& a) override {
@@ -151,11 +162,25 @@ class ValuePolicy final : public Policy {
     double w = 1.0;
     if (vp_.weight_mix > 0)
       w = (1.0 - vp_.weight_mix) + vp_.weight_mix * top_k_ * a.weight / std::max(1, a.n_tokens);
-    const double add = static_cast<double>(a.step) * inv_h_ + (w == 1.0 ? 0.0 : fast_log2(std::max(w, 1e-3)));
+    const double add =
+        static_cast<double>(a.step) * inv_h_ + (w == 1.0 ? 0.0 : fast_log2(std::max(w, 1e-3)));
     log_score_[i] = log2_add(log_score_[i], add);
   }
 
   double key(int l, int e) const override { return log_score_[l * n_expert_ + e]; }
+
+  // Preloaded experts get the score of their profile rate: uses per step r = f / (steps the
+  // profile covers in that layer, sum_e f / top_k), held as S = r / per_step_ at step 0, so the
+  // value is r * horizon * saved_per_use and decays with halflife_steps unless the run uses it.
+  void warm_start(ExpertCache& cache, const std::vector<double>& freq) override {
+    std::vector<double> steps(static_cast<std::size_t>(n_layer_), 0.0);
+    if (freq.size() == static_cast<std::size_t>(n_layer_) * n_expert_)
+      for (std::size_t i = 0; i < freq.size(); ++i) steps[i / n_expert_] += freq[i] / top_k_;
+    preload_top(cache, freq, [&](int i, double f) {
+      const double rate = f / std::max(steps[i / n_expert_], 1e-9);
+      return log_score_[i] = std::log2(std::max(rate / per_step_, 1e-12));
+    });
+  }
 
   // Predicted uses within the horizon (before the saved-time factor).
   double uses(int l, int e, int64_t step) const {
@@ -171,7 +196,8 @@ class ValuePolicy final : public Policy {
     if (victim < 0) return true;
     const double mine = value_us(l, e, step) + imminent * saved_us_;
     const double theirs = value_us(cache.slot_layer(victim), cache.slot_expert(victim), step);
-    const bool yes = mine > theirs + vp_.copy_factor * copy_us_ + (vp_.stall_aware ? stall_us_ : 0.0);
+    const bool yes =
+        mine > theirs + vp_.copy_factor * copy_us_ + (vp_.stall_aware ? stall_us_ : 0.0);
     evictions_ += yes;  // the scheduler takes the slot whenever admit says yes
     return yes;
   }
@@ -183,7 +209,7 @@ class ValuePolicy final : public Policy {
   void new_step(int64_t step) {
     const int64_t gap = std::max<int64_t>(1, step - cur_step_);
     cur_step_ = step;
-    if (vp_.horizon_lifetimes <= 0 || n_slots_ <= 0) return;
+    if (!adaptive_ || n_slots_ <= 0) return;
     const double per_step = static_cast<double>(evictions_) / static_cast<double>(gap);
     evictions_ = 0;
     constexpr double kRateSteps = 8.0;
@@ -195,6 +221,7 @@ class ValuePolicy final : public Policy {
   }
 
   ValueParams vp_;
+  bool adaptive_ = true;  // horizon from the measured stay (see reset)
   double inv_h_ = 0, per_step_ = 0, value_scale_ = 0;
   int64_t cur_step_ = 0;
   mutable int64_t evictions_ = 0;  // admits that evicted since cur_step_ (admit is const)
@@ -205,7 +232,9 @@ class ValuePolicy final : public Policy {
 
 }  // namespace
 
-std::unique_ptr<Policy> make_value_policy(const ValueParams& vp) { return std::make_unique<ValuePolicy>(vp); }
+std::unique_ptr<Policy> make_value_policy(const ValueParams& vp) {
+  return std::make_unique<ValuePolicy>(vp);
+}
 
 double value_estimate_us(const Policy& policy, int layer, int expert, int64_t step) {
   const auto* v = dynamic_cast<const ValuePolicy*>(&policy);

@@ -6,8 +6,8 @@ namespace hm {
 
 Scheduler::Scheduler(ExpertCache& cache, Policy& policy, const CostModel& cost, int top_k)
     : cache_(cache), policy_(policy), cost_(cost) {
-  HM_CHECK(top_k >= 1 && top_k <= cache.n_expert(), "top_k must be in [1, n_expert = ",
-           cache.n_expert(), "], got ", top_k);
+  HM_CHECK(top_k >= 1 && top_k <= cache.n_expert(),
+           "top_k must be in [1, n_expert = ", cache.n_expert(), "], got ", top_k);
   if (policy.uses_cache())
     HM_CHECK(cache.n_slots() >= top_k, "budget of ", cache.n_slots(),
              " slots is smaller than top_k = ", top_k, ": policy '", policy.name(),
@@ -24,8 +24,9 @@ int Scheduler::take_slot(double now, int layer, int expert, int64_t step, double
                          CopyRequest& req) {
   int slot = cache_.free_slot();
   if (slot < 0) slot = cache_.choose_victim(now);
-  if (slot < 0 || !policy_.admit(cache_, layer, expert, cache_.state(slot) == SlotState::kFree ? -1 : slot,
-                                 step, imminent))
+  if (slot < 0 ||
+      !policy_.admit(cache_, layer, expert, cache_.state(slot) == SlotState::kFree ? -1 : slot,
+                     step, imminent))
     return -1;
   req.slot = slot;
   if (cache_.state(slot) != SlotState::kFree) {
@@ -100,9 +101,10 @@ void Scheduler::plan_layer(const PlanInput& in, LayerPlan& out) {
     } else {
       ++out.n_miss;
       it.needs_copy = true;
-      it.choice = !cached || mode == MissMode::kCpu || mode == MissMode::kCpuAdmit ? Choice::kForceCpu
-                  : mode == MissMode::kFetch                                      ? Choice::kForceGpu
-                                                                                  : Choice::kFree;
+      it.choice = !cached || mode == MissMode::kCpu || mode == MissMode::kCpuAdmit || in.decode
+                      ? Choice::kForceCpu
+                  : mode == MissMode::kFetch ? Choice::kForceGpu
+                                             : Choice::kFree;
     }
     out.experts.push_back(pe);
     items_.push_back(it);
@@ -195,7 +197,8 @@ void Scheduler::plan_layer(const PlanInput& in, LayerPlan& out) {
       if (!background(CopyKind::kPrefetch, in.layer + 1, in.hints[h], in.hint_probability)) break;
     }
   }
-  if (cached && (mode == MissMode::kCpuAdmit || mode == MissMode::kSchedule)) {
+  if (cached && (mode == MissMode::kCpuAdmit || mode == MissMode::kSchedule ||
+                 (in.decode && mode == MissMode::kFetch))) {
     for (int i = 0; i < n; ++i) {
       if (items_[i].where != Where::kCpu || !items_[i].needs_copy) continue;
       if (cache_.lookup(in.layer, out.experts[i].expert) >= 0) continue;

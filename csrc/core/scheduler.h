@@ -30,8 +30,8 @@ namespace hm {
 // One distinct expert selected by the layer's tokens in this step.
 struct Selected {
   int expert = 0;
-  int n_tokens = 1;    // tokens of the step that chose it
-  float weight = 0.f;  // sum of their router weights
+  int n_tokens = 1;               // tokens of the step that chose it
+  float weight = 0.f;             // sum of their router weights
   int64_t next_use = kNoNextUse;  // step of its next use (simulator; oracle only)
 };
 
@@ -42,7 +42,7 @@ struct CopyRequest {
   int layer = 0, expert = 0;
   int slot = -1;  // cache slot; -1 = staging buffer (computed once, not cached)
   int victim_layer = -1, victim_expert = -1;  // evicted to make room, or -1
-  double start = 0, ready = 0;  // us, on the plan's clock
+  double start = 0, ready = 0;                // us, on the plan's clock
 };
 
 struct PlannedExpert {
@@ -74,11 +74,17 @@ struct PlanInput {
   const int* hints = nullptr;  // predicted experts of layer + 1 (prefetch candidates)
   int n_hints = 0;
   double hint_probability = 0;  // the predictor's accuracy: chance a hint is used
+  // A decode step of the live runtime, whose stream cannot wait for a copy: a miss runs on the
+  // CPU (never a demand fetch) and may be admitted for later steps (kFetch then acts like
+  // kCpuAdmit: admit every miss; kSchedule admits by the policy's value). false: the split may
+  // fetch misses to the GPU (prefill, where the runtime waits for the copies).
+  bool decode = false;
 };
 
 class Scheduler {
  public:
-  // The objects are shared with the caller and must outlive the scheduler. policy.reset() is called.
+  // The objects are shared with the caller and must outlive the scheduler. policy.reset() is
+  // called.
   Scheduler(ExpertCache& cache, Policy& policy, const CostModel& cost, int top_k);
 
   void plan_layer(const PlanInput& in, LayerPlan& out);

@@ -18,13 +18,14 @@ void TraceView::validate() const {
            "step_offsets must start at 0 and end at n_tokens = ", n_tokens);
   for (int64_t s = 0; s < n_steps; ++s) {
     HM_CHECK(step_offsets[s + 1] > step_offsets[s], "step ", s, " has no tokens");
-    HM_CHECK(phase[s] == 0 || phase[s] == 1, "phase must be 0 or 1, got ", int(phase[s]), " at step ", s);
+    HM_CHECK(phase[s] == 0 || phase[s] == 1, "phase must be 0 or 1, got ", int(phase[s]),
+             " at step ", s);
   }
   const int64_t n = n_tokens * n_layer * top_k;
   for (int64_t i = 0; i < n; ++i)
     if (!computed || computed[i / top_k])
-    HM_CHECK(ids[i] >= 0 && ids[i] < n_expert, "expert id must be in [0, ", n_expert, "), got ",
-             ids[i], " at flat index ", i);
+      HM_CHECK(ids[i] >= 0 && ids[i] < n_expert, "expert id must be in [0, ", n_expert, "), got ",
+               ids[i], " at flat index ", i);
 }
 
 namespace {
@@ -72,7 +73,8 @@ SimResult simulate(const TraceView& tr, const HardwareProfile& profile, const Ex
     HM_CHECK(cfg.static_profile.size() == LE, "static_profile must have n_layer * n_expert = ", LE,
              " entries, got ", cfg.static_profile.size());
     for (double f : cfg.static_profile)
-      HM_CHECK(f >= 0 && std::isfinite(f), "static_profile entries must be finite and >= 0, got ", f);
+      HM_CHECK(f >= 0 && std::isfinite(f), "static_profile entries must be finite and >= 0, got ",
+               f);
   }
   if (std::string(policy->name()) == "static") {
     if (cfg.static_profile.empty()) {
@@ -83,6 +85,8 @@ SimResult simulate(const TraceView& tr, const HardwareProfile& profile, const Ex
     } else {
       policy->warm_start(cache, cfg.static_profile);
     }
+  } else if (cfg.warm_start && policy->uses_cache() && !cfg.static_profile.empty()) {
+    policy->warm_start(cache, cfg.static_profile);
   }
   std::vector<int64_t> next_use;  // [n_tokens * L * K] step of the next use of that (layer, expert)
   if (policy->needs_future()) {
@@ -178,6 +182,7 @@ SimResult simulate(const TraceView& tr, const HardwareProfile& profile, const Ex
       in.hints = hints.data();
       in.n_hints = static_cast<int>(hints.size());
       in.hint_probability = cfg.predictor_accuracy;
+      in.decode = decode && cfg.runtime_decode;
       sched.plan_layer(in, plan);
       copy_free = plan.copy_free;
       double end = std::max(plan.timing.finish, in.queues.now);

@@ -20,9 +20,11 @@ void validate_options(const RuntimeOptions& opt) {
   HM_CHECK(std::find(names.begin(), names.end(), opt.policy) != names.end(), "unknown policy '",
            opt.policy, "': expected one of cpu, static, lru, lfu, lru-fetch, value");
   opt.profile.validate();
-  const int n_budgets = (opt.budget_fraction >= 0) + (opt.budget_bytes >= 0) + (opt.budget_slots >= 0);
+  const int n_budgets =
+      (opt.budget_fraction >= 0) + (opt.budget_bytes >= 0) + (opt.budget_slots >= 0);
   HM_CHECK(n_budgets == 1, "give exactly one budget (fraction, bytes or slots), got ", n_budgets);
-  HM_CHECK(opt.budget_fraction <= 1.0, "budget fraction must be in [0, 1], got ", opt.budget_fraction);
+  HM_CHECK(opt.budget_fraction <= 1.0, "budget fraction must be in [0, 1], got ",
+           opt.budget_fraction);
   HM_CHECK(opt.n_layers >= 0, "n_layers must be >= 0 (0: known at the first forward), got ",
            opt.n_layers);
   HM_CHECK(opt.decode_max_tokens >= 1 && opt.decode_max_tokens <= 4096,
@@ -82,11 +84,12 @@ bool Runtime::layer_registered(int layer) const {
 
 void Runtime::register_layer(int layer, WeightFormat f, int64_t hidden, int64_t intermediate,
                              int n_expert, int top_k, const uint8_t* packed) {
-  HM_CHECK(!started_, "layer ", layer, " registered after the runtime started (its first forward): "
+  HM_CHECK(!started_, "layer ", layer,
+           " registered after the runtime started (its first forward): "
            "build every HybridMoELayer before running any, or pass n_layers to Runtime");
   HM_CHECK(layer >= 0, "layer_idx must be >= 0, got ", layer);
-  HM_CHECK(opt_.n_layers == 0 || layer < opt_.n_layers, "layer_idx must be in [0, n_layers = ",
-           opt_.n_layers, "), got ", layer);
+  HM_CHECK(opt_.n_layers == 0 || layer < opt_.n_layers,
+           "layer_idx must be in [0, n_layers = ", opt_.n_layers, "), got ", layer);
   HM_CHECK(n_expert >= 1, "n_expert must be >= 1, got ", n_expert);
   HM_CHECK(top_k >= 1 && top_k <= n_expert, "top_k must be in [1, n_expert = ", n_expert, "], got ",
            top_k);
@@ -96,13 +99,14 @@ void Runtime::register_layer(int layer, WeightFormat f, int64_t hidden, int64_t 
     HM_CHECK(l.format == layout_.format && l.hidden == layout_.hidden &&
                  l.intermediate == layout_.intermediate,
              "layer ", layer, ": every layer must share one expert format and shape: expected ",
-             format_name(layout_.format), " H=", layout_.hidden, " I=", layout_.intermediate, ", got ",
-             format_name(f), " H=", hidden, " I=", intermediate);
+             format_name(layout_.format), " H=", layout_.hidden, " I=", layout_.intermediate,
+             ", got ", format_name(f), " H=", hidden, " I=", intermediate);
     HM_CHECK(n_expert == n_expert_, "layer ", layer, ": n_expert must be ", n_expert_, ", got ",
              n_expert);
     HM_CHECK(top_k == top_k_, "layer ", layer, ": top_k must be ", top_k_, ", got ", top_k);
   }
-  if (layer >= static_cast<int>(layers_.size())) layers_.resize(static_cast<std::size_t>(layer) + 1);
+  if (layer >= static_cast<int>(layers_.size()))
+    layers_.resize(static_cast<std::size_t>(layer) + 1);
   HM_CHECK(!layers_[layer] || !layers_[layer]->registered, "layer ", layer,
            " is already registered (duplicate layer_idx)");
   if (!have_layout_) {
@@ -122,11 +126,13 @@ void Runtime::fill_host_store(int layer, const uint8_t* packed) {
   if (device_ >= 0 && gpu_fill(layer, packed)) return;  // straight into the pinned store
   const std::size_t bytes = static_cast<std::size_t>(n_expert_) * layout_.stride;
   auto* p = static_cast<uint8_t*>(std::aligned_alloc(kAlign, align_up(bytes)));
-  HM_CHECK_RT(p != nullptr, "out of host memory for layer ", layer, "'s experts (", bytes, " bytes)");
+  HM_CHECK_RT(p != nullptr, "out of host memory for layer ", layer, "'s experts (", bytes,
+              " bytes)");
   std::memcpy(p, packed, bytes);
   c.host.reset(p);
   c.expert_ptrs.resize(static_cast<std::size_t>(n_expert_));
-  for (int e = 0; e < n_expert_; ++e) c.expert_ptrs[e] = p + static_cast<std::size_t>(e) * layout_.stride;
+  for (int e = 0; e < n_expert_; ++e)
+    c.expert_ptrs[e] = p + static_cast<std::size_t>(e) * layout_.stride;
 }
 
 void Runtime::start() {
@@ -155,15 +161,16 @@ void Runtime::make_engine() {
   int64_t slots = 0;
   if (device_ >= 0 && opt_.policy != "cpu") {
     if (opt_.budget_fraction >= 0)
-      slots = static_cast<int64_t>(std::ceil(opt_.budget_fraction * static_cast<double>(total) - 1e-9));
+      slots =
+          static_cast<int64_t>(std::ceil(opt_.budget_fraction * static_cast<double>(total) - 1e-9));
     else if (opt_.budget_bytes >= 0)
       slots = opt_.budget_bytes / static_cast<int64_t>(layout_.stride);
     else
       slots = opt_.budget_slots;
     slots = std::min(slots, total);
   }
-  HM_CHECK(slots == 0 || slots >= top_k_, "budget of ", slots, " expert slots (", slots * layout_.stride,
-           " bytes) cannot hold one layer's top_k = ", top_k_,
+  HM_CHECK(slots == 0 || slots >= top_k_, "budget of ", slots, " expert slots (",
+           slots * layout_.stride, " bytes) cannot hold one layer's top_k = ", top_k_,
            " experts: give 0 (every expert on the CPU) or at least ", top_k_, " slots (",
            top_k_ * layout_.stride, " bytes)");
   HM_CHECK(opt_.frequency.empty() || static_cast<int64_t>(opt_.frequency.size()) == total,
@@ -178,6 +185,8 @@ void Runtime::make_engine() {
     std::vector<double> freq = opt_.frequency;
     if (freq.empty()) freq.assign(static_cast<std::size_t>(total), 1.0);
     policy->warm_start(*cache, freq);  // preloads; start_engine_gpu() copies them in
+  } else if (slots > 0 && !opt_.frequency.empty()) {
+    policy->warm_start(*cache, opt_.frequency);  // the other caching policies start from it
   }
   // Everything checked and built: commit (the scheduler refers to cache, policy and cost).
   sched_.reset();
@@ -239,7 +248,8 @@ void Runtime::reconfigure(const RuntimeOptions& o) {
   }
   quiesce();
   for (auto& c : layers_)
-    HM_CHECK_RT(!c->plan_live, "layer ", c->layer, " has a plan in flight: reconfigure between steps");
+    HM_CHECK_RT(!c->plan_live, "layer ", c->layer,
+                " has a plan in flight: reconfigure between steps");
   const RuntimeOptions prev = opt_;
   if (device_ >= 0) stop_engine_gpu();
   opt_ = std::move(next);
@@ -270,12 +280,14 @@ void Runtime::check_error() {
     e.swap(error_);
     has_error_.store(false, std::memory_order_release);
   }
-  HM_CHECK_RT(false, "an earlier step of the runtime failed inside a stream host function (its "
-              "output is wrong): ", e);
+  HM_CHECK_RT(false,
+              "an earlier step of the runtime failed inside a stream host function (its "
+              "output is wrong): ",
+              e);
 }
 
-void Runtime::plan(LayerCtx& c, int64_t T, const int32_t* ids, const float* w,
-                   const int32_t* hints, int n_hints, Mode mode, PlanOut& out) {
+void Runtime::plan(LayerCtx& c, int64_t T, const int32_t* ids, const float* w, const int32_t* hints,
+                   int n_hints, Mode mode, PlanOut& out) {
   const int k = top_k_, E = n_expert_;
   out.cpu.clear();
   out.gpu_token.clear();
@@ -343,6 +355,7 @@ void Runtime::plan(LayerCtx& c, int64_t T, const int32_t* ids, const float* w,
   in.hints = c.hints.data();
   in.n_hints = static_cast<int>(c.hints.size());
   in.hint_probability = hint_acc_;
+  in.decode = mode == Mode::kDecode;
   sched_->plan_layer(in, c.plan);
   c.plan_live = true;
   ++visits_;
@@ -379,9 +392,9 @@ void Runtime::plan(LayerCtx& c, int64_t T, const int32_t* ids, const float* w,
   }
   for (const CopyRequest& r : c.plan.copies) {
     if (r.slot < 0) continue;  // staging copy: not cached; the expert ran on the CPU instead
-    (r.kind == CopyKind::kDemand ? st.demand_copies
-                                 : r.kind == CopyKind::kPrefetch ? st.prefetch_copies
-                                                                 : st.admit_copies)++;
+    (r.kind == CopyKind::kDemand     ? st.demand_copies
+     : r.kind == CopyKind::kPrefetch ? st.prefetch_copies
+                                     : st.admit_copies)++;
     st.copy_bytes += static_cast<int64_t>(layout_.stride);
     const uint64_t gen = r.kind == CopyKind::kPrefetch ? visits_ + 1
                          : r.kind == CopyKind::kAdmit  ? (UINT64_MAX >> 1)
@@ -473,9 +486,10 @@ void Runtime::drain_completions() {
   for (const Gpu::Completion& done : g.cq_local) {
     const int slot = done.c.slot;
     if (slot < 0 || slot >= cache_->n_slots()) continue;
-    const bool matches = cache_->state(slot) == SlotState::kLoading &&
-                         static_cast<int64_t>(cache_->slot_layer(slot)) * n_expert_ +
-                                 cache_->slot_expert(slot) == done.c.expert;
+    const bool matches =
+        cache_->state(slot) == SlotState::kLoading &&
+        static_cast<int64_t>(cache_->slot_layer(slot)) * n_expert_ + cache_->slot_expert(slot) ==
+            done.c.expert;
     if (done.c.status == cuda::FetchStatus::kReady) {
       if (matches) cache_->complete_load(slot);
       // Service time of the copy engine: from when it could start this copy to its completion.
@@ -524,7 +538,8 @@ double Runtime::hint_accuracy() const {
 std::array<double, 3> Runtime::cost_scales() const {
   std::lock_guard<std::mutex> lk(mu_);
   if (!cost_) return {1.0, 1.0, 1.0};
-  return {cost_->scale(Resource::kCpu), cost_->scale(Resource::kGpu), cost_->scale(Resource::kCopy)};
+  return {cost_->scale(Resource::kCpu), cost_->scale(Resource::kGpu),
+          cost_->scale(Resource::kCopy)};
 }
 
 int Runtime::resident_experts() const {

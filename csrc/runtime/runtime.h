@@ -20,12 +20,12 @@
 //   forward_cpu   CPU tensors: plan, CPU kernel on the pool, wait. Every expert on the CPU.
 //   forward_cuda  T <= decode_max_tokens: the stream-ordered decode sequence on the caller's stream
 //                 (D2H ids/weights/x -> host fn plan -> decode kernel on the mapped plan -> host fn
-//                 join -> H2D partials -> add), capturable in a CUDA graph (per-layer fixed buffers,
-//                 per-(layer, T) fixed host-fn arguments). In decode a demand fetch cannot be waited
-//                 for inside the stream, so a fetched miss is computed on the CPU this step and
-//                 its copy lands for later steps (lru-fetch thus behaves as "admit every miss").
-//                 T > decode_max_tokens (never while capturing): host-driven prefill: sync once,
-//                 plan, CPU share on the pool while the layer's demand fetches copy, then the
+//                 join -> H2D partials -> add), capturable in a CUDA graph (per-layer fixed
+//                 buffers, per-(layer, T) fixed host-fn arguments). In decode a demand fetch cannot
+//                 be waited for inside the stream, so a fetched miss is computed on the CPU this
+//                 step and its copy lands for later steps (lru-fetch thus behaves as "admit every
+//                 miss"). T > decode_max_tokens (never while capturing): host-driven prefill: sync
+//                 once, plan, CPU share on the pool while the layer's demand fetches copy, then the
 //                 grouped tensor-core GEMM (PrefillRunner) on hits + fetched slots, add partials.
 // Errors inside host functions cannot propagate: the first is recorded, that plan becomes empty
 // (kernel sees zero pairs, CPU part skipped) and check_error() (called by every forward) raises
@@ -57,18 +57,20 @@ namespace hm::runtime {
 struct RuntimeOptions {
   std::string policy = "value";  // policy_names() except 'oracle' (simulator only)
   HardwareProfile profile;
-  int threads = 0;   // CPU pool size; 0: HYBRID_MOE_THREADS, else the physical cores (minus 2
-                     // with a GPU: the planner thread and the caller keep a core each)
-  int device = -1;   // CUDA device ordinal; -1: CPU only (budget then counts as 0)
+  int threads = 0;  // CPU pool size; 0: HYBRID_MOE_THREADS, else the physical cores (minus 2
+                    // with a GPU: the planner thread and the caller keep a core each)
+  int device = -1;  // CUDA device ordinal; -1: CPU only (budget then counts as 0)
   // The cache budget: exactly one of these is >= 0. Fraction of all registered experts in [0, 1]
   // (ceil), bytes (floor to whole slots), or slots. 0 means every expert on the CPU.
   double budget_fraction = -1;
   int64_t budget_bytes = -1;
   int64_t budget_slots = -1;
-  int n_layers = 0;             // 0: known at start() (the highest registered layer + 1)
-  int decode_max_tokens = 64;   // T above it takes the prefill path
+  int n_layers = 0;               // 0: known at start() (the highest registered layer + 1)
+  int decode_max_tokens = 64;     // T above it takes the prefill path
   double hint_probability = 0.8;  // initial next-layer predictor accuracy (then measured)
-  std::vector<double> frequency;  // static policy: use counts [n_layers * n_expert] (optional)
+  // Use counts [n_layers * n_expert] of a calibration run (optional): static's fixed placement;
+  // the other caching policies start from the same placement and adapt (warm start).
+  std::vector<double> frequency;
   ValueParams value;
 };
 
@@ -94,8 +96,8 @@ class Runtime {
 
   // packed: [n_expert * stride] bytes, expert e at e * stride, layout make_expert_layout(f, H, I).
   // The first layer fixes the format, shape, n_expert and top_k; later ones must match.
-  void register_layer(int layer, WeightFormat f, int64_t hidden, int64_t intermediate,
-                      int n_expert, int top_k, const uint8_t* packed);
+  void register_layer(int layer, WeightFormat f, int64_t hidden, int64_t intermediate, int n_expert,
+                      int top_k, const uint8_t* packed);
   void start();
   bool started() const { return started_; }
   // Switches policy, budget, profile, frequency, hint_probability and value parameters, keeping
@@ -156,22 +158,22 @@ class Runtime {
     Runtime* rt;
     LayerCtx* ctx;
     int T, n_hints;
-    uint32_t id;     // doorbell value naming this Launch (>= 1)
+    uint32_t id;  // doorbell value naming this Launch (>= 1)
   };
   // Where each selected expert runs after plan(): slot >= 0 on the GPU, -1 on the CPU.
   struct PlanOut {
     std::vector<cpu::ExpertAssignment> cpu;  // CPU assignments (expert = layer-local id)
     std::vector<int32_t> gpu_token, gpu_slot;
     std::vector<float> gpu_weight;
-    std::vector<int> wait_slots;         // prefill: demand fetch slots to wait for
-    std::vector<int> acquire_slots;      // distinct GPU slots (acquired or to acquire)
+    std::vector<int> wait_slots;     // prefill: demand fetch slots to wait for
+    std::vector<int> acquire_slots;  // distinct GPU slots (acquired or to acquire)
     std::vector<int64_t> acquire_experts;
   };
   enum class Mode { kCpuOnly, kDecode, kPrefill };
 
   void check_layer(int layer) const;
-  void make_engine();        // slots, cost model, cache, policy, scheduler from opt_ (started)
-  void quiesce();            // no step queued or running (device synchronize, CPU jobs joined)
+  void make_engine();  // slots, cost model, cache, policy, scheduler from opt_ (started)
+  void quiesce();      // no step queued or running (device synchronize, CPU jobs joined)
   LayerCtx& ctx(int layer);
   // Under mu_: drain mover completions, schedule, decide, count. Fills out (pairs sorted by token).
   void plan(LayerCtx& c, int64_t T, const int32_t* ids, const float* w, const int32_t* hints,
@@ -182,20 +184,20 @@ class Runtime {
   void host_plan(const Launch& la);  // decode host functions (runtime_gpu.cpp)
   void host_join(const Launch& la);
   // Doorbell decode (runtime_planner.cpp): the planner thread replaces both host functions.
-  void init_doorbells();           // mapped words, probe of the stream memory operations
+  void init_doorbells();  // mapped words, probe of the stream memory operations
   void enqueue_doorbell_waits(LayerCtx& c, Launch* la, void* stream, bool before_kernel);
   void planner_loop();
-  bool planner_step();             // one pass over every layer's doorbells; true: did work
-  void pause_planner();            // returns once the planner is parked (quiesced runtime)
+  bool planner_step();   // one pass over every layer's doorbells; true: did work
+  void pause_planner();  // returns once the planner is parked (quiesced runtime)
   void resume_planner();
   void stop_planner();
   static void plan_fn(void* launch);
   static void join_fn(void* launch);
-  void init_gpu();    // runtime_gpu.cpp: device checks, CUDA state
+  void init_gpu();                                  // runtime_gpu.cpp: device checks, CUDA state
   bool gpu_fill(int layer, const uint8_t* packed);  // into the pinned store when allocated
-  void start_gpu();          // buffers that outlive reconfigure(): store, staging, workspace
-  void start_engine_gpu();   // slab, mover, prefill runner; static preload
-  void stop_engine_gpu();    // their teardown (quiesced)
+  void start_gpu();         // buffers that outlive reconfigure(): store, staging, workspace
+  void start_engine_gpu();  // slab, mover, prefill runner; static preload
+  void stop_engine_gpu();   // their teardown (quiesced)
   void quiesce_gpu();
   void stop_gpu();
   Launch* launch_for(LayerCtx& c, int T, int n_hints);
@@ -226,7 +228,7 @@ class Runtime {
   std::unique_ptr<Policy> policy_;
   std::unique_ptr<Scheduler> sched_;
   std::chrono::steady_clock::time_point t0_;
-  uint64_t visits_ = 0;   // layer plans made: the mover's generation clock
+  uint64_t visits_ = 0;  // layer plans made: the mover's generation clock
   uint64_t plan_ids_ = 0;
   double copy_free_ = 0;  // estimated time the copy engine drains, us since t0_
   double hint_acc_ = 0.8;

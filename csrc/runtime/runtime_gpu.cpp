@@ -1,7 +1,8 @@
 // [NOTE] Runtime on the GPU (runtime.h; DESIGN.md section 3).
 //
 // Decode, all on the caller's stream, capturable in a CUDA graph:
-//   1. cudaMemcpyAsync D2H: ids, weights, x (bf16) and next-layer hints -> the layer's pinned buffers
+//   1. cudaMemcpyAsync D2H: ids, weights, x (bf16) and next-layer hints -> the layer's pinned
+//   buffers
 //   2. cudaLaunchHostFunc(plan_fn): x -> fp32, Runtime::plan (scheduler, mover requests, slot
 //      acquisition), GPU pairs -> mapped plan memory, CPU share submitted to the pool (returns)
 //   3. launch_decode on the mapped plan (pair count read on the device, max_pairs = T * k)
@@ -13,9 +14,9 @@
 // eager step (torch's usual warm-up), and preferably with capture_error_mode="thread_local" (the
 // mover thread keeps issuing copies while another thread captures).
 //
-// Prefill (host-driven): sync, plan with demand fetches kept on the GPU, CPU share on the pool while
-// the fetches copy, wait for the fetched slots, one PrefillRunner launch over hits + fetched slots,
-// join the CPU, H2D + add partials, sync, release.
+// Prefill (host-driven): sync, plan with demand fetches kept on the GPU, CPU share on the pool
+// while the fetches copy, wait for the fetched slots, one PrefillRunner launch over hits + fetched
+// slots, join the CPU, H2D + add partials, sync, release.
 #include <algorithm>
 #include <cstring>
 
@@ -91,15 +92,19 @@ void Runtime::start_gpu() {
   const std::size_t H = static_cast<std::size_t>(layout_.hidden);
   const std::size_t I = static_cast<std::size_t>(layout_.intermediate);
   g.prefill = std::make_unique<cuda::PrefillRunner>();
-  HM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&g.d_workspace), static_cast<std::size_t>(t_max) * k * I * sizeof(float)));
+  HM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&g.d_workspace),
+                           static_cast<std::size_t>(t_max) * k * I * sizeof(float)));
   const char* pc = std::getenv("HM_DECODE_PARTIALS");  // diagnostics: "copy" = H2D memcpy
   g.partials_by_copy = pc && std::string(pc) == "copy";
   g.d_partial_cap = static_cast<std::size_t>(t_max) * H;
-  HM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&g.d_partial), g.d_partial_cap * sizeof(float)));
+  HM_CUDA_CHECK(
+      cudaMalloc(reinterpret_cast<void**>(&g.d_partial), g.d_partial_cap * sizeof(float)));
   // Per layer: one pinned block (ids, weights, hints, x) and one mapped block (plan, partials).
-  const std::size_t nk = static_cast<std::size_t>(t_max) * k, nh = static_cast<std::size_t>(t_max) * H;
+  const std::size_t nk = static_cast<std::size_t>(t_max) * k,
+                    nh = static_cast<std::size_t>(t_max) * H;
   const std::size_t pinned_bytes = align_up(nk * 4) * 3 + align_up(nh * 2);
-  const std::size_t mapped_bytes = align_up((t_max + 1) * 4) + align_up(nk * 4) * 3 + align_up(nh * 4);
+  const std::size_t mapped_bytes =
+      align_up((t_max + 1) * 4) + align_up(nk * 4) * 3 + align_up(nh * 4);
   for (auto& cp : layers_) {
     LayerCtx& c = *cp;
     c.t_max = t_max;
@@ -167,9 +172,9 @@ void Runtime::start_engine_gpu() {
   // Static placement: copy the preloaded experts in before any plan may name them.
   for (int s = 0; s < cache_->n_slots(); ++s)
     if (cache_->state(s) == SlotState::kResident)
-      g.mover->request_fetch({static_cast<int64_t>(cache_->slot_layer(s)) * n_expert_ +
-                                  cache_->slot_expert(s),
-                              s, false, 0});
+      g.mover->request_fetch(
+          {static_cast<int64_t>(cache_->slot_layer(s)) * n_expert_ + cache_->slot_expert(s), s,
+           false, 0});
   g.mover->wait_idle();
   std::lock_guard<std::mutex> lk(g.cq_mu);
   g.cq.clear();
@@ -187,7 +192,7 @@ void Runtime::stop_engine_gpu() {
 void Runtime::quiesce_gpu() {
   HM_CUDA_CHECK(cudaSetDevice(device_));
   HM_CUDA_CHECK(cudaDeviceSynchronize());  // queued host functions name the engine's state
-  pause_planner();  // resume_planner() once the engine is rebuilt
+  pause_planner();                         // resume_planner() once the engine is rebuilt
   if (gpu_->mover) gpu_->mover->wait_idle();
 }
 
@@ -306,14 +311,16 @@ void Runtime::forward_cuda(int layer, int64_t T, const void* x, const int32_t* i
   HM_CUDA_CHECK(cudaStreamIsCapturing(s, &cap));
   const bool capturing = cap != cudaStreamCaptureStatusNone;
   if (!started_) {
-    HM_CHECK(!capturing, "the runtime allocates its buffers at the first forward: run one eager "
+    HM_CHECK(!capturing,
+             "the runtime allocates its buffers at the first forward: run one eager "
              "step before capturing a CUDA graph");
     start();
   }
   LayerCtx& c = ctx(layer);
   timeline_.record(layer, TimelineKind::kEnqueueBegin, static_cast<int32_t>(T));
   if (T <= opt_.decode_max_tokens) {
-    HM_CHECK(n_hints <= T * top_k_, "n_hints must be <= T * top_k = ", T * top_k_, ", got ", n_hints);
+    HM_CHECK(n_hints <= T * top_k_, "n_hints must be <= T * top_k = ", T * top_k_, ", got ",
+             n_hints);
     decode_cuda(c, T, x, ids, w, hints, n_hints, out, stream);
   } else {
     HM_CHECK(!capturing, "T = ", T, " > decode_max_tokens = ", opt_.decode_max_tokens,
@@ -369,7 +376,8 @@ void Runtime::decode_cuda(LayerCtx& c, int64_t T, const void* x, const int32_t* 
     HM_CUDA_CHECK(cudaLaunchHostFunc(s, &Runtime::join_fn, la));
   const float* partial = c.d_partial_map;
   if (gpu_->partials_by_copy) {
-    HM_CUDA_CHECK(cudaMemcpyAsync(gpu_->d_partial, c.partial_h, T * H * 4, cudaMemcpyHostToDevice, s));
+    HM_CUDA_CHECK(
+        cudaMemcpyAsync(gpu_->d_partial, c.partial_h, T * H * 4, cudaMemcpyHostToDevice, s));
     partial = gpu_->d_partial;
   }
   cuda::launch_add_partials(out, cuda::OutDtype::kFloat32, partial, static_cast<int64_t>(T * H), s);
@@ -425,7 +433,8 @@ void Runtime::host_plan(const Launch& la) {
       c.t_submit = Clock::now();
       c.job = cpu::submit_moe_layer(*pool_, a);
     }
-    timeline_.record(c.layer, TimelineKind::kPlanEnd, static_cast<int32_t>(c.plan.experts.size() - c.out.acquire_slots.size()),
+    timeline_.record(c.layer, TimelineKind::kPlanEnd,
+                     static_cast<int32_t>(c.plan.experts.size() - c.out.acquire_slots.size()),
                      static_cast<int32_t>(c.out.acquire_slots.size()));
   } catch (const std::exception& e) {
     record_error(std::string("layer ") + std::to_string(c.layer) + " plan: " + e.what());
@@ -479,7 +488,8 @@ void Runtime::prefill_cuda(LayerCtx& c, int64_t T, const void* x, const int32_t*
   Gpu& g = *gpu_;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int k = top_k_;
-  const std::size_t H = static_cast<std::size_t>(layout_.hidden), TH = static_cast<std::size_t>(T) * H;
+  const std::size_t H = static_cast<std::size_t>(layout_.hidden),
+                    TH = static_cast<std::size_t>(T) * H;
   g.ids.resize(static_cast<std::size_t>(T) * k);
   g.w.resize(static_cast<std::size_t>(T) * k);
   g.hints.resize(static_cast<std::size_t>(n_hints));
@@ -557,7 +567,8 @@ void Runtime::prefill_cuda(LayerCtx& c, int64_t T, const void* x, const int32_t*
         HM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&g.d_partial), TH * sizeof(float)));
         g.d_partial_cap = TH;
       }
-      HM_CUDA_CHECK(cudaMemcpyAsync(g.d_partial, g.partial.data(), TH * 4, cudaMemcpyHostToDevice, s));
+      HM_CUDA_CHECK(
+          cudaMemcpyAsync(g.d_partial, g.partial.data(), TH * 4, cudaMemcpyHostToDevice, s));
       cuda::launch_add_partials(out, cuda::OutDtype::kFloat32, g.d_partial,
                                 static_cast<int64_t>(TH), s);
     }
@@ -578,25 +589,40 @@ void Runtime::prefill_cuda(LayerCtx& c, int64_t T, const void* x, const int32_t*
 
 namespace {
 [[noreturn]] void no_cuda() {
-  throw hm::RuntimeError("hybrid_moe was built without CUDA: the Runtime runs on the CPU only "
-                         "(device=-1, CPU tensors)");
+  throw hm::RuntimeError(
+      "hybrid_moe was built without CUDA: the Runtime runs on the CPU only "
+      "(device=-1, CPU tensors)");
 }
 }  // namespace
 
-void Runtime::init_gpu() { no_cuda(); }
-bool Runtime::gpu_fill(int, const uint8_t*) { return false; }
-void Runtime::start_gpu() { no_cuda(); }
-void Runtime::start_engine_gpu() { no_cuda(); }
+void Runtime::init_gpu() {
+  no_cuda();
+}
+bool Runtime::gpu_fill(int, const uint8_t*) {
+  return false;
+}
+void Runtime::start_gpu() {
+  no_cuda();
+}
+void Runtime::start_engine_gpu() {
+  no_cuda();
+}
 void Runtime::stop_engine_gpu() {}
 void Runtime::quiesce_gpu() {}
 void Runtime::stop_gpu() {}
 bool Runtime::acquire_slots(uint64_t, const std::vector<int>&, const std::vector<int64_t>&) {
   return false;
 }
-void Runtime::request_copy(int64_t, int, bool, uint64_t) { no_cuda(); }
+void Runtime::request_copy(int64_t, int, bool, uint64_t) {
+  no_cuda();
+}
 void Runtime::wait_copies() {}
-std::vector<int64_t> Runtime::mover_stats() const { return {0, 0, 0, 0}; }
-Runtime::Launch* Runtime::launch_for(LayerCtx&, int, int) { no_cuda(); }
+std::vector<int64_t> Runtime::mover_stats() const {
+  return {0, 0, 0, 0};
+}
+Runtime::Launch* Runtime::launch_for(LayerCtx&, int, int) {
+  no_cuda();
+}
 void Runtime::poll_gpu_timing(LayerCtx&) {}
 void Runtime::forward_cuda(int, int64_t, const void*, const int32_t*, const float*, const int32_t*,
                            int, float*, void*) {

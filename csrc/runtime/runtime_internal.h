@@ -7,9 +7,9 @@
 #include <cstdlib>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
-#include <mutex>
 #include <utility>
 #include <vector>
 
@@ -44,9 +44,9 @@ struct Runtime::LayerCtx {
   LayerPlan plan;
   bool plan_live = false;
   std::vector<Selected> selected;
-  std::vector<int> sel_index;     // [E] index into selected, -1
-  std::vector<int> gpu_slot_of;   // [E] slot computing the expert this step, -1: CPU
-  std::vector<int> hints;         // distinct predicted experts of layer + 1
+  std::vector<int> sel_index;      // [E] index into selected, -1
+  std::vector<int> gpu_slot_of;    // [E] slot computing the expert this step, -1: CPU
+  std::vector<int> hints;          // distinct predicted experts of layer + 1
   std::vector<uint8_t> predicted;  // [E] this layer's experts predicted by layer - 1
   bool have_predicted = false;
   PlanOut out;
@@ -62,15 +62,15 @@ struct Runtime::LayerCtx {
   int t_max = 0;
   void* pinned = nullptr;
   void* mapped = nullptr;
-  int32_t* ids_h = nullptr;      // [t_max * k]
-  float* w_h = nullptr;          // [t_max * k]
-  int32_t* hints_h = nullptr;    // [t_max * k]
-  uint16_t* x_h = nullptr;       // bf16 [t_max * H]
-  float* partial_h = nullptr;    // fp32 [t_max * H], the CPU's share (mapped memory)
+  int32_t* ids_h = nullptr;              // [t_max * k]
+  float* w_h = nullptr;                  // [t_max * k]
+  int32_t* hints_h = nullptr;            // [t_max * k]
+  uint16_t* x_h = nullptr;               // bf16 [t_max * H]
+  float* partial_h = nullptr;            // fp32 [t_max * H], the CPU's share (mapped memory)
   const float* d_partial_map = nullptr;  // its device view (the add kernel reads it over PCIe)
-  std::vector<float> x32;        // fp32 [t_max * H], x for the CPU kernel
-  int32_t* map_token_ptr = nullptr;  // host views of the mapped plan: [t_max + 1]
-  int32_t* map_pair_token = nullptr;  // [t_max * k]
+  std::vector<float> x32;                // fp32 [t_max * H], x for the CPU kernel
+  int32_t* map_token_ptr = nullptr;      // host views of the mapped plan: [t_max + 1]
+  int32_t* map_pair_token = nullptr;     // [t_max * k]
   int32_t* map_pair_slot = nullptr;
   float* map_pair_weight = nullptr;
   const int32_t* d_token_ptr = nullptr;  // device views of the same
@@ -113,8 +113,8 @@ struct Runtime::Gpu {
   std::shared_ptr<cuda::DeviceSlab> slab;          // null when n_slots == 0
   std::unique_ptr<cuda::Mover> mover;
   std::unique_ptr<cuda::PrefillRunner> prefill;
-  float* d_workspace = nullptr;  // fp32 [decode_max * k, I]: decode phase-1 activations
-  float* d_partial = nullptr;    // fp32 [d_partial_cap]: the CPU's share after H2D (prefill)
+  float* d_workspace = nullptr;   // fp32 [decode_max * k, I]: decode phase-1 activations
+  float* d_partial = nullptr;     // fp32 [d_partial_cap]: the CPU's share after H2D (prefill)
   bool partials_by_copy = false;  // HM_DECODE_PARTIALS=copy: decode H2Ds them too (diagnostics)
   std::size_t d_partial_cap = 0;
 
@@ -126,8 +126,8 @@ struct Runtime::Gpu {
 
   // Doorbell decode (runtime_planner.cpp).
   bool doorbell = false;
-  std::string decode_sync_why;     // why host functions are used instead (empty: doorbell)
-  void* bells = nullptr;           // mapped block: 4 words per layer, 64 bytes apart
+  std::string decode_sync_why;        // why host functions are used instead (empty: doorbell)
+  void* bells = nullptr;              // mapped block: 4 words per layer, 64 bytes apart
   std::vector<Launch*> launch_by_id;  // [id - 1]; fixed capacity (no reallocation while read)
   std::atomic<uint32_t> n_launch_ids{0};
   std::thread planner;

@@ -38,8 +38,12 @@ namespace {
 constexpr std::size_t kBellStride = 64;  // bytes between words: one cache line each
 constexpr uint32_t kMaxLaunchIds = 1u << 16;
 
-inline uint32_t load_word(volatile uint32_t* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
-inline void store_word(volatile uint32_t* p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+inline uint32_t load_word(volatile uint32_t* p) {
+  return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+inline void store_word(volatile uint32_t* p, uint32_t v) {
+  __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
 
 }  // namespace
 
@@ -276,12 +280,16 @@ void Runtime::stop_planner() {
 
 #else  // CPU-only build
 
-std::string Runtime::decode_sync() const { return "none (CPU only)"; }
+std::string Runtime::decode_sync() const {
+  return "none (CPU only)";
+}
 void Runtime::settle() {}
 void Runtime::init_doorbells() {}
 void Runtime::enqueue_doorbell_waits(LayerCtx&, Launch*, void*, bool) {}
 void Runtime::planner_loop() {}
-bool Runtime::planner_step() { return false; }
+bool Runtime::planner_step() {
+  return false;
+}
 void Runtime::pause_planner() {}
 void Runtime::resume_planner() {}
 void Runtime::stop_planner() {}

@@ -50,7 +50,8 @@ class Timeline {
     const int64_t i = next_.fetch_add(1, std::memory_order_relaxed);
     if (i >= cap) return;
     TimelineEvent& e = buf_[static_cast<std::size_t>(i)];
-    e.t_us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0_).count();
+    e.t_us =
+        std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0_).count();
     e.layer = layer;
     e.kind = static_cast<int32_t>(kind);
     e.a = a;
@@ -64,7 +65,8 @@ class Timeline {
     return {buf_.begin(), buf_.begin() + n};
   }
   int64_t dropped() const {
-    const int64_t n = next_.load(std::memory_order_acquire), c = capacity_.load(std::memory_order_acquire);
+    const int64_t n = next_.load(std::memory_order_acquire),
+                  c = capacity_.load(std::memory_order_acquire);
     return n > c ? n - c : 0;
   }
 

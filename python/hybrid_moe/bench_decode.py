@@ -68,6 +68,9 @@ class DecodeBenchConfig:
     seed: int = 0
     graph: bool = True  # cuda: replay each token as one captured CUDA graph (as a serving stack)
     timeline: bool = True  # record the runtime's per-layer timeline over the measured tokens
+    # Every caching policy starts from static's placement (a calibration run's profile) instead
+    # of an empty cache, as a deployment would; false: lru, lru-fetch and value start cold.
+    warm_start: bool = True
 
     def validate(self) -> None:
         from hybrid_moe.policies import policy_names
@@ -467,6 +470,7 @@ def simulate_same(
     warmup: int,
     hint_accuracy: float,
     static_profile: np.ndarray | None = None,
+    warm_start: bool = False,
 ) -> dict[str, float]:
     """The simulator on exactly the replayed routing; statistics over the measured steps only.
     static_profile: the use counts the live `static` was placed by (the same placement)."""
@@ -482,6 +486,7 @@ def simulate_same(
         hidden=hidden,
         intermediate=intermediate,
         static_profile=static_profile,
+        warm_start=warm_start,
     )
     steps = np.asarray(r["step_latency_us"], dtype=np.float64)[warmup:]
     return {
@@ -621,7 +626,7 @@ def _one_config(
     rt.reconfigure(
         policy=policy,
         budget=float(budget) if policy != "cpu" else 0,
-        frequency=src.freq if policy == "static" else None,
+        frequency=src.freq if policy == "static" or (cfg.warm_start and policy != "cpu") else None,
     )
     for li, layer in enumerate(layers):  # next-layer hints: only value prefetches from them
         hint = policy == "value" and li + 1 < len(layers)
@@ -686,6 +691,7 @@ def _one_config(
             cfg.warmup,
             cfg.hint_accuracy,
             src.freq,
+            cfg.warm_start,
         )
     )
     n = cfg.tokens

@@ -745,6 +745,13 @@ def build_profile(
     notes["layer_fixed_us"] = (
         f"not measured (model work outside the experts): taken from base profile {base['name']!r}"
     )
+    if "decode" in base:  # the live decode path: fitted to bench decode runs, not timed here
+        prof["decode"] = copy.deepcopy(base["decode"])
+        sources["decode"] = f"base:{base['name']}"
+        notes["decode"] = (
+            f"not measured by calibrate (bench/fit_decode_path.py fits it to a `hybrid-moe bench "
+            f"decode` run): taken from base profile {base['name']!r}"
+        )
 
     # CPU: overhead from tiny experts, roofline per format.
     if not cpu_rows:

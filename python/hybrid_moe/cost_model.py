@@ -45,7 +45,8 @@ def list_profiles() -> list[str]:
 
 def load_profile(name_or_path: str | Path | dict) -> dict[str, Any]:
     """A profile by shipped name ('consumer-4090', 'h200-lent'), by path to a JSON file, or a dict
-    (validated and returned). Raises ValueError naming the missing or bad key, or the known names."""
+    (validated and returned). Raises ValueError naming the missing or bad key, or the known
+    names."""
     if isinstance(name_or_path, dict):
         data = name_or_path
     else:

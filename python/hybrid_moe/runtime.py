@@ -136,8 +136,9 @@ class Runtime:
     device: 'cpu', 'cuda', 'cuda:N', an int or None (the GPU when usable, else the CPU).
     n_layers: number of MoE layers, when known (layer_idx then lies in [0, n_layers)).
     decode_max_tokens: T above it takes the host-driven prefill path (not graph-capturable).
-    frequency: static policy only: per (layer, expert) use counts [n_layers, n_expert] that choose
-        its fixed GPU set (default: uniform, i.e. an arbitrary set).
+    frequency: per (layer, expert) use counts [n_layers, n_expert] of a calibration run: static's
+        fixed GPU set (default: uniform, i.e. an arbitrary set); lru, lfu, lru-fetch and value
+        start from the same placement and adapt (default: an empty cache).
     """
 
     def __init__(

@@ -95,6 +95,7 @@ def simulate(
     intermediate: int | None = None,
     value_params: dict[str, float] | None = None,
     static_profile: np.ndarray | None = None,
+    warm_start: bool = False,
 ) -> dict[str, Any]:
     """Replay `trace` under `policy` with a cache of `budget` (see parse_budget) on `profile`.
 
@@ -105,6 +106,8 @@ def simulate(
     predictor_accuracy: chance each next-layer prefetch hint is right (used by `value`).
     static_profile: float [n_layer, n_expert] use counts that `static` places by (see
     profile_from_heat, profile_from_trace); None: counted from `trace` itself (optimistic).
+    warm_start: with a static_profile, every caching policy (lru, lfu, lru-fetch, value) starts
+    from static's placement and adapts from there, instead of from an empty cache.
     """
     if not isinstance(trace, RouteTrace):
         raise ValueError(
@@ -168,6 +171,7 @@ def simulate(
         int(seed),
         dict(value_params or {}),
         prof_arr,
+        bool(warm_start),
     )
     r.update(
         budget_slots=int(slots),

@@ -48,6 +48,12 @@ def register(sub) -> None:
     d.add_argument(
         "--no-timeline", action="store_true", help="do not record the per-layer timeline"
     )
+    d.add_argument(
+        "--cold-start",
+        action="store_true",
+        help="lru, lru-fetch and value start from an empty cache (default: from static's "
+        "placement)",
+    )
     d.add_argument("--quick", action="store_true", help="6 layers, 12 warm-up + 32 measured tokens")
     d.add_argument("--json", help="write every configuration's numbers as JSON")
     d.add_argument("--plot", help="write a plot (PNG) of tokens/s against budget per policy")
@@ -107,6 +113,7 @@ def run_decode_bench(args) -> int:
         hint_accuracy=args.hint_accuracy,
         graph=not args.no_graph,
         timeline=not args.no_timeline,
+        warm_start=not args.cold_start,
     )
     if args.quick:
         cfg = bd.quick_config(cfg)
