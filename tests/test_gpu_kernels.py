@@ -24,7 +24,7 @@ def test_q8_0_round_trip_and_layout():
 def test_pack_unpack_bf16_exact():
     g, u, d = torch.randn(3, 64, 96), torch.randn(3, 64, 96), torch.randn(3, 96, 64)
     packed = gpu.pack_experts(g, u, d, "bf16")
-    g1, u1, d1 = gpu.unpack_expert(packed[1], "bf16", 96, 64)
+    g1, _u1, d1 = gpu.unpack_expert(packed[1], "bf16", 96, 64)
     assert torch.equal(g1, g[1].bfloat16().float()) and torch.equal(d1, d[1].bfloat16().float())
     with pytest.raises(ValueError, match="gate/up"):
         gpu.pack_experts(g, u, d.transpose(1, 2), "bf16")
@@ -106,7 +106,7 @@ def test_add_partials(cuda_device):
 
 
 def test_fetched_slot_is_byte_equal_to_store(cuda_device):
-    store, slab, mover, perm, _ = _setup("q8_0", 2048, 768, n_exp=4)
+    store, slab, _mover, perm, _ = _setup("q8_0", 2048, 768, n_exp=4)
     for s, e in enumerate(perm):
         assert torch.equal(slab.read_slot(s), store.expert_bytes(e))
 

@@ -125,7 +125,7 @@ def test_stress_random_plans_with_concurrent_fetches(cuda_device):
                 ev = torch.cuda.Event()
                 ev.record()
                 ref = torch.zeros(n_tok, hidden, device=dev)
-                for t, e, w in zip(tokens, experts, weights):
+                for t, e, w in zip(tokens, experts, weights, strict=True):
                     ref[t] += w * pre[e, vec[t]]
                 outstanding.append((pid, ev, out, ref))
         while len(outstanding) > 6 or (outstanding and pid == n_plans - 1):

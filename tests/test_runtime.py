@@ -113,7 +113,7 @@ def test_layer_matches_reference(policy, budget, fmt, device):
 
 
 def test_bf16_hidden_and_int32_ids(device):
-    rt, layers, refs = _build("value", "100%", "bf16", device)
+    _rt, layers, refs = _build("value", "100%", "bf16", device)
     g = torch.Generator().manual_seed(3)
     for _ in range(5):
         x = torch.randn(2, H, generator=g).to(device, torch.bfloat16)
@@ -262,7 +262,7 @@ def test_gpu_bad_inputs(cuda_device):
     layers[1](x, ids, wt)  # the error was reported once; the runtime keeps working
     rt.synchronize()
     with pytest.raises(ValueError, match="top_k"):  # 1 slot cannot hold top_k = 2 experts
-        rt2, l2, _ = _build("lru", 1, "bf16", cuda_device)
+        _rt2, l2, _ = _build("lru", 1, "bf16", cuda_device)
         l2[0](x, ids, wt)
 
 
