@@ -102,11 +102,13 @@ def _check_routing(x, topk_ids, topk_weights, n_experts: int, hidden: int):
         raise ValueError(f"topk_weights must be a tensor of shape {list(topk_ids.shape)}")
     if not topk_weights.is_floating_point() or topk_weights.device.type != "cpu":
         raise ValueError(
-            f"topk_weights must be floating on the CPU, got {topk_weights.dtype} on {topk_weights.device}"
+            f"topk_weights must be floating on the CPU, got {topk_weights.dtype} on "
+            f"{topk_weights.device}"
         )
     if topk_ids.numel() and (int(topk_ids.min()) < 0 or int(topk_ids.max()) >= n_experts):
         raise ValueError(
-            f"topk_ids must be in [0, {n_experts}), got range [{int(topk_ids.min())}, {int(topk_ids.max())}]"
+            f"topk_ids must be in [0, {n_experts}), got range "
+            f"[{int(topk_ids.min())}, {int(topk_ids.max())}]"
         )
     if not bool(torch.isfinite(topk_weights).all()):
         raise ValueError("topk_weights must be finite")

@@ -74,7 +74,8 @@ class PinnedExpertStore:
         lay = expert_layout(fmt, hidden, intermediate)
         if packed.dtype != torch.uint8 or packed.dim() != 2 or packed.shape[1] != lay["stride"]:
             raise ValueError(
-                f"packed must be uint8 [E, {lay['stride']}], got {packed.dtype} {tuple(packed.shape)}"
+                f"packed must be uint8 [E, {lay['stride']}], got {packed.dtype} "
+                f"{tuple(packed.shape)}"
             )
         if packed.device.type != "cpu":
             raise ValueError(f"packed must be a CPU tensor, got device {packed.device}")
@@ -195,7 +196,8 @@ def _check_plan(slab: DeviceSlab, x: torch.Tensor, tokens, slots, weights):
         )
     if int(slots.min()) < 0 or int(slots.max()) >= slab.n_slots:
         raise ValueError(
-            f"slots must be in [0, {slab.n_slots}), got range [{int(slots.min())}, {int(slots.max())}]"
+            f"slots must be in [0, {slab.n_slots}), got range "
+            f"[{int(slots.min())}, {int(slots.max())}]"
         )
     return x.contiguous(), tokens, slots, weights
 
@@ -313,7 +315,8 @@ def add_partials(out: torch.Tensor, partial: torch.Tensor) -> torch.Tensor:
         or not out.is_contiguous()
     ):
         raise ValueError(
-            f"out must be a contiguous CUDA float32/bfloat16 tensor, got {out.dtype} on {out.device}"
+            f"out must be a contiguous CUDA float32/bfloat16 tensor, got {out.dtype} on "
+            f"{out.device}"
         )
     partial = partial.contiguous()
     native.gpu_add_partials(

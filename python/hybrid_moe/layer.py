@@ -1,4 +1,4 @@
-"""HybridMoELayer: one MoE layer's routed experts executed by a shared Runtime (DESIGN.md section 7).
+"""HybridMoELayer: one MoE layer's routed experts run by a shared Runtime (DESIGN.md section 7).
 
     layer = HybridMoELayer(runtime, layer_idx, weights, top_k=8, next_router=None)
     out = layer(hidden [T, H], topk_ids [T, k], topk_weights [T, k])   # -> [T, H], hidden's dtype
@@ -9,7 +9,7 @@ the originals. forward() checks every argument (shape, dtype, device, id range o
 raises ValueError naming it. On CUDA tensors ids are range-checked on the host inside the stream;
 a bad id makes that step's output wrong and the next call raises RuntimeError (Runtime docstring).
 
-next_router (optional): layer l + 1's router, either a callable hidden [T, H] -> logits [T, E] or its
+next_router (optional): layer l + 1's router, a callable hidden [T, H] -> logits [T, E] or its
 weight [E, H]; its top-k on THIS layer's input predicts layer l + 1's experts, which the value
 policy prefetches while this layer runs (DESIGN.md section 5). patch() wires it.
 """

@@ -35,6 +35,7 @@ blocks before n stay patched.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
@@ -170,7 +171,7 @@ def patch(model: nn.Module, runtime=None, make_layer: MakeLayer | None = None) -
         del block._modules["experts"]
     if rt is not None:  # next-layer router of each block -> its executor (prefetch hints)
         blocks = patched_blocks(model)
-        for cur, nxt in zip(blocks[:-1], blocks[1:], strict=True):
+        for cur, nxt in itertools.pairwise(blocks):
             cur.experts.set_next_router(nxt._router_logits)
     return model
 

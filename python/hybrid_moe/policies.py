@@ -4,7 +4,7 @@ from __future__ import annotations
 
 DESCRIPTIONS = {
     "cpu": "every expert on the CPU, no cache (KTransformers' default)",
-    "static": "fixed GPU set: the most used (layer, expert) pairs of the trace (frequency placement)",
+    "static": "fixed GPU set: the most used (layer, expert) pairs of a profile",
     "lru": "LRU cache; misses on the CPU, admitted by background copies",
     "lfu": "LFU cache; misses on the CPU, admitted by background copies",
     "lru-fetch": "LRU cache; every miss copied, then computed on the GPU (mixtral-offloading)",
