@@ -194,6 +194,7 @@ bool Runtime::planner_step() {
       record_error("layer " + std::to_string(l) + ": unknown doorbell " + std::to_string(id));
       std::fill(c.map_token_ptr, c.map_token_ptr + c.t_max + 1, 0);
       std::fill(c.partial_h, c.partial_h + static_cast<std::size_t>(c.t_max) * layout_.hidden, 0.f);
+      c.kernel_pending = true;  // the stream still runs the (empty) kernel and writes kdone
       store_word(c.bell_go, 1);
       store_word(c.bell_done, 1);
       continue;
