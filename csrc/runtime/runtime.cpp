@@ -246,23 +246,26 @@ void Runtime::reconfigure(const RuntimeOptions& o) {
     opt_ = std::move(next);
     return;
   }
-  quiesce();
-  for (auto& c : layers_)
-    HM_CHECK_RT(!c->plan_live, "layer ", c->layer,
-                " has a plan in flight: reconfigure between steps");
+  quiesce();  // parks the planner thread: resume_planner() on every way out
+  for (auto& c : layers_) {
+    if (!c->plan_live) continue;
+    resume_planner();
+    HM_CHECK_RT(false, "layer ", c->layer, " has a plan in flight: reconfigure between steps");
+  }
   const RuntimeOptions prev = opt_;
   if (device_ >= 0) stop_engine_gpu();
   opt_ = std::move(next);
   try {
     make_engine();
+    if (device_ >= 0) start_engine_gpu();  // e.g. out of device memory for a larger budget
   } catch (...) {
+    if (device_ >= 0) stop_engine_gpu();
     opt_ = prev;  // keep a working runtime: the previous configuration, rebuilt
     make_engine();
     if (device_ >= 0) start_engine_gpu();
     resume_planner();
     throw;
   }
-  if (device_ >= 0) start_engine_gpu();
   resume_planner();
 }
 
