@@ -40,6 +40,19 @@ py::dict stats_dict(const LayerStats& s) {
   return d;
 }
 
+// The options reconfigure() may change (shared by the constructor and reconfigure).
+void set_engine_options(RuntimeOptions& o, const py::dict& profile, const std::string& policy,
+                        double budget_fraction, int64_t budget_bytes, int64_t budget_slots,
+                        double hint_probability, std::vector<double> frequency) {
+  o.profile = hm::bindings::profile_from_dict(profile);
+  o.policy = policy;
+  o.budget_fraction = budget_fraction;
+  o.budget_bytes = budget_bytes;
+  o.budget_slots = budget_slots;
+  o.hint_probability = hint_probability;
+  o.frequency = std::move(frequency);
+}
+
 template <typename T>
 T* ptr(uintptr_t p) {
   return reinterpret_cast<T*>(p);
@@ -55,17 +68,12 @@ HM_BINDINGS(runtime) {
                        int n_layers, int decode_max_tokens, double hint_probability,
                        std::vector<double> frequency) {
              RuntimeOptions o;
-             o.profile = hm::bindings::profile_from_dict(profile);
-             o.policy = policy;
+             set_engine_options(o, profile, policy, budget_fraction, budget_bytes, budget_slots,
+                                hint_probability, std::move(frequency));
              o.threads = threads;
              o.device = device;
-             o.budget_fraction = budget_fraction;
-             o.budget_bytes = budget_bytes;
-             o.budget_slots = budget_slots;
              o.n_layers = n_layers;
              o.decode_max_tokens = decode_max_tokens;
-             o.hint_probability = hint_probability;
-             o.frequency = std::move(frequency);
              return std::make_unique<Runtime>(o);
            }),
            py::arg("profile"), py::arg("policy"), py::arg("threads"), py::arg("device"),
@@ -108,13 +116,8 @@ HM_BINDINGS(runtime) {
              int64_t budget_bytes, int64_t budget_slots, double hint_probability,
              std::vector<double> frequency) {
             RuntimeOptions o = r.options();
-            o.profile = hm::bindings::profile_from_dict(profile);
-            o.policy = policy;
-            o.budget_fraction = budget_fraction;
-            o.budget_bytes = budget_bytes;
-            o.budget_slots = budget_slots;
-            o.hint_probability = hint_probability;
-            o.frequency = std::move(frequency);
+            set_engine_options(o, profile, policy, budget_fraction, budget_bytes, budget_slots,
+                               hint_probability, std::move(frequency));
             py::gil_scoped_release nogil;
             r.reconfigure(o);
           },
