@@ -24,6 +24,7 @@ def test_decode_routing_and_device_router_replay_every_step():
     hints = bd.next_layer_hints(ids, 128, 0.8, seed=1)
     router = bd.DeviceRouter(ids, w, hints, 128, torch.device("cpu"))
     for step in range(9):  # wraps around after 7
+        router.route_all()
         for li in range(4):
             got_ids, got_w = router.route(li)
             np.testing.assert_array_equal(got_ids.numpy()[0], ids[step % 7, li])

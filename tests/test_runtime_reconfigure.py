@@ -152,21 +152,37 @@ def test_timeline_records_gpu_decode_steps(cuda_device):
     assert len(rt.timeline().visits) == 0
 
 
-@pytest.mark.parametrize("mode", ["doorbell", "hostfn"])
-def test_decode_sync_modes_eager_and_graph_match_reference(cuda_device, monkeypatch, mode):
-    """Both decode hand-offs (planner thread + stream memory operations, or host functions) give
-    the reference output, eagerly and replayed from a captured CUDA graph with fresh inputs."""
+@pytest.mark.parametrize(
+    "mode,dtype",
+    [
+        ("fused", torch.bfloat16),
+        ("fused", torch.float32),
+        ("doorbell", torch.float32),
+        ("hostfn", torch.bfloat16),
+    ],
+)
+def test_decode_sync_modes_eager_and_graph_match_reference(cuda_device, monkeypatch, mode, dtype):
+    """Every decode hand-off (planner + fused stage/finish kernels; planner + stream memory
+    operations and copies; host functions) gives the reference output in bf16 and fp32, eagerly
+    and replayed from a captured CUDA graph with fresh inputs."""
+    monkeypatch.delenv("HM_DECODE_SYNC", raising=False)
+    monkeypatch.delenv("HM_DECODE_FUSED", raising=False)
     if mode == "hostfn":
         monkeypatch.setenv("HM_DECODE_SYNC", "hostfn")
-    else:
-        monkeypatch.delenv("HM_DECODE_SYNC", raising=False)
+    elif mode == "doorbell":
+        monkeypatch.setenv("HM_DECODE_FUSED", "0")
     dev = torch.device("cuda")
     rt, layers, refs = _model(dev, policy="lru", budget="50%")
     g = torch.Generator().manual_seed(5)
     _steps(rt, layers, refs, dev, g, n=3, T=2)
     sync = rt.stats()["decode_sync"]
-    assert sync.startswith("doorbell" if mode == "doorbell" else "host functions"), sync
-    x = torch.randn(2, H, generator=g).to(dev)
+    want_sync = {
+        "fused": "doorbell, fused hand-off",
+        "doorbell": "doorbell",
+        "hostfn": "host functions",
+    }[mode]
+    assert sync.startswith(want_sync) and (mode == "fused") == ("fused" in sync), sync
+    x = torch.randn(2, H, generator=g).to(dev, dtype)
     routes = [tuple(t.to(dev) for t in _route(2, g)) for _ in layers]
 
     def step():
@@ -189,9 +205,10 @@ def test_decode_sync_modes_eager_and_graph_match_reference(cuda_device, monkeypa
         graph.replay()
         want = x
         for ref, (ids, w) in zip(refs, routes, strict=True):
-            want = ref(want, ids, w)
+            want = ref(want, ids, w).to(dtype)
         torch.cuda.synchronize()
-        assert _err(out, want) <= 2 * TOL
+        assert out.dtype == dtype
+        assert _err(out, want) <= (4 if dtype == torch.bfloat16 else 2) * TOL
     rt.synchronize()
     st = rt.stats()
     assert st["gpu_pairs"] > 0 and st["cpu_pairs"] + st["gpu_pairs"] == st["pairs"]

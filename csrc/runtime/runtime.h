@@ -19,14 +19,16 @@
 // Paths:
 //   forward_cpu   CPU tensors: plan, CPU kernel on the pool, wait. Every expert on the CPU.
 //   forward_cuda  T <= decode_max_tokens: the stream-ordered decode sequence on the caller's stream
-//                 (D2H ids/weights/x -> host fn plan -> decode kernel on the mapped plan -> host fn
-//                 join -> H2D partials -> add), capturable in a CUDA graph (per-layer fixed
-//                 buffers, per-(layer, T) fixed host-fn arguments). In decode a demand fetch cannot
-//                 be waited for inside the stream, so a fetched miss is computed on the CPU this
-//                 step and its copy lands for later steps (lru-fetch thus behaves as "admit every
-//                 miss"). T > decode_max_tokens (never while capturing): host-driven prefill: sync
-//                 once, plan, CPU share on the pool while the layer's demand fetches copy, then the
-//                 grouped tensor-core GEMM (PrefillRunner) on hits + fetched slots, add partials.
+//                 (stage inputs to mapped memory -> planner (doorbells, runtime_planner.cpp) or
+//                 host fn plans -> decode kernel on the mapped plan -> join -> out = GPU sum + CPU
+//                 partials; fused hand-off kernels in cuda/decode_handoff.h), capturable in a CUDA
+//                 graph (per-layer fixed buffers, per-(layer, T) fixed arguments). In decode a
+//                 demand fetch cannot be waited for inside the stream, so a fetched miss is
+//                 computed on the CPU this step and its copy lands for later steps (lru-fetch thus
+//                 behaves as "admit every miss"). T > decode_max_tokens (never while capturing):
+//                 host-driven prefill: sync once, plan, CPU share on the pool while the layer's
+//                 demand fetches copy, then the grouped tensor-core GEMM (PrefillRunner) on hits +
+//                 fetched slots, add partials.
 // Errors inside host functions cannot propagate: the first is recorded, that plan becomes empty
 // (kernel sees zero pairs, CPU part skipped) and check_error() (called by every forward) raises
 // it as RuntimeError.
@@ -114,9 +116,10 @@ class Runtime {
   void forward_cpu(int layer, int64_t T, const float* x, const int32_t* ids, const float* w,
                    const int32_t* hints, int n_hints, float* out);
   // Device tensors on `stream` (a cudaStream_t). x bf16 [T, H] (16-byte aligned); ids int32
-  // [T, k]; w fp32 [T, k]; hints int32 [n_hints] or null; out fp32 [T, H], ADDED to.
+  // [T, k]; w fp32 [T, k]; hints int32 [n_hints] or null; out [T, H], bf16 when out_bf16 else
+  // fp32, OVERWRITTEN (never read: no zero-fill needed).
   void forward_cuda(int layer, int64_t T, const void* x, const int32_t* ids, const float* w,
-                    const int32_t* hints, int n_hints, float* out, void* stream);
+                    const int32_t* hints, int n_hints, void* out, bool out_bf16, void* stream);
   // Raises (RuntimeError) the first error recorded inside a host function, and clears it.
   void check_error();
   // Blocks until the mover has copied everything it was asked to (tests, benchmarks).
@@ -208,9 +211,9 @@ class Runtime {
   void fill_host_store(int layer, const uint8_t* packed);
   const uint8_t* expert_host_ptr(int layer, int expert) const;
   void decode_cuda(LayerCtx& c, int64_t T, const void* x, const int32_t* ids, const float* w,
-                   const int32_t* hints, int n_hints, float* out, void* stream);
+                   const int32_t* hints, int n_hints, void* out, bool out_bf16, void* stream);
   void prefill_cuda(LayerCtx& c, int64_t T, const void* x, const int32_t* ids, const float* w,
-                    const int32_t* hints, int n_hints, float* out, void* stream);
+                    const int32_t* hints, int n_hints, void* out, bool out_bf16, void* stream);
   void poll_gpu_timing(LayerCtx& c);
 
   RuntimeOptions opt_;

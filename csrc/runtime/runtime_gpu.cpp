@@ -1,13 +1,19 @@
 // [NOTE] Runtime on the GPU (runtime.h; DESIGN.md section 3).
 //
-// Decode, all on the caller's stream, capturable in a CUDA graph:
-//   1. cudaMemcpyAsync D2H: ids, weights, x (bf16) and next-layer hints -> the layer's pinned
-//   buffers
-//   2. cudaLaunchHostFunc(plan_fn): x -> fp32, Runtime::plan (scheduler, mover requests, slot
-//      acquisition), GPU pairs -> mapped plan memory, CPU share submitted to the pool (returns)
+// Decode, all on the caller's stream, capturable in a CUDA graph. `out` is overwritten.
+// Default (doorbells + fused hand-off, runtime_planner.cpp, cuda/decode_handoff.h):
+//   stage kernel (inputs -> mapped buffers, ring ready) -> wait go, go = 0 -> launch_decode into
+//   the fp32 accumulator -> finish kernel (ring kdone, wait done, out = accumulator + partials).
+// Host functions (HM_DECODE_SYNC=hostfn, or stream memory operations unavailable), and doorbells
+// without the fused kernels (HM_DECODE_FUSED=0):
+//   1. zero out; cudaMemcpyAsync D2H: ids, weights, x (bf16) and next-layer hints -> the layer's
+//      pinned buffers
+//   2. cudaLaunchHostFunc(plan_fn) (or doorbells): x -> fp32, Runtime::plan (scheduler, mover
+//      requests, slot acquisition), GPU pairs -> mapped plan memory, CPU share submitted to the
+//      pool
 //   3. launch_decode on the mapped plan (pair count read on the device, max_pairs = T * k)
 //   4. cudaLaunchHostFunc(join_fn): wait for the CPU job, release slots (mover) and pins (cache)
-//   5. cudaMemcpyAsync H2D of the CPU partial sums, launch_add_partials into out
+//   5. launch_add_partials into out (the partial sums read from mapped memory)
 // Host functions make no CUDA calls. Every pointer handed to the stream is fixed per layer, and the
 // host-function argument is fixed per (layer, T, hints), so replaying a captured graph re-runs the
 // same sequence with fresh ids. Everything needed is allocated at start(): capture only after one
@@ -23,6 +29,8 @@
 #include "runtime/runtime_internal.h"
 #if HYBRID_MOE_WITH_CUDA
 #include "cuda/cuda_check.h"
+#include "cuda/decode_handoff.h"
+#include "cuda/stream_memops.h"
 #endif
 
 namespace hm::runtime {
@@ -99,6 +107,7 @@ void Runtime::start_gpu() {
   g.d_partial_cap = static_cast<std::size_t>(t_max) * H;
   HM_CUDA_CHECK(
       cudaMalloc(reinterpret_cast<void**>(&g.d_partial), g.d_partial_cap * sizeof(float)));
+  HM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&g.d_acc), g.d_partial_cap * sizeof(float)));
   // Per layer: one pinned block (ids, weights, hints, x) and one mapped block (plan, partials).
   const std::size_t nk = static_cast<std::size_t>(t_max) * k,
                     nh = static_cast<std::size_t>(t_max) * H;
@@ -108,7 +117,8 @@ void Runtime::start_gpu() {
   for (auto& cp : layers_) {
     LayerCtx& c = *cp;
     c.t_max = t_max;
-    HM_CUDA_CHECK(cudaHostAlloc(&c.pinned, pinned_bytes, cudaHostAllocDefault));
+    // Mapped too: the fused stage kernel writes the inputs straight into it.
+    HM_CUDA_CHECK(cudaHostAlloc(&c.pinned, pinned_bytes, cudaHostAllocMapped));
     HM_CUDA_CHECK(cudaHostAlloc(&c.mapped, mapped_bytes, cudaHostAllocMapped));
     std::memset(c.mapped, 0, mapped_bytes);
     auto* p = static_cast<uint8_t*>(c.pinned);
@@ -121,6 +131,17 @@ void Runtime::start_gpu() {
     c.x_h = reinterpret_cast<uint16_t*>(p);
     c.x32.assign(nh, 0.f);
     void* dev = nullptr;
+    HM_CUDA_CHECK(cudaHostGetDevicePointer(&dev, c.pinned, 0));
+    {
+      auto dv = [&](const void* hp) {
+        return static_cast<uint8_t*>(dev) +
+               (static_cast<const uint8_t*>(hp) - static_cast<const uint8_t*>(c.pinned));
+      };
+      c.d_ids_h = reinterpret_cast<int32_t*>(dv(c.ids_h));
+      c.d_w_h = reinterpret_cast<float*>(dv(c.w_h));
+      c.d_hints_h = reinterpret_cast<int32_t*>(dv(c.hints_h));
+      c.d_x_h = reinterpret_cast<uint16_t*>(dv(c.x_h));
+    }
     HM_CUDA_CHECK(cudaHostGetDevicePointer(&dev, c.mapped, 0));
     auto* m = static_cast<uint8_t*>(c.mapped);
     auto* d = static_cast<uint8_t*>(dev);
@@ -148,6 +169,8 @@ void Runtime::start_gpu() {
     c.ev_stop = b;
   }
   init_doorbells();
+  const char* fz = std::getenv("HM_DECODE_FUSED");  // "0": memory operations and copies (A/B)
+  g.fused = g.doorbell && !g.partials_by_copy && !(fz && std::string(fz) == "0");
 }
 
 void Runtime::start_engine_gpu() {
@@ -214,6 +237,7 @@ void Runtime::stop_gpu() {
   g.prefill.reset();
   if (g.d_workspace) (void)cudaFree(g.d_workspace);
   if (g.d_partial) (void)cudaFree(g.d_partial);
+  if (g.d_acc) (void)cudaFree(g.d_acc);
   for (auto& c : layers_) {
     if (!c) continue;
     if (c->pinned) (void)cudaFreeHost(c->pinned);
@@ -297,7 +321,8 @@ void Runtime::poll_gpu_timing(LayerCtx& c) {
 }
 
 void Runtime::forward_cuda(int layer, int64_t T, const void* x, const int32_t* ids, const float* w,
-                           const int32_t* hints, int n_hints, float* out, void* stream) {
+                           const int32_t* hints, int n_hints, void* out, bool out_bf16,
+                           void* stream) {
   check_error();
   HM_CHECK(device_ >= 0, "this Runtime has no CUDA device: pass CPU tensors");
   HM_CHECK(T >= 1, "T (tokens) must be >= 1, got ", T);
@@ -321,17 +346,19 @@ void Runtime::forward_cuda(int layer, int64_t T, const void* x, const int32_t* i
   if (T <= opt_.decode_max_tokens) {
     HM_CHECK(n_hints <= T * top_k_, "n_hints must be <= T * top_k = ", T * top_k_, ", got ",
              n_hints);
-    decode_cuda(c, T, x, ids, w, hints, n_hints, out, stream);
+    decode_cuda(c, T, x, ids, w, hints, n_hints, out, out_bf16, stream);
   } else {
     HM_CHECK(!capturing, "T = ", T, " > decode_max_tokens = ", opt_.decode_max_tokens,
              " takes the host-driven prefill path, which cannot be captured in a CUDA graph");
-    prefill_cuda(c, T, x, ids, w, hints, n_hints, out, stream);
+    prefill_cuda(c, T, x, ids, w, hints, n_hints, out, out_bf16, stream);
   }
 }
 
 void Runtime::decode_cuda(LayerCtx& c, int64_t T, const void* x, const int32_t* ids, const float* w,
-                          const int32_t* hints, int n_hints, float* out, void* stream) {
+                          const int32_t* hints, int n_hints, void* out, bool out_bf16,
+                          void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const cuda::OutDtype od = out_bf16 ? cuda::OutDtype::kBFloat16 : cuda::OutDtype::kFloat32;
   cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
   HM_CUDA_CHECK(cudaStreamIsCapturing(s, &cap));
   const bool capturing = cap != cudaStreamCaptureStatusNone;
@@ -339,17 +366,45 @@ void Runtime::decode_cuda(LayerCtx& c, int64_t T, const void* x, const int32_t* 
   const int k = top_k_;
   const std::size_t H = static_cast<std::size_t>(layout_.hidden);
   Launch* la = launch_for(c, static_cast<int>(T), n_hints);
-  HM_CUDA_CHECK(cudaMemcpyAsync(c.ids_h, ids, T * k * 4, cudaMemcpyDeviceToHost, s));
-  HM_CUDA_CHECK(cudaMemcpyAsync(c.w_h, w, T * k * 4, cudaMemcpyDeviceToHost, s));
-  HM_CUDA_CHECK(cudaMemcpyAsync(c.x_h, x, T * H * 2, cudaMemcpyDeviceToHost, s));
-  if (n_hints > 0)
-    HM_CUDA_CHECK(cudaMemcpyAsync(c.hints_h, hints, static_cast<std::size_t>(n_hints) * 4,
-                                  cudaMemcpyDeviceToHost, s));
-  const bool bell = gpu_->doorbell;
-  if (bell)
-    enqueue_doorbell_waits(c, la, stream, /*before_kernel=*/true);
-  else
-    HM_CUDA_CHECK(cudaLaunchHostFunc(s, &Runtime::plan_fn, la));
+  const bool bell = gpu_->doorbell, fused = gpu_->fused;
+  // Fused: the GPU experts sum into d_acc and the finish kernel writes out; otherwise they add
+  // into out, which starts at zero.
+  void* gpu_out = fused ? static_cast<void*>(gpu_->d_acc) : out;
+  const cuda::OutDtype gpu_od = fused ? cuda::OutDtype::kFloat32 : od;
+  if (fused) {
+    cuda::DecodeStageArgs a;
+    a.ids = ids;
+    a.w = w;
+    a.x = static_cast<const uint16_t*>(x);
+    a.hints = hints;
+    a.n_ids = static_cast<int>(T) * k;
+    a.n_hints = n_hints;
+    a.n_x = static_cast<int64_t>(T * H);
+    a.ids_h = c.d_ids_h;
+    a.w_h = c.d_w_h;
+    a.x_h = c.d_x_h;
+    a.hints_h = c.d_hints_h;
+    a.acc = gpu_->d_acc;
+    a.done = static_cast<uint32_t*>(c.d_bell_done);
+    a.ready = static_cast<uint32_t*>(c.d_bell_ready);
+    a.ready_value = la->id;
+    cuda::launch_decode_stage(a, s);
+    const cuda::StreamMemOps& mem = cuda::StreamMemOps::get(device_);
+    mem.wait_eq(stream, c.d_bell_go, 1);
+    mem.write(stream, c.d_bell_go, 0);
+  } else {
+    HM_CUDA_CHECK(cudaMemsetAsync(out, 0, T * H * (out_bf16 ? 2 : 4), s));
+    HM_CUDA_CHECK(cudaMemcpyAsync(c.ids_h, ids, T * k * 4, cudaMemcpyDeviceToHost, s));
+    HM_CUDA_CHECK(cudaMemcpyAsync(c.w_h, w, T * k * 4, cudaMemcpyDeviceToHost, s));
+    HM_CUDA_CHECK(cudaMemcpyAsync(c.x_h, x, T * H * 2, cudaMemcpyDeviceToHost, s));
+    if (n_hints > 0)
+      HM_CUDA_CHECK(cudaMemcpyAsync(c.hints_h, hints, static_cast<std::size_t>(n_hints) * 4,
+                                    cudaMemcpyDeviceToHost, s));
+    if (bell)
+      enqueue_doorbell_waits(c, la, stream, /*before_kernel=*/true);
+    else
+      HM_CUDA_CHECK(cudaLaunchHostFunc(s, &Runtime::plan_fn, la));
+  }
   if (gpu_->slab) {
     const bool timed = !capturing && !c.timing_pending;
     if (timed) {
@@ -363,12 +418,24 @@ void Runtime::decode_cuda(LayerCtx& c, int64_t T, const void* x, const int32_t* 
     p.pair_weight = c.d_pair_weight;
     p.n_tokens = static_cast<int>(T);
     p.max_pairs = static_cast<int>(T) * k;
-    cuda::launch_decode(slab_view(*gpu_->slab), p, x, gpu_->d_workspace, out,
-                        cuda::OutDtype::kFloat32, s);
+    cuda::launch_decode(slab_view(*gpu_->slab), p, x, gpu_->d_workspace, gpu_out, gpu_od, s);
     if (timed) {
       HM_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(c.ev_stop), s));
       c.timing_pending = true;
     }
+  }
+  if (fused) {
+    cuda::DecodeFinishArgs f;
+    f.acc = gpu_->d_acc;
+    f.partial = c.d_partial_map;
+    f.out = out;
+    f.out_dtype = od;
+    f.n = static_cast<int64_t>(T * H);
+    f.kdone = static_cast<uint32_t*>(c.d_bell_kdone);
+    f.done = static_cast<const uint32_t*>(c.d_bell_done);
+    cuda::launch_decode_finish(f, s);
+    timeline_.record(c.layer, TimelineKind::kEnqueueEnd);
+    return;
   }
   if (bell)
     enqueue_doorbell_waits(c, la, stream, /*before_kernel=*/false);
@@ -380,7 +447,7 @@ void Runtime::decode_cuda(LayerCtx& c, int64_t T, const void* x, const int32_t* 
         cudaMemcpyAsync(gpu_->d_partial, c.partial_h, T * H * 4, cudaMemcpyHostToDevice, s));
     partial = gpu_->d_partial;
   }
-  cuda::launch_add_partials(out, cuda::OutDtype::kFloat32, partial, static_cast<int64_t>(T * H), s);
+  cuda::launch_add_partials(out, od, partial, static_cast<int64_t>(T * H), s);
   timeline_.record(c.layer, TimelineKind::kEnqueueEnd);
 }
 
@@ -483,10 +550,11 @@ void Runtime::host_join(const Launch& la) {
 }
 
 void Runtime::prefill_cuda(LayerCtx& c, int64_t T, const void* x, const int32_t* ids,
-                           const float* w, const int32_t* hints, int n_hints, float* out,
-                           void* stream) {
+                           const float* w, const int32_t* hints, int n_hints, void* out,
+                           bool out_bf16, void* stream) {
   Gpu& g = *gpu_;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const cuda::OutDtype od = out_bf16 ? cuda::OutDtype::kBFloat16 : cuda::OutDtype::kFloat32;
   const int k = top_k_;
   const std::size_t H = static_cast<std::size_t>(layout_.hidden),
                     TH = static_cast<std::size_t>(T) * H;
@@ -502,6 +570,7 @@ void Runtime::prefill_cuda(LayerCtx& c, int64_t T, const void* x, const int32_t*
   if (n_hints > 0)
     HM_CUDA_CHECK(cudaMemcpyAsync(g.hints.data(), hints, static_cast<std::size_t>(n_hints) * 4,
                                   cudaMemcpyDeviceToHost, s));
+  HM_CUDA_CHECK(cudaMemsetAsync(out, 0, TH * (out_bf16 ? 2 : 4), s));  // the kernels add to it
   HM_CUDA_CHECK(cudaStreamSynchronize(s));
   check_error();
   for (std::size_t i = 0; i < TH; ++i) g.x32[i] = bf16_to_f32(g.xb[i]);
@@ -542,8 +611,7 @@ void Runtime::prefill_cuda(LayerCtx& c, int64_t T, const void* x, const int32_t*
     if (gpu_ok) {
       cuda::PrefillRunner& r = *g.prefill;
       r.run(slab_view(*g.slab), po.gpu_token.data(), po.gpu_slot.data(), po.gpu_weight.data(),
-            static_cast<int>(po.gpu_token.size()), static_cast<int>(T), x, out,
-            cuda::OutDtype::kFloat32, s);
+            static_cast<int>(po.gpu_token.size()), static_cast<int>(T), x, out, od, s);
     }
     if (job.valid()) {
       waited = !job.done();
@@ -569,8 +637,7 @@ void Runtime::prefill_cuda(LayerCtx& c, int64_t T, const void* x, const int32_t*
       }
       HM_CUDA_CHECK(
           cudaMemcpyAsync(g.d_partial, g.partial.data(), TH * 4, cudaMemcpyHostToDevice, s));
-      cuda::launch_add_partials(out, cuda::OutDtype::kFloat32, g.d_partial,
-                                static_cast<int64_t>(TH), s);
+      cuda::launch_add_partials(out, od, g.d_partial, static_cast<int64_t>(TH), s);
     }
     HM_CUDA_CHECK(cudaStreamSynchronize(s));
   } catch (...) {
@@ -625,15 +692,15 @@ Runtime::Launch* Runtime::launch_for(LayerCtx&, int, int) {
 }
 void Runtime::poll_gpu_timing(LayerCtx&) {}
 void Runtime::forward_cuda(int, int64_t, const void*, const int32_t*, const float*, const int32_t*,
-                           int, float*, void*) {
+                           int, void*, bool, void*) {
   no_cuda();
 }
 void Runtime::decode_cuda(LayerCtx&, int64_t, const void*, const int32_t*, const float*,
-                          const int32_t*, int, float*, void*) {
+                          const int32_t*, int, void*, bool, void*) {
   no_cuda();
 }
 void Runtime::prefill_cuda(LayerCtx&, int64_t, const void*, const int32_t*, const float*,
-                           const int32_t*, int, float*, void*) {
+                           const int32_t*, int, void*, bool, void*) {
   no_cuda();
 }
 void Runtime::plan_fn(void*) {}

@@ -62,10 +62,14 @@ struct Runtime::LayerCtx {
   int t_max = 0;
   void* pinned = nullptr;
   void* mapped = nullptr;
-  int32_t* ids_h = nullptr;              // [t_max * k]
-  float* w_h = nullptr;                  // [t_max * k]
-  int32_t* hints_h = nullptr;            // [t_max * k]
-  uint16_t* x_h = nullptr;               // bf16 [t_max * H]
+  int32_t* ids_h = nullptr;    // [t_max * k]
+  float* w_h = nullptr;        // [t_max * k]
+  int32_t* hints_h = nullptr;  // [t_max * k]
+  uint16_t* x_h = nullptr;     // bf16 [t_max * H]
+  int32_t* d_ids_h = nullptr;  // device views of the four above (fused stage kernel)
+  float* d_w_h = nullptr;
+  int32_t* d_hints_h = nullptr;
+  uint16_t* d_x_h = nullptr;
   float* partial_h = nullptr;            // fp32 [t_max * H], the CPU's share (mapped memory)
   const float* d_partial_map = nullptr;  // its device view (the add kernel reads it over PCIe)
   std::vector<float> x32;                // fp32 [t_max * H], x for the CPU kernel
@@ -116,6 +120,8 @@ struct Runtime::Gpu {
   float* d_workspace = nullptr;   // fp32 [decode_max * k, I]: decode phase-1 activations
   float* d_partial = nullptr;     // fp32 [d_partial_cap]: the CPU's share after H2D (prefill)
   bool partials_by_copy = false;  // HM_DECODE_PARTIALS=copy: decode H2Ds them too (diagnostics)
+  float* d_acc = nullptr;         // fp32 [t_max, H]: the GPU experts' sum (fused hand-off)
+  bool fused = false;             // doorbell decode with the hand-off kernels (decode_handoff.h)
   std::size_t d_partial_cap = 0;
 
   std::mutex cq_mu;  // mover completions, pushed by its callback (never takes Runtime::mu_)

@@ -5,6 +5,8 @@
 // Doorbell decode replaces them with words in mapped host memory and stream memory operations:
 //   stream:  D2H ids/w/x/hints -> write ready = launch id -> wait go == 1, write go = 0
 //            -> decode kernel -> write kdone = 1 -> wait done == 1, write done = 0 -> add partials
+//            (fused, the default: one stage kernel does the D2H, resets done and writes ready; one
+//            finish kernel writes kdone, waits for done and writes out; cuda/decode_handoff.h)
 //   planner: sees ready -> plan (host_plan: scheduler, mover requests, mapped plan, CPU job
 //            submitted) -> go = 1; sees the CPU job finished -> release plan (pins) -> done = 1;
 //            sees kdone -> release the plan's slots in the mover.
@@ -49,7 +51,8 @@ inline void store_word(volatile uint32_t* p, uint32_t v) {
 
 std::string Runtime::decode_sync() const {
   if (!gpu_) return "none (CPU only)";
-  return gpu_->doorbell ? "doorbell" : "host functions (" + gpu_->decode_sync_why + ")";
+  if (gpu_->doorbell) return gpu_->fused ? "doorbell, fused hand-off" : "doorbell";
+  return "host functions (" + gpu_->decode_sync_why + ")";
 }
 
 void Runtime::init_doorbells() {

@@ -191,8 +191,8 @@ class HybridMoELayer(nn.Module):
         w = topk_weights.to(torch.float32).contiguous()
         hints = self._hints(hidden_states)
         h_ptr, n_h = (hints.data_ptr(), hints.numel()) if hints is not None else (0, 0)
-        out = torch.zeros(T, H, dtype=torch.float32, device=hidden_states.device)
         if hidden_states.device.type == "cpu":
+            out = torch.zeros(T, H, dtype=torch.float32)  # forward_cpu adds to it
             x = hidden_states.to(torch.float32).contiguous()
             rt.forward_cpu(
                 self.layer_idx,
@@ -208,6 +208,14 @@ class HybridMoELayer(nn.Module):
             x = hidden_states.to(torch.bfloat16).contiguous()
             if x.data_ptr() % 16:
                 x = x.clone()
+            # forward_cuda overwrites out (no zero-fill), in bf16 directly for bf16 models.
+            out_bf16 = hidden_states.dtype == torch.bfloat16
+            out = torch.empty(
+                T,
+                H,
+                dtype=torch.bfloat16 if out_bf16 else torch.float32,
+                device=hidden_states.device,
+            )
             stream = torch.cuda.current_stream(hidden_states.device).cuda_stream
             rt.forward_cuda(
                 self.layer_idx,
@@ -218,6 +226,7 @@ class HybridMoELayer(nn.Module):
                 h_ptr,
                 n_h,
                 out.data_ptr(),
+                out_bf16,
                 stream,
             )
         return out.to(hidden_states.dtype)

@@ -1,0 +1,57 @@
+// [NOTE] Decode hand-off kernels: the doorbell decode sequence with fewer stream nodes.
+//
+// A decode layer used to be 14 stream nodes (3 D2H copies, 3 + 3 memory operations, 2 expert
+// kernels, an add kernel, plus the caller's zero-fill and dtype cast); on a replayed CUDA graph
+// each dependent node costs ~1.5-3 us of front-end latency, which summed to ~40 us per layer on the
+// H200 (bench/RESULTS.md, timeline "gap"). Fused, a layer is:
+//   stage kernel   copies ids / weights / x / hints into the layer's mapped host buffers, zeroes
+//                  the fp32 accumulator, resets `done`, then (after a system fence) rings `ready`
+//   wait go, go=0  memory operations (the planner writes go once the plan is in mapped memory)
+//   decode kernels phase 1 + 2 accumulate the GPU's experts into the accumulator
+//   finish kernel  rings `kdone` (the slots may be released), waits until the planner rang `done`
+//                  (the CPU's partial sums are final), then out = accumulator + partial in out's
+//                  dtype (fp32 or bf16): `out` is overwritten, never read.
+// Memory words are 32-bit, one per cache line, in mapped host memory (device pointers here).
+// The finish kernel polls `done` with a short sleep between PCIe reads (a few hundred ns). Every
+// block polls: `done` is reset by the NEXT step's stage kernel, which stream order places after
+// every finish block, so no block can miss it.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "cuda/expert_kernels.h"
+
+namespace hm::cuda {
+
+struct DecodeStageArgs {
+  const int32_t* ids = nullptr;    // device [n_ids]
+  const float* w = nullptr;        // device [n_ids]
+  const uint16_t* x = nullptr;     // device bf16 [n_x], 16-byte aligned
+  const int32_t* hints = nullptr;  // device [n_hints] (may be null when n_hints == 0)
+  int n_ids = 0, n_hints = 0;
+  int64_t n_x = 0;           // T * H, a multiple of 8
+  int32_t* ids_h = nullptr;  // device views of mapped host memory, same sizes
+  float* w_h = nullptr;
+  uint16_t* x_h = nullptr;  // 16-byte aligned
+  int32_t* hints_h = nullptr;
+  float* acc = nullptr;       // device fp32 [n_x]: zeroed
+  uint32_t* done = nullptr;   // mapped word: reset to 0
+  uint32_t* ready = nullptr;  // mapped word: set to ready_value last
+  uint32_t ready_value = 0;
+};
+void launch_decode_stage(const DecodeStageArgs& a, cudaStream_t stream);
+
+struct DecodeFinishArgs {
+  const float* acc = nullptr;      // device fp32 [n]
+  const float* partial = nullptr;  // device view of mapped host fp32 [n]
+  void* out = nullptr;             // device [n] of out_dtype
+  OutDtype out_dtype = OutDtype::kFloat32;
+  int64_t n = 0;
+  uint32_t* kdone = nullptr;       // mapped word: set to 1 at the start
+  const uint32_t* done = nullptr;  // mapped word: waited for (!= 0)
+};
+void launch_decode_finish(const DecodeFinishArgs& a, cudaStream_t stream);
+
+}  // namespace hm::cuda
