@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from hybrid_moe import bench_decode as bd
-from hybrid_moe.profiles import load_profile
+from hybrid_moe.cost_model import load_profile
 
 PHASES = ("stage", "go_wait", "experts", "to_finish", "finish", "between", "layer")
 
