@@ -29,7 +29,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import statistics
+import sys
 import tempfile
 import time
 
@@ -51,11 +54,31 @@ def median_time(fn, reps: int, warm: int = 2) -> float:
     return statistics.median(ts)
 
 
-def dram_read_gbs(threads: int, gib: float = 2.0, reps: int = 7) -> float:
+def dram_read_gbs(threads: int, gib: float = 2.0, reps: int = 7) -> tuple[float, dict]:
     """The machine's DRAM read bandwidth: our pool's pinned workers stream a buffer far larger
-    than the L3 (native.cpu_dram_read_gbps, cpu/dram_read.h; median of reps). The fractions of
-    DRAM in this benchmark use it; `hybrid-moe calibrate` measures the same way."""
-    return float(native.cpu_dram_read_gbps(int(gib * 1024), threads, reps))
+    than the L3 (native.cpu_dram_read_gbps, cpu/dram_read.h; median of reps, best of its read
+    methods). The fractions of DRAM in this benchmark use it; `hybrid-moe calibrate` measures
+    the same way. Also returns every method's GB/s, read from the reader's stderr log
+    (HYBRID_MOE_DRAM_READ_LOG=1) through a temporary file on fd 2."""
+    os.environ["HYBRID_MOE_DRAM_READ_LOG"] = "1"
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            bw = float(native.cpu_dram_read_gbps(int(gib * 1024), threads, reps))
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            del os.environ["HYBRID_MOE_DRAM_READ_LOG"]
+        log.seek(0)
+        text = log.read()
+    methods = {}
+    for line in text.splitlines():
+        m = re.match(r"dram_read (\S+)\s+([0-9.]+) GB/s", line)
+        if m:
+            methods[m.group(1)] = float(m.group(2))
+    return bw, methods
 
 
 def torch_sum_gbs(threads: int, gib: float = 2.0, reps: int = 7) -> float:
@@ -293,6 +316,7 @@ def main() -> None:
     ap.add_argument("--intermediate", type=int, default=768)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--isas", default="", help="comma list; default: avx512 and amx where runnable")
+    ap.add_argument("--formats", default="bf16,q8_0", help="comma list of our weight formats")
     ap.add_argument("--kt", default="AMXINT8,AMXINT4", help="kt-kernel methods ('' to skip)")
     ap.add_argument(
         "--kt-threads", type=int, default=0, help="kt CPUInfer workers (0: --threads - 2, >= 1)"
@@ -331,8 +355,13 @@ def main() -> None:
         "rows": [],
         "errors": {},
     }
-    bw = dram_read_gbs(a.threads)
+    bw, bw_methods = dram_read_gbs(a.threads)
     res["dram_read_gbs"] = bw
+    res["dram_read_methods_gbs"] = bw_methods
+    print(
+        "DRAM read methods (GB/s): " + ", ".join(f"{k} {v:.1f}" for k, v in bw_methods.items()),
+        flush=True,
+    )
     res["torch_sum_read_gbs"] = float("nan") if a.skip_torch else torch_sum_gbs(a.threads)
     print(
         f"DRAM read (pinned pool stream, {a.threads} threads): {bw:.1f} GB/s; "
@@ -378,7 +407,8 @@ def main() -> None:
 
     # Each method: prep(x, ids, w, layer) -> call(); only call() is timed (argument conversion,
     # output allocation and dtype casts happen in prep, for every method alike).
-    methods = {f"ours_{f}_{i}": (ours(f, i), f) for f in ("bf16", "q8_0") for i in isas}
+    fmts = [f for f in a.formats.split(",") if f]
+    methods = {f"ours_{f}_{i}": (ours(f, i), f) for f in fmts for i in isas}
     if not a.skip_torch:
 
         def torch_prep(x, ids, w, li):

@@ -134,16 +134,20 @@ _TUNING_CHILD = """
 import torch
 from hybrid_moe.cpu_experts import CpuExpertStore, available_isas, reference_layer, run_layer
 g = torch.Generator().manual_seed(11)
-for fmt, (H, I), tol in (("bf16", (200, 72), 2e-2), ("q8_0", (160, 96), 3e-2)):
-    mk = lambda *s: torch.randn(*s, generator=g) * 0.05
-    store = CpuExpertStore.from_tensors(mk(6, I, H), mk(6, I, H), mk(6, H, I), fmt=fmt)
-    x = torch.randn(9, H, generator=g)
-    ids = torch.stack([torch.randperm(6, generator=g)[:3] for _ in range(9)])
-    w = torch.rand(9, 3, generator=g) + 0.1
-    ref = reference_layer(*store.dequantized(), x, ids, w)
-    for isa in [i for i in available_isas() if i != "generic"]:
-        err = (run_layer(store, x, ids, w, threads=2, isa=isa) - ref).abs().max().item()
-        assert err <= tol * ref.abs().max().item(), (fmt, isa, err)
+# (224, 96) bf16 and (160, 96) q8_0 use the AMX tiles (n % 32 == 0) with odd k-step counts;
+# T=40 over 3 experts gives groups of >= 8 tokens (tiles) and two token tiles.
+cases = [("bf16", (200, 72), 2e-2), ("bf16", (224, 96), 2e-2), ("q8_0", (160, 96), 3e-2)]
+for fmt, (H, I), tol in cases:
+    for T, E, k in ((9, 6, 3), (40, 3, 2)):
+        mk = lambda *s: torch.randn(*s, generator=g) * 0.05
+        store = CpuExpertStore.from_tensors(mk(E, I, H), mk(E, I, H), mk(E, H, I), fmt=fmt)
+        x = torch.randn(T, H, generator=g)
+        ids = torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(T)])
+        w = torch.rand(T, k, generator=g) + 0.1
+        ref = reference_layer(*store.dequantized(), x, ids, w)
+        for isa in [i for i in available_isas() if i != "generic"]:
+            err = (run_layer(store, x, ids, w, threads=2, isa=isa) - ref).abs().max().item()
+            assert err <= tol * ref.abs().max().item(), (fmt, isa, T, err)
 print("ok")
 """
 
@@ -157,6 +161,8 @@ print("ok")
             "HYBRID_MOE_PREFETCH_HINT": "nta",
             "HYBRID_MOE_BARRIER_WARM": "0",
         },
+        {"HYBRID_MOE_AMX_KERNEL": "simple"},
+        {},  # the defaults, on shapes and group sizes that use the AMX tiles
     ],
 )
 def test_tuning_settings_keep_results_exact(env):
@@ -174,7 +180,10 @@ def test_tuning_settings_keep_results_exact(env):
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 
-def test_bad_tuning_setting_is_a_value_error():
+@pytest.mark.parametrize(
+    "var,value", [("HYBRID_MOE_ROW_ORDER", "diagonal"), ("HYBRID_MOE_AMX_KERNEL", "fast")]
+)
+def test_bad_tuning_setting_is_a_value_error(var, value):
     child = (
         "import torch\n"
         "from hybrid_moe.cpu_experts import CpuExpertStore, run_layer\n"
@@ -187,9 +196,9 @@ def test_bad_tuning_setting_is_a_value_error():
     )
     r = subprocess.run(
         [sys.executable, "-c", child],
-        env={**os.environ, "HYBRID_MOE_ROW_ORDER": "diagonal"},
+        env={**os.environ, var: value},
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert r.stdout.startswith("ValueError:") and "HYBRID_MOE_ROW_ORDER" in r.stdout, r.stderr
+    assert r.stdout.startswith("ValueError:") and var in r.stdout, r.stderr

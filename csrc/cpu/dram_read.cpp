@@ -1,24 +1,25 @@
 #include "cpu/dram_read.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <vector>
 
 #include "core/check.h"
+#include "cpu/dram_read_kernels.h"
+#include "cpu/isa.h"
 
 namespace hm::cpu {
-namespace {
+namespace dram {
 
-struct FreeDeleter {
-  void operator()(uint64_t* p) const { std::free(p); }
-};
-
-// Variant 1: one linear stream, 8 independent accumulators (the hardware prefetcher alone).
-uint64_t read_linear(const uint64_t* p, std::size_t n) {
+uint64_t read_scalar_linear(const uint64_t* p, std::size_t n) {
   uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
   std::size_t i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -35,13 +36,10 @@ uint64_t read_linear(const uint64_t* p, std::size_t n) {
   return a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7;
 }
 
-// Variant 2: the expert kernels' access pattern: kStreams interleaved streams (the range cut in
-// kStreams parts, one 64-byte line of each per step) with software prefetch kAhead bytes ahead
-// in every stream. On the lent Xeon variant 1 read 80-88 GB/s while the kernels streamed 110-128.
-constexpr int kStreams = 4;
-constexpr std::size_t kAhead = 2048;
-uint64_t read_streams(const uint64_t* p, std::size_t n) {
+uint64_t read_scalar_streams(const uint64_t* p, std::size_t n) {
+  constexpr int kStreams = 4;
   constexpr std::size_t kLine = 8;  // words per 64-byte line
+  constexpr std::size_t kAhead = 2048;
   const std::size_t part = n / kStreams / kLine * kLine;
   uint64_t acc[kStreams][kLine] = {};
   for (std::size_t i = 0; i < part; i += kLine)
@@ -50,42 +48,86 @@ uint64_t read_streams(const uint64_t* p, std::size_t n) {
       __builtin_prefetch(reinterpret_cast<const char*>(q) + kAhead, 0, 3);
       for (std::size_t w = 0; w < kLine; ++w) acc[s][w] += q[w];
     }
-  uint64_t sum = read_linear(p + kStreams * part, n - kStreams * part);  // the remainder
+  uint64_t sum = read_scalar_linear(p + kStreams * part, n - kStreams * part);  // the remainder
   for (auto& a : acc)
     for (uint64_t v : a) sum += v;
   return sum;
 }
 
+}  // namespace dram
+
+namespace {
+
+struct FreeDeleter {
+  void operator()(uint64_t* p) const { std::free(p); }
+};
+
+struct Method {
+  const char* name;
+  dram::ReadFn fn;
+  bool chunked;  // 4 MiB chunks handed out dynamically, else one contiguous slab per worker
+};
+
+std::vector<Method> methods() {
+  std::vector<Method> m{{"scalar-linear", dram::read_scalar_linear, false},
+                        {"scalar-streams", dram::read_scalar_streams, false}};
+#if HYBRID_MOE_HAVE_AVX512
+  if (avx512_usable()) {
+    m.push_back({"avx512-linear", dram::read_avx512_linear, false});
+    m.push_back({"avx512-linear-pf", dram::read_avx512_linear_pf, false});
+    m.push_back({"avx512-streams", dram::read_avx512_streams, false});
+    m.push_back({"avx512-chunks", dram::read_avx512_linear, true});
+    return m;
+  }
+#endif
+  m.push_back({"scalar-chunks", dram::read_scalar_linear, true});
+  return m;
+}
+
+bool log_enabled() {
+  const char* v = std::getenv("HYBRID_MOE_DRAM_READ_LOG");
+  return v && std::strcmp(v, "0") != 0 && v[0] != '\0';
+}
+
 }  // namespace
 
-double measure_dram_read_gbps(ThreadPool& pool, std::size_t bytes, int reps) {
-  HM_CHECK(bytes >= (std::size_t(64) << 20), "bytes must be >= 64 MiB (far larger than caches), got ",
-           bytes);
+DramRead measure_dram_read(ThreadPool& pool, std::size_t bytes, int reps) {
+  HM_CHECK(bytes >= (std::size_t(64) << 20),
+           "bytes must be >= 64 MiB (far larger than caches), got ", bytes);
   HM_CHECK(reps >= 1, "reps must be >= 1, got ", reps);
   constexpr std::size_t kAlign = 2 << 20;  // 2 MiB: lets the OS use huge pages
   bytes = (bytes + kAlign - 1) / kAlign * kAlign;
   std::unique_ptr<uint64_t, FreeDeleter> buf(
       static_cast<uint64_t*>(std::aligned_alloc(kAlign, bytes)));
   HM_CHECK_RT(buf != nullptr, "out of memory allocating ", bytes, " bytes for the DRAM reader");
+#ifdef MADV_HUGEPAGE
+  madvise(buf.get(), bytes, MADV_HUGEPAGE);  // a hint: without THP the reader still works
+#endif
   const std::size_t words = bytes / sizeof(uint64_t);
-  // One chunk per worker, each a multiple of 8 words.
-  const int64_t chunks = pool.size();
-  const std::size_t per = (words / chunks) / 8 * 8;
-  auto range = [&](int64_t c) {
+  // Slabs: one per worker, each a multiple of 8 words. Chunks: 4 MiB each.
+  const int64_t slabs = pool.size();
+  const std::size_t per = (words / slabs) / 8 * 8;
+  constexpr std::size_t kChunkWords = (std::size_t(4) << 20) / sizeof(uint64_t);
+  const int64_t chunks = static_cast<int64_t>((words + kChunkWords - 1) / kChunkWords);
+  auto slab = [&](int64_t c) {
     const std::size_t b = static_cast<std::size_t>(c) * per;
-    return std::make_pair(b, c + 1 == chunks ? words : b + per);
+    return std::make_pair(b, c + 1 == slabs ? words : b + per);
   };
-  pool.parallel_for(chunks, [&](int64_t c) {  // first touch by the readers
-    const auto [b, e] = range(c);
+  auto chunk = [&](int64_t c) {
+    const std::size_t b = static_cast<std::size_t>(c) * kChunkWords;
+    return std::make_pair(b, std::min(words, b + kChunkWords));
+  };
+  pool.parallel_for(slabs, [&](int64_t c) {  // first touch by the readers
+    const auto [b, e] = slab(c);
     for (std::size_t i = b; i < e; ++i) buf.get()[i] = i;
   });
   std::atomic<uint64_t> sink{0};
-  double best = 0.0;
-  for (auto* reader : {&read_linear, &read_streams}) {
+  DramRead res;
+  for (const Method& m : methods()) {
     auto read_all = [&] {
-      pool.parallel_for(chunks, [&](int64_t c) {
-        const auto [b, e] = range(c);
-        sink.fetch_add(reader(buf.get() + b, e - b), std::memory_order_relaxed);
+      pool.parallel_for(m.chunked ? chunks : slabs, [&](int64_t c) {
+        const auto [b, e] = m.chunked ? chunk(c) : slab(c);
+        sink.fetch_add(m.fn(buf.get() + b, e - b), std::memory_order_relaxed);
       });
     };
     read_all();  // warm: page tables, worker wake-up
@@ -96,11 +138,26 @@ double measure_dram_read_gbps(ThreadPool& pool, std::size_t bytes, int reps) {
       secs.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
     std::sort(secs.begin(), secs.end());
-    best = std::max(best, static_cast<double>(bytes) / secs[secs.size() / 2] / 1e9);
+    const double gbps = static_cast<double>(bytes) / secs[secs.size() / 2] / 1e9;
+    res.methods.push_back({m.name, gbps});
+    if (gbps > res.best_gbps) {
+      res.best_gbps = gbps;
+      res.best = m.name;
+    }
   }
-  // The sum depends on every word, so the reads cannot be optimised away.
+  // The sums depend on every word, so the reads cannot be optimised away.
   HM_CHECK_RT(sink.load() != 0, "DRAM reader produced no data");
-  return best;
+  if (log_enabled()) {
+    for (const auto& m : res.methods)
+      std::fprintf(stderr, "dram_read %-17s %7.1f GB/s (%d threads, %zu MiB, median of %d)\n",
+                   m.name.c_str(), m.gbps, pool.size(), bytes >> 20, reps);
+    std::fprintf(stderr, "dram_read best: %s %.1f GB/s\n", res.best.c_str(), res.best_gbps);
+  }
+  return res;
+}
+
+double measure_dram_read_gbps(ThreadPool& pool, std::size_t bytes, int reps) {
+  return measure_dram_read(pool, bytes, reps).best_gbps;
 }
 
 }  // namespace hm::cpu

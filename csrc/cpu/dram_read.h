@@ -1,22 +1,42 @@
-// [NOTE] Host DRAM read bandwidth, measured the way the expert kernels read: every worker of the
-// pool (pinned one per core) streams its own contiguous share of a buffer far larger than the L3.
-// The buffer is first touched by the same workers (so on multi-socket machines pages land on
-// the reading socket), then read `reps` times; the median rep gives bytes / time. Two readers
-// run (one linear stream per worker; four interleaved streams with software prefetch, the expert
-// kernels' pattern) and the higher figure is returned: the reader must not be slower than the
-// kernels it judges (on the lent Xeon the linear one alone read 80-88 GB/s while the kernels
-// streamed up to 128). Used as the denominator of "fraction of DRAM bandwidth" in the CPU
-// benchmark and by `hybrid-moe calibrate`, so both report the same figure (a torch sum gave 86,
-// 111 and 118 GB/s on the same Xeon).
+// [NOTE] Host DRAM read bandwidth, measured the way the expert kernels read: the pool's workers
+// (pinned one per core) stream a buffer far larger than the L3, asked for with transparent huge
+// pages (fewer TLB misses) and first touched by the same workers (pages land on the reading
+// socket). Several read methods run, each `reps` times after one warm-up pass; a method's figure
+// is bytes / median rep time, and the highest figure is the result: the reader must not be slower
+// than the kernels it judges (on the lent Xeon a scalar linear reader read 80-88 GB/s while the
+// bf16 expert kernel streamed up to 128). Methods (names as reported):
+//   scalar-linear / scalar-streams: 64-bit loads, one stream or 4 prefetched streams per worker
+//   avx512-linear, avx512-linear-pf, avx512-streams: 512-bit aligned loads, 4 lines per iteration
+//     into 4 accumulators; no software prefetch / prefetch 1 KiB ahead / 4 streams 2 KiB ahead
+//     (AVX512 machines only)
+//   avx512-chunks (scalar-chunks without AVX512): the linear loop over 4 MiB chunks handed out
+//     dynamically instead of one contiguous slab per worker, so a slow or shared core (the caller
+//     is unpinned) does not set the time of the whole pass.
+// HYBRID_MOE_DRAM_READ_LOG=1 prints every method's figure to stderr. Used as the denominator of
+// "fraction of DRAM bandwidth" in the CPU benchmark and by `hybrid-moe calibrate`.
 #pragma once
 
 #include <cstddef>
+#include <string>
+#include <vector>
 
 #include "cpu/thread_pool.h"
 
 namespace hm::cpu {
 
-// GB/s (1e9 bytes per second). bytes >= 64 MiB and reps >= 1, else hm::ValueError.
+struct DramReadMethod {
+  std::string name;
+  double gbps = 0.0;  // bytes / median rep time, 1e9 bytes per second
+};
+struct DramRead {
+  double best_gbps = 0.0;
+  std::string best;                     // name of the fastest method
+  std::vector<DramReadMethod> methods;  // in the order run
+};
+
+// Every method; bytes >= 64 MiB and reps >= 1, else hm::ValueError.
+DramRead measure_dram_read(ThreadPool& pool, std::size_t bytes, int reps);
+// The best method's GB/s (1e9 bytes per second); same arguments.
 double measure_dram_read_gbps(ThreadPool& pool, std::size_t bytes, int reps);
 
 }  // namespace hm::cpu

@@ -49,6 +49,14 @@ PrefetchHint prefetch_hint();
 enum class RowOrder { kInterleaved, kStreams };
 RowOrder row_order();
 
+// Tile code of the AMX variant (HYBRID_MOE_AMX_KERNEL): pipelined (default): two sets of tile
+// registers used in turn, so a step's tile loads do not wait for the previous step's multiply, and
+// the next 16-row tile prefetched into L2 while the current one computes; simple: one set, no
+// prefetch (the first version, kept for A/B runs). Read once; a malformed value raises
+// hm::ValueError on first use.
+enum class AmxKernel { kPipelined, kSimple };
+AmxKernel amx_kernel();
+
 // Group size from which the AMX variant uses tiles (below it, its AVX512 code).
 inline constexpr int kAmxMinTokens = 8;
 

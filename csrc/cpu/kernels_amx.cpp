@@ -3,14 +3,22 @@
 // groups, row tails (rows % 16) and bf16 rows whose length is not a multiple of 32 take the AVX512
 // code, which reads the same packed buffer's first part.
 // The weights stay in their GGUF layout (no repacked copy, no extra memory): they are tile A
-//   (16 weight rows x 64 bytes, stride = the row length), and the tokens' activations, repacked once
-//   per group into VNNI order, are tile B. C = W . X^T is [16 rows x 16 tokens].
+//   (16 weight rows x 64 bytes, stride = the row length), and the tokens' activations, repacked
+//   once per group into VNNI order, are tile B. C = W . X^T is [16 rows x 16 tokens].
 // BF16: A = 16 rows x 32 bf16, B = 16 pairs x 16 tokens x 2 bf16, TDPBF16PS accumulates over all
 //   of n_in in fp32; two token tiles share each weight tile.
 // Q8_0: A = 16 rows x one block's 32 int8 (the 2-byte scale in front is skipped by the address),
 //   B = 8 quads x 16 tokens x 4 int8; per block TDPBSSD gives exact int32 sums that are stored
 //   and scaled by d_w[row] * d_x[token] into fp32 accumulators (16 zmm registers).
 // Extra packed memory per group: n_tok16 x n x (2 bytes bf16 | 1.125 bytes q8); weights: none.
+// Pipelining (HYBRID_MOE_AMX_KERNEL=pipelined, the default): tile registers are not renamed, so
+//   with one A/B/C set a step's tile loads wait for the previous step's multiply and (Q8_0) the
+//   int32 tile's store and scaling wait for its multiply: one DRAM miss and one TMUL latency at a
+//   time. Two register sets are used in turn (bf16: A/B pairs of even and odd k steps; Q8_0: C/A/B
+//   of even and odd blocks, so block b+1's multiply runs while block b is scaled), and while the
+//   first token tile of a 16-row tile computes, the next 16-row tile is prefetched into L2, the
+//   part each step covers (a row of bf16 gate/up weights is one 4 KiB page, where the L2
+//   streamer starts anew per row). HYBRID_MOE_AMX_KERNEL=simple runs the first version.
 #pragma GCC diagnostic ignored "-Wuninitialized"  // GCC 12 header false positives
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
@@ -24,7 +32,9 @@
 namespace hm::cpu {
 namespace {
 
-inline int64_t round_to(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+inline int64_t round_to(int64_t n, int64_t m) {
+  return (n + m - 1) / m * m;
+}
 
 struct alignas(64) TileConfig {
   uint8_t palette = 1;
@@ -131,8 +141,8 @@ void amx_bf16(const uint8_t* w, std::size_t stride, int64_t rows16, int64_t n_in
   _tile_release();
 }
 
-void amx_q8(const uint8_t* w, std::size_t stride, int64_t rows16, int64_t n_in,
-            const uint8_t* vnni, const float* scales, int n_tok, float* y, int64_t ldy) {
+void amx_q8(const uint8_t* w, std::size_t stride, int64_t rows16, int64_t n_in, const uint8_t* vnni,
+            const float* scales, int n_tok, float* y, int64_t ldy) {
   TileConfig cfg;
   cfg.rows[0] = 16, cfg.colsb[0] = 64;  // C: 16 rows x 16 tokens int32
   cfg.rows[1] = 16, cfg.colsb[1] = 32;  // A: 16 rows x 32 int8 (one block)
@@ -168,16 +178,151 @@ void amx_q8(const uint8_t* w, std::size_t stride, int64_t rows16, int64_t n_in,
   _tile_release();
 }
 
+// L2 prefetch of the bytes [off, off + 64) of each of the 16 rows at `tile` (the next row tile).
+inline void prefetch_tile_lines(const uint8_t* tile, std::size_t stride, std::size_t off) {
+  for (int r = 0; r < 16; ++r)
+    _mm_prefetch(reinterpret_cast<const char*>(tile + r * stride + off), _MM_HINT_T1);
+}
+
+// One k step of 32 bf16 values: A tile `A` (16 rows), B tiles B0/B1 (token tiles t0, t0 + 16).
+// A macro: GCC's tile intrinsics paste the tile number into the assembly text, so it must be a
+// literal (a template parameter is not).
+#define HM_BF16_STEP(A, B0, B1, a, stride, b, bstride, two) \
+  do {                                                      \
+    _tile_loadd(A, (a), (stride));                          \
+    _tile_loadd(B0, (b), (bstride));                        \
+    _tile_dpbf16ps(0, A, B0);                               \
+    if (two) {                                              \
+      _tile_loadd(B1, (b) + 64, (bstride));                 \
+      _tile_dpbf16ps(1, A, B1);                             \
+    }                                                       \
+  } while (0)
+
+// As amx_bf16; even k steps use tiles 2-4, odd ones 5-7 (see [NOTE], pipelining).
+void amx_bf16_pipelined(const uint8_t* w, std::size_t stride, int64_t rows16, int64_t n_in,
+                        const uint8_t* vnni, int n_tok, float* y, int64_t ldy) {
+  TileConfig cfg;
+  for (int i = 0; i < 8; ++i) {
+    cfg.rows[i] = 16;
+    cfg.colsb[i] = 64;
+  }
+  _tile_loadconfig(&cfg);
+  const int64_t nt16 = round_to(n_tok, 16);
+  const std::size_t bstride = static_cast<std::size_t>(nt16) * 4;
+  alignas(64) float tmp[2][256];
+  for (int64_t r0 = 0; r0 < rows16; r0 += 16) {
+    const uint8_t* a = w + r0 * stride;
+    const uint8_t* next = r0 + 16 < rows16 ? a + 16 * stride : nullptr;
+    for (int64_t t0 = 0; t0 < nt16; t0 += 32) {
+      const bool two = t0 + 16 < nt16;
+      const bool pf = next != nullptr && t0 == 0;
+      _tile_zero(0);
+      _tile_zero(1);
+      const uint8_t* b = vnni + t0 * 4;
+      int64_t k = 0;
+      for (; k + 64 <= n_in; k += 64) {
+        if (pf) {
+          prefetch_tile_lines(next, stride, k * 2);
+          prefetch_tile_lines(next, stride, k * 2 + 64);
+        }
+        HM_BF16_STEP(2, 3, 4, a + k * 2, stride, b + (k / 2) * bstride, bstride, two);
+        HM_BF16_STEP(5, 6, 7, a + k * 2 + 64, stride, b + (k / 2 + 16) * bstride, bstride, two);
+      }
+      if (k < n_in) {  // n_in % 64 == 32
+        if (pf) prefetch_tile_lines(next, stride, k * 2);
+        HM_BF16_STEP(2, 3, 4, a + k * 2, stride, b + (k / 2) * bstride, bstride, two);
+      }
+      _tile_stored(0, tmp[0], 64);
+      store_tile_result(tmp[0], r0, t0, n_tok, y, ldy);
+      if (two) {
+        _tile_stored(1, tmp[1], 64);
+        store_tile_result(tmp[1], r0, t0 + 16, n_tok, y, ldy);
+      }
+    }
+  }
+  _tile_release();
+}
+
+// Q8_0 block at a_blk (16 rows, stride apart): C = A . B with fresh int32 sums (a macro, as
+// HM_BF16_STEP).
+#define HM_Q8_ISSUE(C, A, B, a_blk, stride, b, bstride) \
+  do {                                                  \
+    _tile_zero(C);                                      \
+    _tile_loadd(A, (a_blk) + 2, (stride));              \
+    _tile_loadd(B, (b), (bstride));                     \
+    _tile_dpbssd(C, A, B);                              \
+  } while (0)
+
+// acc[r] += float(isum[r][t]) * d_w[r] * d_x[t] for the block at a_blk (isum: its stored C).
+inline void q8_scale_add(const uint8_t* a_blk, std::size_t stride, __m512 dx, const int32_t* isum,
+                         __m512* acc) {
+  for (int r = 0; r < 16; ++r) {
+    uint16_t d;
+    std::memcpy(&d, a_blk + r * stride, 2);
+    const __m512 s = _mm512_mul_ps(dx, _mm512_set1_ps(_cvtsh_ss(d)));
+    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(isum + r * 16)), s, acc[r]);
+  }
+}
+
+// As amx_q8; even blocks use tiles 0-2, odd ones 3-5, block b+1's multiply is issued before
+// block b's sums are stored and scaled (see [NOTE], pipelining).
+void amx_q8_pipelined(const uint8_t* w, std::size_t stride, int64_t rows16, int64_t n_in,
+                      const uint8_t* vnni, const float* scales, int n_tok, float* y, int64_t ldy) {
+  TileConfig cfg;
+  for (int s = 0; s < 2; ++s) {
+    cfg.rows[3 * s] = 16, cfg.colsb[3 * s] = 64;          // C: 16 rows x 16 tokens int32
+    cfg.rows[3 * s + 1] = 16, cfg.colsb[3 * s + 1] = 32;  // A: 16 rows x 32 int8 (one block)
+    cfg.rows[3 * s + 2] = 8, cfg.colsb[3 * s + 2] = 64;   // B: 8 quads x 16 tokens x 4 int8
+  }
+  _tile_loadconfig(&cfg);
+  const int64_t nt16 = round_to(n_tok, 16), nb = n_in / 32;
+  const std::size_t bstride = static_cast<std::size_t>(nt16) * 4;
+  alignas(64) int32_t isum[2][256];
+  alignas(64) float tmp[256];
+  for (int64_t r0 = 0; r0 < rows16; r0 += 16) {
+    const uint8_t* a = w + r0 * stride;
+    const uint8_t* next = r0 + 16 < rows16 ? a + 16 * stride : nullptr;
+    for (int64_t t0 = 0; t0 < nt16; t0 += 16) {
+      const bool pf = next != nullptr && t0 == 0;
+      __m512 acc[16];
+      for (auto& v : acc) v = _mm512_setzero_ps();
+      auto blk = [&](int64_t b) { return a + b * kQ8BlockBytes; };
+      auto bt = [&](int64_t b) { return vnni + b * 8 * bstride + t0 * 4; };
+      auto dx = [&](int64_t b) { return _mm512_loadu_ps(scales + b * nt16 + t0); };
+      HM_Q8_ISSUE(0, 1, 2, blk(0), stride, bt(0), bstride);
+      for (int64_t b = 0; b < nb; b += 2) {
+        if (pf) {  // the next tile's rows, the 68 bytes this block pair covers
+          prefetch_tile_lines(next, stride, b * kQ8BlockBytes);
+          prefetch_tile_lines(next, stride, b * kQ8BlockBytes + 64);
+        }
+        if (b + 1 < nb) HM_Q8_ISSUE(3, 4, 5, blk(b + 1), stride, bt(b + 1), bstride);
+        _tile_stored(0, isum[0], 64);
+        q8_scale_add(blk(b), stride, dx(b), isum[0], acc);
+        if (b + 1 < nb) {
+          if (b + 2 < nb) HM_Q8_ISSUE(0, 1, 2, blk(b + 2), stride, bt(b + 2), bstride);
+          _tile_stored(3, isum[1], 64);
+          q8_scale_add(blk(b + 1), stride, dx(b + 1), isum[1], acc);
+        }
+      }
+      for (int r = 0; r < 16; ++r) _mm512_store_ps(tmp + r * 16, acc[r]);
+      store_tile_result(tmp, r0, t0, n_tok, y, ldy);
+    }
+  }
+  _tile_release();
+}
+
 void amx_dot_rows(WeightFormat f, const uint8_t* w, std::size_t row_stride, int64_t rows,
                   int64_t n_in, const uint8_t* packed, int n_tok, float* y, int64_t ldy) {
   const int64_t rows16 = use_tiles(f, n_tok, n_in) ? rows / 16 * 16 : 0;
   if (rows16 > 0) {
     const uint8_t* vnni = packed + avx_part(f, n_tok, n_in);
+    const bool pipelined = amx_kernel() == AmxKernel::kPipelined;
     if (f == WeightFormat::kBF16) {
-      amx_bf16(w, row_stride, rows16, n_in, vnni, n_tok, y, ldy);
+      (pipelined ? amx_bf16_pipelined : amx_bf16)(w, row_stride, rows16, n_in, vnni, n_tok, y, ldy);
     } else {
       const auto* scales = reinterpret_cast<const float*>(vnni + vnni_part(f, n_tok, n_in));
-      amx_q8(w, row_stride, rows16, n_in, vnni, scales, n_tok, y, ldy);
+      (pipelined ? amx_q8_pipelined : amx_q8)(w, row_stride, rows16, n_in, vnni, scales, n_tok, y,
+                                              ldy);
     }
   }
   if (rows16 < rows)

@@ -115,6 +115,18 @@ RowOrder row_order() {
   return order;
 }
 
+AmxKernel amx_kernel() {
+  static const AmxKernel k = [] {
+    const char* v = std::getenv("HYBRID_MOE_AMX_KERNEL");
+    const std::string s = v ? v : "";
+    if (s.empty() || s == "pipelined") return AmxKernel::kPipelined;
+    HM_CHECK(s == "simple", "environment variable HYBRID_MOE_AMX_KERNEL='", s,
+             "': expected pipelined or simple");
+    return AmxKernel::kSimple;
+  }();
+  return k;
+}
+
 const KernelOps& generic_ops() {
   static const KernelOps ops{Isa::kGeneric, generic_packed_bytes, generic_pack, generic_dot_rows};
   return ops;

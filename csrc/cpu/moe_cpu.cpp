@@ -65,7 +65,16 @@ class ScratchCache {
 // streams, issued before the current call so that its first loads do not wait for DRAM.
 inline void prefetch_rows(const uint8_t* w, std::size_t stride, int64_t rows, std::size_t bytes) {
   for (int64_t r = 0; r < rows; ++r)
-    for (std::size_t off = 0; off < bytes; off += 64) __builtin_prefetch(w + r * stride + off, 0, 3);
+    for (std::size_t off = 0; off < bytes; off += 64)
+      __builtin_prefetch(w + r * stride + off, 0, 3);
+}
+
+// L2 prefetch of `rows` whole rows: before a call whose group is large enough for the AMX tiles
+// (which read 16 rows at once, each row a separate stream that the L2 streamer ramps up alone);
+// a group of many tokens computes long enough on the current rows to hide the whole fetch.
+inline void prefetch_rows_l2(const uint8_t* w, std::size_t stride, int64_t rows) {
+  const uint8_t* end = w + rows * stride;
+  for (const uint8_t* p = w; p < end; p += 64) __builtin_prefetch(p, 0, 2);
 }
 
 // HYBRID_MOE_BARRIER_WARM=0 turns the barrier-time weight prefetch off (for measurements).
@@ -129,9 +138,12 @@ class MoeJob final : public Job {
     return p == 0 ? static_cast<int64_t>(groups_.size()) : p == 1 ? n_items1_ : n_items2_;
   }
   void run(int p, int64_t item) override {
-    if (p == 0) pack_inputs(groups_[item]);
-    else if (p == 1) gate_up(groups_[item / blocks1_], item % blocks1_);
-    else down(item);
+    if (p == 0)
+      pack_inputs(groups_[item]);
+    else if (p == 1)
+      gate_up(groups_[item / blocks1_], item % blocks1_);
+    else
+      down(item);
   }
   // At a phase barrier: one weight row of the item per step into L2 (weights are read-only, so
   // this is safe before the earlier phase ends). Phase 1: the item's gate rows, then its up rows;
@@ -186,7 +198,10 @@ class MoeJob final : public Job {
     const uint8_t* xp = scratch() + g.x_off;
     const std::size_t pf = std::min<std::size_t>(prefetch_bytes(), stride);
     prefetch_rows(base + L.gate_offset + r0 * stride, stride, std::min<int64_t>(rows, 4), pf);
-    prefetch_rows(base + L.up_offset + r0 * stride, stride, std::min<int64_t>(rows, 4), pf);
+    if (g.n_tok >= kAmxMinTokens)  // up's first tile streams in while gate computes
+      prefetch_rows_l2(base + L.up_offset + r0 * stride, stride, std::min<int64_t>(rows, 16));
+    else
+      prefetch_rows(base + L.up_offset + r0 * stride, stride, std::min<int64_t>(rows, 4), pf);
     ops_.dot_rows(L.format, base + L.gate_offset + r0 * stride, stride, rows, L.hidden, xp, g.n_tok,
                   yg.data(), rows);
     ops_.dot_rows(L.format, base + L.up_offset + r0 * stride, stride, rows, L.hidden, xp, g.n_tok,
@@ -205,12 +220,17 @@ class MoeJob final : public Job {
     const auto first_rows = [&](const Group& g) {
       return args_.experts[g.expert] + L.down_offset + r0 * stride;
     };
-    if (!groups_.empty()) prefetch_rows(first_rows(groups_[0]), stride, std::min<int64_t>(rows, 4), pf);
+    if (!groups_.empty())
+      prefetch_rows(first_rows(groups_[0]), stride, std::min<int64_t>(rows, 4), pf);
     for (std::size_t gi = 0; gi < groups_.size(); ++gi) {
       const Group& g = groups_[gi];
       // The next expert's rows start streaming while this one computes.
-      if (gi + 1 < groups_.size())
-        prefetch_rows(first_rows(groups_[gi + 1]), stride, std::min<int64_t>(rows, 4), pf);
+      if (gi + 1 < groups_.size()) {
+        if (groups_[gi + 1].n_tok >= kAmxMinTokens && g.n_tok >= kAmxMinTokens)
+          prefetch_rows_l2(first_rows(groups_[gi + 1]), stride, rows);
+        else
+          prefetch_rows(first_rows(groups_[gi + 1]), stride, std::min<int64_t>(rows, 4), pf);
+      }
       y.resize(static_cast<std::size_t>(g.n_tok) * rows);
       ops_.dot_rows(L.format, args_.experts[g.expert] + L.down_offset + r0 * stride, stride, rows,
                     L.intermediate, scratch() + g.h_off, g.n_tok, y.data(), rows);
@@ -235,8 +255,8 @@ class MoeJob final : public Job {
 
 void validate(const MoeLayerArgs& a) {
   const auto& L = a.layout;
-  HM_CHECK(L.hidden > 0 && L.intermediate > 0, "layout must come from make_expert_layout, got H=",
-           L.hidden, " I=", L.intermediate);
+  HM_CHECK(L.hidden > 0 && L.intermediate > 0,
+           "layout must come from make_expert_layout, got H=", L.hidden, " I=", L.intermediate);
   const ExpertLayout ref = make_expert_layout(L.format, L.hidden, L.intermediate);
   HM_CHECK(ref.gate_offset == L.gate_offset && ref.up_offset == L.up_offset &&
                ref.down_offset == L.down_offset,
@@ -244,8 +264,8 @@ void validate(const MoeLayerArgs& a) {
            ", ", L.intermediate, ")");
   HM_CHECK(a.tokens >= 0, "tokens must be >= 0, got ", a.tokens);
   HM_CHECK(a.n_assignments >= 0, "n_assignments must be >= 0, got ", a.n_assignments);
-  HM_CHECK(a.n_experts >= 0 && a.n_experts < (int64_t(1) << 31), "n_experts out of range: ",
-           a.n_experts);
+  HM_CHECK(a.n_experts >= 0 && a.n_experts < (int64_t(1) << 31),
+           "n_experts out of range: ", a.n_experts);
   if (a.n_assignments == 0) return;
   HM_CHECK(a.assignments != nullptr, "assignments must not be null");
   HM_CHECK(a.experts != nullptr, "experts (pointer array) must not be null");
@@ -257,10 +277,9 @@ void validate(const MoeLayerArgs& a) {
              ": expected in [0, ", a.tokens, ")");
     HM_CHECK(s.expert >= 0 && s.expert < a.n_experts, "assignments[", i, "].expert = ", s.expert,
              ": expected in [0, ", a.n_experts, ")");
-    HM_CHECK(std::isfinite(s.weight), "assignments[", i, "].weight must be finite, got ",
-             s.weight);
-    HM_CHECK(a.experts[s.expert] != nullptr, "experts[", s.expert,
-             "] is null but assignment ", i, " uses it");
+    HM_CHECK(std::isfinite(s.weight), "assignments[", i, "].weight must be finite, got ", s.weight);
+    HM_CHECK(a.experts[s.expert] != nullptr, "experts[", s.expert, "] is null but assignment ", i,
+             " uses it");
   }
 }
 
@@ -271,6 +290,7 @@ JobHandle submit_moe_layer(ThreadPool& pool, const MoeLayerArgs& args, Isa isa) 
   prefetch_bytes();  // a malformed HYBRID_MOE_PREFETCH(_HINT) raises here, in the caller's thread
   prefetch_hint();
   row_order();
+  amx_kernel();
   return pool.submit(std::make_shared<MoeJob>(args, kernel_ops(isa)));
 }
 

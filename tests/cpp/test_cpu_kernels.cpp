@@ -2,8 +2,8 @@
 // reference on the same (quantised / bf16-rounded) activations: every row count around the 4-row
 // blocking (tails 1-3), token counts around the 4-token blocking and the AMX threshold, Q8 block
 // counts odd and even (the single-block tail), bf16 row lengths not a multiple of 32, weights with
-// int8 -128 and negative fp16 scales, and activations packed in 32-value pieces (as phase 1 packs h)
-// giving the same bytes as one whole pack.
+// int8 -128 and negative fp16 scales, and activations packed in 32-value pieces (as phase 1 packs
+// h) giving the same bytes as one whole pack.
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -48,8 +48,8 @@ void random_rows(WeightFormat f, int64_t rows, int64_t n, std::mt19937& rng,
     }
     for (int64_t b = 0; b < n / 32; ++b) {
       // fp16 scale: normal numbers 2^-7 .. 2^1, one in 8 negative.
-      const uint16_t d = static_cast<uint16_t>((coin(rng) == 0 ? 0x8000 : 0) | (expo(rng) << 10) |
-                                               mant(rng));
+      const uint16_t d =
+          static_cast<uint16_t>((coin(rng) == 0 ? 0x8000 : 0) | (expo(rng) << 10) | mant(rng));
       std::memcpy(row + b * 34, &d, 2);
       const double dd = hm::cpu::f16_to_f32(d);
       for (int i = 0; i < 32; ++i) {
@@ -63,7 +63,8 @@ void random_rows(WeightFormat f, int64_t rows, int64_t n, std::mt19937& rng,
 
 // The activations as the kernels see them: bf16-rounded (SIMD bf16), fp32 (generic bf16) or
 // Q8-quantised per 32-block (every Q8 variant).
-std::vector<double> effective_acts(WeightFormat f, Isa isa, const std::vector<float>& x, int64_t n) {
+std::vector<double> effective_acts(WeightFormat f, Isa isa, const std::vector<float>& x,
+                                   int64_t n) {
   std::vector<double> v(x.size());
   if (f == WeightFormat::kBF16) {
     for (std::size_t i = 0; i < x.size(); ++i)
@@ -135,9 +136,9 @@ bool check_dot_rows(Isa isa, WeightFormat f, int64_t rows, int64_t n, int n_tok,
 HM_TEST(cpu_kernels_dot_rows_match_reference_all_isas) {
   uint32_t seed = 1;
   for (auto isa : runnable_isas())
-    for (int n_tok : {1, 2, 3, 4, 5, 8, 9, 17})
+    for (int n_tok : {1, 2, 3, 4, 5, 8, 9, 17, 33})  // 33: AMX token tiles 32 + 16
       for (int64_t rows : {1, 2, 3, 4, 5, 7, 16, 35}) {
-        for (int64_t n : {32, 72, 200, 256})
+        for (int64_t n : {32, 72, 96, 200, 256})  // 96: AMX k steps 2 + 1
           HM_EXPECT(check_dot_rows(isa, WeightFormat::kBF16, rows, n, n_tok, seed++));
         for (int64_t n : {32, 64, 96, 160, 512})
           HM_EXPECT(check_dot_rows(isa, WeightFormat::kQ8_0, rows, n, n_tok, seed++));
