@@ -316,6 +316,9 @@ def main() -> None:
     ap.add_argument("--intermediate", type=int, default=768)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--isas", default="", help="comma list; default: avx512 and amx where runnable")
+    ap.add_argument(
+        "--dram-gib", type=float, default=2.0, help="DRAM reader buffer (GiB, far above the L3)"
+    )
     ap.add_argument("--formats", default="bf16,q8_0", help="comma list of our weight formats")
     ap.add_argument("--kt", default="AMXINT8,AMXINT4", help="kt-kernel methods ('' to skip)")
     ap.add_argument(
@@ -355,7 +358,7 @@ def main() -> None:
         "rows": [],
         "errors": {},
     }
-    bw, bw_methods = dram_read_gbs(a.threads)
+    bw, bw_methods = dram_read_gbs(a.threads, a.dram_gib)
     res["dram_read_gbs"] = bw
     res["dram_read_methods_gbs"] = bw_methods
     print(

@@ -11,7 +11,7 @@
 # HEAD`) that snapshot is built instead of the working tree, so that another developer's
 # half-edited file cannot break the run. Logs and JSON go to $OUT (6 files).
 # Env: THREADS (16), KT_THREADS (14: leaves cores to kt's task-queue thread and the spinning
-# caller), LAYERS (4), BUDGET (290), JOBS (16), SMOKE=1 (small sizes, for checking the script on a
+# caller), LAYERS (4), BUDGET (270), JOBS (16), SMOKE=1 (small sizes, for checking the script on a
 # small machine).
 set -uo pipefail
 OUT=${OUT:-/tmp/hm_out}
@@ -20,7 +20,7 @@ ROOT=$PWD
 THREADS=${THREADS:-16}
 KT_THREADS=${KT_THREADS:-14}
 LAYERS=${LAYERS:-4}
-BUDGET=${BUDGET:-290}
+BUDGET=${BUDGET:-270}
 JOBS=${JOBS:-16}
 t0=$SECONDS
 stage() { echo "=== [$((SECONDS - t0))s] $*"; }
@@ -91,8 +91,8 @@ run_sweep() {  # label, env settings..., -- bench args
   shift
   left || { echo "$label: skipped (budget)" >> "$OUT/sweep.log"; return; }
   env "${envs[@]}" timeout 45 python3 bench/bench_cpu_experts.py --threads "$THREADS" --kt "" \
-    --skip-torch "$@" 2>&1 | grep -E "^(DRAM read \(|T= *[0-9]+ ours_\S+ +[0-9]|Traceback|\S*Error)" \
-    | sed "s/^/$label | /" >> "$OUT/sweep.log"
+    --skip-torch --dram-gib 0.5 "$@" 2>&1 | grep -E "^(DRAM read \(|T= *[0-9]+ ours_\S+ +[0-9]|Traceback|\S*Error)" \
+    | sed "s#^#$label | #" >> "$OUT/sweep.log"
 }
 stage "A/B: AMX tile code at T=$AB_TOKENS"
 for v in pipelined simple pipelined simple; do
@@ -101,7 +101,7 @@ done
 stage "A/B: Q8_0 avx512 prefetch at T=1,4"
 for pf in "2048 l1" "4096 l1" "2048 l2" "4096 l2" "1024 l2"; do
   set -- $pf
-  run_sweep "pf=$1/$2" HYBRID_MOE_PREFETCH=$1 HYBRID_MOE_PREFETCH_HINT=$2 -- --isas avx512 \
+  run_sweep "pf=$1,$2" HYBRID_MOE_PREFETCH=$1 HYBRID_MOE_PREFETCH_HINT=$2 -- --isas avx512 \
     --formats q8_0 --tokens 1,4 $SWEEP --max-reps 21
 done
 
