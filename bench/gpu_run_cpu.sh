@@ -4,7 +4,8 @@
 # the CPU MoE benchmark against torch bf16 and kt-kernel (AMXINT8, AMXINT4; KT_THREADS workers),
 # then optional A/B sweeps while time is left (BUDGET seconds from the start): the AMX tile code
 # (HYBRID_MOE_AMX_KERNEL=pipelined vs simple) at T = 64, 256, 512 and the Q8_0 AVX512 software
-# prefetch (distance x cache level) at T = 1, 4. If the tests fail with the default AMX code but
+# prefetch (distance x cache level x every line / one per step) at T = 1, 4, in an order that
+# alternates settings. If the tests fail with the default AMX code but
 # pass with HYBRID_MOE_AMX_KERNEL=simple, the benchmark runs with simple (said in info.txt).
 # Every step has a `timeout`. Run from the repository root with .carry/ holding the wheels
 # (../shared/wheels/README.md). With CPU_SRC_TAR=path (e.g. .carry/head.tar from `git archive
@@ -94,16 +95,24 @@ run_sweep() {  # label, env settings..., -- bench args
     --skip-torch --dram-gib 0.5 "$@" 2>&1 | grep -E "^(DRAM read \(|T= *[0-9]+ ours_\S+ +[0-9]|Traceback|\S*Error)" \
     | sed "s#^#$label | #" >> "$OUT/sweep.log"
 }
-stage "A/B: AMX tile code at T=$AB_TOKENS"
-for v in pipelined simple pipelined simple; do
-  run_sweep "amx=$v" HYBRID_MOE_AMX_KERNEL=$v -- --isas amx --tokens "$AB_TOKENS" $SWEEP --max-reps 5
-done
-stage "A/B: Q8_0 avx512 prefetch at T=1,4"
-for pf in "2048 l1" "4096 l1" "2048 l2" "4096 l2" "1024 l2"; do
-  set -- $pf
-  run_sweep "pf=$1,$2" HYBRID_MOE_PREFETCH=$1 HYBRID_MOE_PREFETCH_HINT=$2 -- --isas avx512 \
-    --formats q8_0 --tokens 1,4 $SWEEP --max-reps 21
-done
+stage "A/B: AMX tile code at T=$AB_TOKENS; Q8_0 avx512 prefetch at T=1,4"
+amx_ab() {
+  for v in simple pipelined; do
+    run_sweep "amx=$v" HYBRID_MOE_AMX_KERNEL=$v -- --isas amx --tokens "$AB_TOKENS" $SWEEP --max-reps 5
+  done
+}
+pf_ab() {  # distance, cache level, every line or one per step
+  set -- $1 $2 $3
+  run_sweep "pf=$1,$2,$3" HYBRID_MOE_PREFETCH=$1 HYBRID_MOE_PREFETCH_HINT=$2 \
+    HYBRID_MOE_PREFETCH_LINES=$3 -- --isas avx512 --formats q8_0 --tokens 1,4 $SWEEP --max-reps 21
+}
+amx_ab
+pf_ab 2048 l1 step
+pf_ab 2048 l1 every
+pf_ab 2048 l2 every
+pf_ab 4096 l2 every
+amx_ab
+pf_ab 4096 l1 every
 
 stage "summary"
 grep -E "^(DRAM|kt-kernel|setup)" "$OUT/bench.log"

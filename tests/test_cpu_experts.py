@@ -161,7 +161,7 @@ print("ok")
             "HYBRID_MOE_PREFETCH_HINT": "nta",
             "HYBRID_MOE_BARRIER_WARM": "0",
         },
-        {"HYBRID_MOE_AMX_KERNEL": "simple"},
+        {"HYBRID_MOE_AMX_KERNEL": "simple", "HYBRID_MOE_PREFETCH_LINES": "step"},
         {},  # the defaults, on shapes and group sizes that use the AMX tiles
     ],
 )
@@ -181,7 +181,12 @@ def test_tuning_settings_keep_results_exact(env):
 
 
 @pytest.mark.parametrize(
-    "var,value", [("HYBRID_MOE_ROW_ORDER", "diagonal"), ("HYBRID_MOE_AMX_KERNEL", "fast")]
+    "var,value",
+    [
+        ("HYBRID_MOE_ROW_ORDER", "diagonal"),
+        ("HYBRID_MOE_AMX_KERNEL", "fast"),
+        ("HYBRID_MOE_PREFETCH_LINES", "some"),
+    ],
 )
 def test_bad_tuning_setting_is_a_value_error(var, value):
     child = (

@@ -34,7 +34,9 @@
 namespace hm::cpu {
 namespace {
 
-inline int64_t round32(int64_t n) { return (n + 31) / 32 * 32; }
+inline int64_t round32(int64_t n) {
+  return (n + 31) / 32 * 32;
+}
 
 constexpr int kRows = 4;  // weight rows per pass
 
@@ -57,8 +59,8 @@ std::size_t avx_packed_bytes(WeightFormat f, int n_tok, int64_t n) {
   return q8_parts(n_tok, n).total;
 }
 
-void avx_pack(WeightFormat f, int n_tok, int64_t n, int64_t k0, int64_t k1,
-              const float* const* src, uint8_t* packed) {
+void avx_pack(WeightFormat f, int n_tok, int64_t n, int64_t k0, int64_t k1, const float* const* src,
+              uint8_t* packed) {
   if (f == WeightFormat::kQ8_0) {
     const int64_t nb = n / kQ8BlockSize;
     const Q8Parts parts = q8_parts(n_tok, n);
@@ -106,6 +108,20 @@ struct RowPrefetcher {
   int64_t ahead = 0;  // passes ahead of the current one
   bool on;
   PrefetchHint hint = prefetch_hint();
+  bool every_line = prefetch_every_line();
+  inline void fetch(const char* p) const {
+    switch (hint) {  // fixed per process: the branch is always predicted
+      case PrefetchHint::kL2:
+        _mm_prefetch(p, _MM_HINT_T1);
+        break;
+      case PrefetchHint::kNonTemporal:
+        _mm_prefetch(p, _MM_HINT_NTA);
+        break;
+      default:
+        _mm_prefetch(p, _MM_HINT_T0);
+        break;
+    }
+  }
   RowPrefetcher(const PassRows& p, std::size_t row_len_, bool enabled)
       : pr(p), row_len(row_len_), off(static_cast<std::size_t>(prefetch_bytes())) {
     on = enabled && off > 0;
@@ -114,17 +130,17 @@ struct RowPrefetcher {
       ++ahead;
     }
   }
-  // Call once per step of `step` bytes consumed in each row.
+  // Call once per step of `bytes` (<= 128) consumed in each row. A step longer than a line (Q8_0:
+  // 68 bytes) prefetches two lines, off and off + 64: one per step would leave every 17th line
+  // of a Q8_0 row unprefetched (17 lines per 16 steps), a demand miss to DRAM in each stream
+  // (HYBRID_MOE_PREFETCH_LINES=step keeps the one-per-step version for A/B runs).
   inline void step(std::size_t bytes) {
     if (!on) return;
     if (ahead < pr.passes_left)
       for (int j = 0; j < R; ++j) {
         const char* p = reinterpret_cast<const char*>(pr.row(j) + ahead * pr.next + off);
-        switch (hint) {  // fixed per process: the branch is always predicted
-          case PrefetchHint::kL2: _mm_prefetch(p, _MM_HINT_T1); break;
-          case PrefetchHint::kNonTemporal: _mm_prefetch(p, _MM_HINT_NTA); break;
-          default: _mm_prefetch(p, _MM_HINT_T0); break;
-        }
+        fetch(p);
+        if (bytes > 64 && every_line) fetch(p + 64);
       }
     off += bytes;
     if (off >= row_len) {
@@ -223,14 +239,14 @@ inline void q8_block(const PassRows& pr, int64_t nb, const uint8_t* u8, const fl
     __m512i xv[NT];
     __m512 dx[NT];
     for (int t = 0; t < NT; ++t) {
-      xv[t] = _mm512_zextsi256_si512(_mm256_loadu_si256(
-          reinterpret_cast<const __m256i*>(u8 + t * n_in + b * kQ8BlockSize)));
+      xv[t] = _mm512_zextsi256_si512(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(u8 + t * n_in + b * kQ8BlockSize)));
       dx[t] = _mm512_maskz_loadu_ps(0x00ff, sc + (t * nb + b) * 8);
     }
     for (int r = 0; r < R; ++r) {
       const uint8_t* blk = pr.row(r) + b * kQ8BlockBytes;
-      const __m512i q = _mm512_zextsi256_si512(
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2)));
+      const __m512i q =
+          _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2)));
       uint16_t d0;
       std::memcpy(&d0, blk, 2);
       const __m512 dw = _mm512_cvtph_ps(_mm256_set1_epi16(static_cast<short>(d0)));
@@ -249,8 +265,8 @@ inline void q8_block(const PassRows& pr, int64_t nb, const uint8_t* u8, const fl
 // The R rows of pass pr, all n_tok tokens in chunks of 4 (weights are prefetched on the first
 // chunk only; the later chunks find the R rows in L1/L2).
 template <int R>
-void bf16_rows(const PassRows& pr, int64_t n_in, const uint16_t* act, int64_t act_stride,
-               int n_tok, float* y, int64_t ldy) {
+void bf16_rows(const PassRows& pr, int64_t n_in, const uint16_t* act, int64_t act_stride, int n_tok,
+               float* y, int64_t ldy) {
   int t = 0;
   for (; t + 4 <= n_tok; t += 4)
     bf16_block<R, 4>(pr, n_in, act + t * act_stride, act_stride, y + t * ldy, ldy, t == 0);
@@ -258,10 +274,17 @@ void bf16_rows(const PassRows& pr, int64_t n_in, const uint16_t* act, int64_t ac
   float* yt = y + t * ldy;
   const bool pf = t == 0;
   switch (n_tok - t) {
-    case 3: bf16_block<R, 3>(pr, n_in, a, act_stride, yt, ldy, pf); break;
-    case 2: bf16_block<R, 2>(pr, n_in, a, act_stride, yt, ldy, pf); break;
-    case 1: bf16_block<R, 1>(pr, n_in, a, act_stride, yt, ldy, pf); break;
-    default: break;
+    case 3:
+      bf16_block<R, 3>(pr, n_in, a, act_stride, yt, ldy, pf);
+      break;
+    case 2:
+      bf16_block<R, 2>(pr, n_in, a, act_stride, yt, ldy, pf);
+      break;
+    case 1:
+      bf16_block<R, 1>(pr, n_in, a, act_stride, yt, ldy, pf);
+      break;
+    default:
+      break;
   }
 }
 
@@ -277,10 +300,17 @@ void q8_rows(const PassRows& pr, int64_t nb, const uint8_t* u8, const float* sc,
   float* yt = y + t * ldy;
   const bool pf = t == 0;
   switch (n_tok - t) {
-    case 3: q8_block<R, 3>(pr, nb, u, s, yt, ldy, pf); break;
-    case 2: q8_block<R, 2>(pr, nb, u, s, yt, ldy, pf); break;
-    case 1: q8_block<R, 1>(pr, nb, u, s, yt, ldy, pf); break;
-    default: break;
+    case 3:
+      q8_block<R, 3>(pr, nb, u, s, yt, ldy, pf);
+      break;
+    case 2:
+      q8_block<R, 2>(pr, nb, u, s, yt, ldy, pf);
+      break;
+    case 1:
+      q8_block<R, 1>(pr, nb, u, s, yt, ldy, pf);
+      break;
+    default:
+      break;
   }
 }
 
@@ -299,10 +329,17 @@ void for_each_pass(const uint8_t* w, std::size_t stride, int64_t rows, float* y,
   const PassRows pt{w + n_pass * kRows * stride, stride, tail * stride, 1, 1};
   float* yt = y + n_pass * kRows;
   switch (tail) {
-    case 3: body(std::integral_constant<int, 3>(), pt, yt); break;
-    case 2: body(std::integral_constant<int, 2>(), pt, yt); break;
-    case 1: body(std::integral_constant<int, 1>(), pt, yt); break;
-    default: break;
+    case 3:
+      body(std::integral_constant<int, 3>(), pt, yt);
+      break;
+    case 2:
+      body(std::integral_constant<int, 2>(), pt, yt);
+      break;
+    case 1:
+      body(std::integral_constant<int, 1>(), pt, yt);
+      break;
+    default:
+      break;
   }
 }
 

@@ -103,6 +103,18 @@ PrefetchHint prefetch_hint() {
   return hint;
 }
 
+bool prefetch_every_line() {
+  static const bool every = [] {
+    const char* v = std::getenv("HYBRID_MOE_PREFETCH_LINES");
+    const std::string s = v ? v : "";
+    if (s.empty() || s == "every") return true;
+    HM_CHECK(s == "step", "environment variable HYBRID_MOE_PREFETCH_LINES='", s,
+             "': expected every or step");
+    return false;
+  }();
+  return every;
+}
+
 RowOrder row_order() {
   static const RowOrder order = [] {
     const char* v = std::getenv("HYBRID_MOE_ROW_ORDER");

@@ -289,6 +289,7 @@ JobHandle submit_moe_layer(ThreadPool& pool, const MoeLayerArgs& args, Isa isa) 
   validate(args);
   prefetch_bytes();  // a malformed HYBRID_MOE_PREFETCH(_HINT) raises here, in the caller's thread
   prefetch_hint();
+  prefetch_every_line();
   row_order();
   amx_kernel();
   return pool.submit(std::make_shared<MoeJob>(args, kernel_ops(isa)));
