@@ -162,6 +162,7 @@ print("ok")
             "HYBRID_MOE_BARRIER_WARM": "0",
         },
         {"HYBRID_MOE_AMX_KERNEL": "simple", "HYBRID_MOE_PREFETCH_LINES": "step"},
+        {"HYBRID_MOE_AMX_KERNEL": "pipelined"},
         {},  # the defaults, on shapes and group sizes that use the AMX tiles
     ],
 )

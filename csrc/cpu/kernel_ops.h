@@ -54,12 +54,16 @@ bool prefetch_every_line();
 enum class RowOrder { kInterleaved, kStreams };
 RowOrder row_order();
 
-// Tile code of the AMX variant (HYBRID_MOE_AMX_KERNEL): pipelined (default): two sets of tile
-// registers used in turn, so a step's tile loads do not wait for the previous step's multiply, and
-// the next 16-row tile prefetched into L2 while the current one computes; simple: one set, no
-// prefetch (the first version, kept for A/B runs). Read once; a malformed value raises
-// hm::ValueError on first use.
-enum class AmxKernel { kPipelined, kSimple };
+// Tile code of the AMX variant (HYBRID_MOE_AMX_KERNEL):
+//   dequant (default): bf16 as pipelined; Q8_0 weights dequantised to bf16 per 16-row tile (in
+//     L2, with AVX512 loads that keep many DRAM lines in flight) and multiplied with TDPBF16PS
+//     against bf16 activations: fp32 sums over the whole row, no per-block int32 store + scaling;
+//   pipelined: two sets of tile registers used in turn (a step's tile loads do not wait for the
+//     previous step's multiply), the next 16-row tile prefetched into L2; Q8_0 with TDPBSSD per
+//     32-value block, its int32 sums scaled per block;
+//   simple: one set, no prefetch (the first version, kept for A/B runs).
+// Read once; a malformed value raises hm::ValueError on first use.
+enum class AmxKernel { kDequant, kPipelined, kSimple };
 AmxKernel amx_kernel();
 
 // Group size from which the AMX variant uses tiles (below it, its AVX512 code).

@@ -131,9 +131,10 @@ AmxKernel amx_kernel() {
   static const AmxKernel k = [] {
     const char* v = std::getenv("HYBRID_MOE_AMX_KERNEL");
     const std::string s = v ? v : "";
-    if (s.empty() || s == "pipelined") return AmxKernel::kPipelined;
+    if (s.empty() || s == "dequant") return AmxKernel::kDequant;
+    if (s == "pipelined") return AmxKernel::kPipelined;
     HM_CHECK(s == "simple", "environment variable HYBRID_MOE_AMX_KERNEL='", s,
-             "': expected pipelined or simple");
+             "': expected dequant, pipelined or simple");
     return AmxKernel::kSimple;
   }();
   return k;
