@@ -1,8 +1,9 @@
 // [NOTE] Decode hand-off kernels (see decode_handoff.h for the sequence and why).
 // Ordering across PCIe: a thread's writes to mapped memory become visible to the host in order
 // only across a system-scope fence, so stage fences (every thread) before the barrier, and one
-// thread then stores `ready` with release semantics at system scope. The finish kernel reads
-// `done` with acquire semantics at system scope and reads the partial sums after a barrier.
+// thread then stores `ready` with release semantics at system scope. Waits (stage on `go`, finish
+// on `done`) load with acquire semantics at system scope in one thread; the block reads the
+// host-written data (plan, partial sums) after a barrier.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -43,7 +44,19 @@ __global__ void decode_stage_kernel(DecodeStageArgs a) {
   if (tid == 0) *reinterpret_cast<volatile uint32_t*>(a.done) = 0u;
   __threadfence_system();
   __syncthreads();
-  if (tid == 0) store_release_sys(a.ready, a.ready_value);
+  if (tid == 0) {
+    store_release_sys(a.ready, a.ready_value);
+    while (load_acquire_sys(a.go) == 0u) __nanosleep(128);
+  }
+  __syncthreads();  // with thread 0's acquire: the planner's plan writes are visible to the block
+  for (int i = tid; i <= a.n_tokens; i += blockDim.x) a.plan_token_ptr[i] = a.plan_token_ptr_h[i];
+  for (int i = tid; i < a.max_pairs; i += blockDim.x) {
+    a.plan_pair_token[i] = a.plan_pair_token_h[i];
+    a.plan_pair_slot[i] = a.plan_pair_slot_h[i];
+    a.plan_pair_weight[i] = a.plan_pair_weight_h[i];
+  }
+  // go's next writer is the planner, after this layer's next ready (stream order).
+  if (tid == 0) *reinterpret_cast<volatile uint32_t*>(a.go) = 0u;
 }
 
 template <typename OutT>
@@ -76,6 +89,12 @@ void launch_decode_stage(const DecodeStageArgs& a, cudaStream_t stream) {
                (reinterpret_cast<uintptr_t>(a.x_h) & 15u) == 0,
            "decode stage: x and its host buffer must be 16-byte aligned");
   HM_CHECK(a.ready_value != 0, "decode stage: ready_value must be non-zero");
+  HM_CHECK(a.go && a.plan_token_ptr_h && a.plan_pair_token_h && a.plan_pair_slot_h &&
+               a.plan_pair_weight_h && a.plan_token_ptr && a.plan_pair_token && a.plan_pair_slot &&
+               a.plan_pair_weight,
+           "decode stage: go and the plan buffers must not be null");
+  HM_CHECK(a.n_tokens >= 1 && a.max_pairs >= 1,
+           "decode stage: n_tokens and max_pairs must be >= 1");
   decode_stage_kernel<<<1, kStageThreads, 0, stream>>>(a);
   HM_CUDA_CHECK(cudaGetLastError());
 }

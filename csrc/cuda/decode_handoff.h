@@ -5,9 +5,12 @@
 // each dependent node costs ~1.5-3 us of front-end latency, which summed to ~40 us per layer on the
 // H200 (bench/RESULTS.md, timeline "gap"). Fused, a layer is:
 //   stage kernel   copies ids / weights / x / hints into the layer's mapped host buffers, zeroes
-//                  the fp32 accumulator, resets `done`, then (after a system fence) rings `ready`
-//   wait go, go=0  memory operations (the planner writes go once the plan is in mapped memory)
-//   decode kernels phase 1 + 2 accumulate the GPU's experts into the accumulator
+//                  the fp32 accumulator, resets `done`, then (after a system fence) rings `ready`;
+//                  waits for `go` (the planner rings it once the plan is in mapped memory), copies
+//                  the plan into device memory and resets `go`
+//   decode kernels phase 1 + 2 accumulate the GPU's experts into the accumulator, reading the
+//                  plan from device memory (from mapped memory, each warp paid a chain of PCIe
+//                  round trips: measured 42 us for 5 experts vs 20 us in the kernel benchmark)
 //   finish kernel  rings `kdone` (the slots may be released), waits until the planner rang `done`
 //                  (the CPU's partial sums are final), then out = accumulator + partial in out's
 //                  dtype (fp32 or bf16): `out` is overwritten, never read.
@@ -38,8 +41,19 @@ struct DecodeStageArgs {
   int32_t* hints_h = nullptr;
   float* acc = nullptr;       // device fp32 [n_x]: zeroed
   uint32_t* done = nullptr;   // mapped word: reset to 0
-  uint32_t* ready = nullptr;  // mapped word: set to ready_value last
+  uint32_t* ready = nullptr;  // mapped word: set to ready_value after the inputs
   uint32_t ready_value = 0;
+  uint32_t* go = nullptr;  // mapped word: waited for (!= 0), then reset to 0
+  // The plan: mapped source (host-written) -> device copy that launch_decode reads.
+  const int32_t* plan_token_ptr_h = nullptr;   // [n_tokens + 1]
+  const int32_t* plan_pair_token_h = nullptr;  // [max_pairs]
+  const int32_t* plan_pair_slot_h = nullptr;
+  const float* plan_pair_weight_h = nullptr;
+  int32_t* plan_token_ptr = nullptr;
+  int32_t* plan_pair_token = nullptr;
+  int32_t* plan_pair_slot = nullptr;
+  float* plan_pair_weight = nullptr;
+  int n_tokens = 0, max_pairs = 0;
 };
 void launch_decode_stage(const DecodeStageArgs& a, cudaStream_t stream);
 

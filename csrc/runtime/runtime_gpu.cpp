@@ -2,8 +2,9 @@
 //
 // Decode, all on the caller's stream, capturable in a CUDA graph. `out` is overwritten.
 // Default (doorbells + fused hand-off, runtime_planner.cpp, cuda/decode_handoff.h):
-//   stage kernel (inputs -> mapped buffers, ring ready) -> wait go, go = 0 -> launch_decode into
-//   the fp32 accumulator -> finish kernel (ring kdone, wait done, out = accumulator + partials).
+//   stage kernel (inputs -> mapped buffers, ring ready, wait go, plan -> device memory, go = 0)
+//   -> launch_decode into the fp32 accumulator -> finish kernel (ring kdone, wait done,
+//   out = accumulator + partials).
 // Host functions (HM_DECODE_SYNC=hostfn, or stream memory operations unavailable), and doorbells
 // without the fused kernels (HM_DECODE_FUSED=0):
 //   1. zero out; cudaMemcpyAsync D2H: ids, weights, x (bf16) and next-layer hints -> the layer's
@@ -30,7 +31,6 @@
 #if HYBRID_MOE_WITH_CUDA
 #include "cuda/cuda_check.h"
 #include "cuda/decode_handoff.h"
-#include "cuda/stream_memops.h"
 #endif
 
 namespace hm::runtime {
@@ -108,6 +108,15 @@ void Runtime::start_gpu() {
   HM_CUDA_CHECK(
       cudaMalloc(reinterpret_cast<void**>(&g.d_partial), g.d_partial_cap * sizeof(float)));
   HM_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&g.d_acc), g.d_partial_cap * sizeof(float)));
+  {  // The fused hand-off's device copy of a layer's plan (one layer at a time: stream order).
+    const std::size_t nk = static_cast<std::size_t>(t_max) * k;
+    HM_CUDA_CHECK(cudaMalloc(&g.d_plan, (t_max + 1 + 3 * nk) * 4));
+    auto* base = static_cast<int32_t*>(g.d_plan);
+    g.d_plan_token_ptr = base;
+    g.d_plan_pair_token = base + t_max + 1;
+    g.d_plan_pair_slot = g.d_plan_pair_token + nk;
+    g.d_plan_pair_weight = reinterpret_cast<float*>(g.d_plan_pair_slot + nk);
+  }
   // Per layer: one pinned block (ids, weights, hints, x) and one mapped block (plan, partials).
   const std::size_t nk = static_cast<std::size_t>(t_max) * k,
                     nh = static_cast<std::size_t>(t_max) * H;
@@ -238,6 +247,7 @@ void Runtime::stop_gpu() {
   if (g.d_workspace) (void)cudaFree(g.d_workspace);
   if (g.d_partial) (void)cudaFree(g.d_partial);
   if (g.d_acc) (void)cudaFree(g.d_acc);
+  if (g.d_plan) (void)cudaFree(g.d_plan);
   for (auto& c : layers_) {
     if (!c) continue;
     if (c->pinned) (void)cudaFreeHost(c->pinned);
@@ -388,10 +398,18 @@ void Runtime::decode_cuda(LayerCtx& c, int64_t T, const void* x, const int32_t* 
     a.done = static_cast<uint32_t*>(c.d_bell_done);
     a.ready = static_cast<uint32_t*>(c.d_bell_ready);
     a.ready_value = la->id;
+    a.go = static_cast<uint32_t*>(c.d_bell_go);
+    a.plan_token_ptr_h = c.d_token_ptr;
+    a.plan_pair_token_h = c.d_pair_token;
+    a.plan_pair_slot_h = c.d_pair_slot;
+    a.plan_pair_weight_h = c.d_pair_weight;
+    a.plan_token_ptr = gpu_->d_plan_token_ptr;
+    a.plan_pair_token = gpu_->d_plan_pair_token;
+    a.plan_pair_slot = gpu_->d_plan_pair_slot;
+    a.plan_pair_weight = gpu_->d_plan_pair_weight;
+    a.n_tokens = static_cast<int>(T);
+    a.max_pairs = static_cast<int>(T) * k;
     cuda::launch_decode_stage(a, s);
-    const cuda::StreamMemOps& mem = cuda::StreamMemOps::get(device_);
-    mem.wait_eq(stream, c.d_bell_go, 1);
-    mem.write(stream, c.d_bell_go, 0);
   } else {
     HM_CUDA_CHECK(cudaMemsetAsync(out, 0, T * H * (out_bf16 ? 2 : 4), s));
     HM_CUDA_CHECK(cudaMemcpyAsync(c.ids_h, ids, T * k * 4, cudaMemcpyDeviceToHost, s));
@@ -411,11 +429,11 @@ void Runtime::decode_cuda(LayerCtx& c, int64_t T, const void* x, const int32_t* 
       c.timing_armed.store(true, std::memory_order_release);
       HM_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(c.ev_start), s));
     }
-    cuda::DevicePlan p;
-    p.token_ptr = c.d_token_ptr;
-    p.pair_token = c.d_pair_token;
-    p.pair_slot = c.d_pair_slot;
-    p.pair_weight = c.d_pair_weight;
+    cuda::DevicePlan p;  // fused: the stage kernel's device copy; otherwise mapped memory
+    p.token_ptr = fused ? gpu_->d_plan_token_ptr : c.d_token_ptr;
+    p.pair_token = fused ? gpu_->d_plan_pair_token : c.d_pair_token;
+    p.pair_slot = fused ? gpu_->d_plan_pair_slot : c.d_pair_slot;
+    p.pair_weight = fused ? gpu_->d_plan_pair_weight : c.d_pair_weight;
     p.n_tokens = static_cast<int>(T);
     p.max_pairs = static_cast<int>(T) * k;
     cuda::launch_decode(slab_view(*gpu_->slab), p, x, gpu_->d_workspace, gpu_out, gpu_od, s);

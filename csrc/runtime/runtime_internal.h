@@ -122,6 +122,11 @@ struct Runtime::Gpu {
   bool partials_by_copy = false;  // HM_DECODE_PARTIALS=copy: decode H2Ds them too (diagnostics)
   float* d_acc = nullptr;         // fp32 [t_max, H]: the GPU experts' sum (fused hand-off)
   bool fused = false;             // doorbell decode with the hand-off kernels (decode_handoff.h)
+  void* d_plan = nullptr;         // fused: device copy of the layer's plan, views below
+  int32_t* d_plan_token_ptr = nullptr;
+  int32_t* d_plan_pair_token = nullptr;
+  int32_t* d_plan_pair_slot = nullptr;
+  float* d_plan_pair_weight = nullptr;
   std::size_t d_partial_cap = 0;
 
   std::mutex cq_mu;  // mover completions, pushed by its callback (never takes Runtime::mu_)

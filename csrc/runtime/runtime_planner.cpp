@@ -5,8 +5,9 @@
 // Doorbell decode replaces them with words in mapped host memory and stream memory operations:
 //   stream:  D2H ids/w/x/hints -> write ready = launch id -> wait go == 1, write go = 0
 //            -> decode kernel -> write kdone = 1 -> wait done == 1, write done = 0 -> add partials
-//            (fused, the default: one stage kernel does the D2H, resets done and writes ready; one
-//            finish kernel writes kdone, waits for done and writes out; cuda/decode_handoff.h)
+//            (fused, the default: one stage kernel does the D2H, resets done, writes ready, waits
+//            for go, copies the plan to device memory and resets go; one finish kernel writes
+//            kdone, waits for done and writes out; cuda/decode_handoff.h)
 //   planner: sees ready -> plan (host_plan: scheduler, mover requests, mapped plan, CPU job
 //            submitted) -> go = 1; sees the CPU job finished -> release plan (pins) -> done = 1;
 //            sees kdone -> release the plan's slots in the mover.
