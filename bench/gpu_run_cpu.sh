@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CPU kernels on the lent GPU machine's 16-core Xeon (AMX, AVX512-BF16/VNNI), one call, ~5.5 min:
 # CPU-only build, the CPU tests (every ISA variant, AMX included: Python face and C++ kernels),
-# the CPU MoE benchmark against torch bf16 and kt-kernel (AMXINT8, AMXINT4; KT_THREADS workers),
+# the CPU MoE benchmark against torch bf16 and kt-kernel (AMXINT8, AMXINT4; KT_THREADS workers)
+# with the T=1 fixed-cost fit (8, 32, 64 experts per call: streaming rate and per-call cost),
 # then optional A/B sweeps while time is left (BUDGET seconds from the start): the AMX tile code
 # (HYBRID_MOE_AMX_KERNEL=simple / pipelined / dequant) at T = 64, 256, 512 and the Q8_0 AVX512 software
 # prefetch (distance x cache level x every line / one per step) at T = 1, 4, in an order that
@@ -13,7 +14,7 @@
 # HEAD`) that snapshot is built instead of the working tree, so that another developer's
 # half-edited file cannot break the run. Logs and JSON go to $OUT (6 files).
 # Env: THREADS (16), KT_THREADS (14: leaves cores to kt's task-queue thread and the spinning
-# caller), LAYERS (4), BUDGET (270), JOBS (16), SMOKE=1 (small sizes, for checking the script on a
+# caller), LAYERS (4), BUDGET (250), JOBS (16), SMOKE=1 (small sizes, for checking the script on a
 # small machine).
 set -uo pipefail
 OUT=${OUT:-/tmp/hm_out}
@@ -22,7 +23,7 @@ ROOT=$PWD
 THREADS=${THREADS:-16}
 KT_THREADS=${KT_THREADS:-14}
 LAYERS=${LAYERS:-4}
-BUDGET=${BUDGET:-270}
+BUDGET=${BUDGET:-250}
 JOBS=${JOBS:-16}
 t0=$SECONDS
 stage() { echo "=== [$((SECONDS - t0))s] $*"; }
@@ -40,11 +41,13 @@ if [ "${SMOKE:-0}" = 1 ]; then  # small shapes: checks the script end to end, me
   SWEEP="$BENCH"
   TOKENS=1,4
   AB_TOKENS=16,64
+  FIXED=2,4
 else
   BENCH="--layers $LAYERS"
   SWEEP="--layers 2"
   TOKENS=1,4,16,64,256,512
   AB_TOKENS=64,256,512
+  FIXED=8,32,64
 fi
 
 stage "build (CPU only)"
@@ -89,7 +92,7 @@ echo "C++: $(grep -c '\[ ok \]' "$OUT/tests.log") ok, $(grep -c 'FAIL' "$OUT/tes
 
 stage "benchmark (ours, torch, kt with $KT_THREADS workers)"
 timeout 170 python3 bench/bench_cpu_experts.py --threads "$THREADS" --kt-threads "$KT_THREADS" \
-  --tokens "$TOKENS" $BENCH --json "$OUT/bench_cpu.json" > "$OUT/bench.log" 2>&1
+  --tokens "$TOKENS" --fixed-cost "$FIXED" $BENCH --json "$OUT/bench_cpu.json" > "$OUT/bench.log" 2>&1
 echo "bench rc=$?" | tee -a "$INFO"
 
 # A/B sweeps, alternating, while time is left. Each line of sweep.log names its setting.
@@ -123,7 +126,7 @@ amx_ab
 pf_ab 4096 l1 every
 
 stage "summary"
-grep -E "^(DRAM|kt-kernel|setup)" "$OUT/bench.log"
+grep -E "^(DRAM|kt-kernel|setup|fixed cost|empty call)" "$OUT/bench.log"
 sed -n '/^per-layer ms/,$p' "$OUT/bench.log"
 grep -E "Traceback|Error" "$OUT/bench.log" | head -5
 cat "$OUT/sweep.log" 2>/dev/null
