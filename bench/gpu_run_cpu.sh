@@ -4,7 +4,7 @@
 # the CPU MoE benchmark against torch bf16 and kt-kernel (AMXINT8, AMXINT4; KT_THREADS workers)
 # with the T=1 fixed-cost fit (8, 32, 64 experts per call: streaming rate and per-call cost),
 # then optional A/B sweeps while time is left (BUDGET seconds from the start): the AMX tile code
-# (HYBRID_MOE_AMX_KERNEL=simple / pipelined / dequant) at T = 64, 256, 512 and the Q8_0 AVX512 software
+# (HYBRID_MOE_AMX_KERNEL=simple / pipelined / auto) at T = 64, 256, 512 and the Q8_0 AVX512 software
 # prefetch (distance x cache level x every line / one per step) at T = 1, 4, in an order that
 # alternates settings. If the tests fail with the default AMX code but
 # pass with HYBRID_MOE_AMX_KERNEL=pipelined or simple, the benchmark runs with the first that
@@ -108,7 +108,7 @@ run_sweep() {  # label, env settings..., -- bench args
 }
 stage "A/B: AMX tile code at T=$AB_TOKENS; Q8_0 avx512 prefetch at T=1,4"
 amx_ab() {
-  for v in simple pipelined dequant; do
+  for v in simple pipelined auto; do
     run_sweep "amx=$v" HYBRID_MOE_AMX_KERNEL=$v -- --isas amx --tokens "$AB_TOKENS" $SWEEP --max-reps 5
   done
 }

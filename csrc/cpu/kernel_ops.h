@@ -33,11 +33,14 @@ static_assert(sizeof(QuantBlockQ8) == 36, "activation Q8 block is 36 bytes");
 // once; a malformed value raises hm::ValueError on first use.
 inline constexpr int kDefaultPrefetchBytes = 2048;  // best of 0, 1024, 2048 on the lent Xeon
 int prefetch_bytes();
-// Cache level the SIMD variants' software prefetches target: HYBRID_MOE_PREFETCH_HINT = l1
-// (default, prefetcht0), l2 (prefetcht1) or nta (prefetchnta). Read once; a malformed value
-// raises hm::ValueError on first use.
+// Cache level the SIMD variants' software prefetches target for weights of format f:
+// HYBRID_MOE_PREFETCH_HINT = l1 (prefetcht0), l2 (prefetcht1) or nta (prefetchnta) for every
+// format; unset: l1 for bf16, l2 for Q8_0 (lent Xeon, 16 threads, Q8_0 at 2048 B: l2 0.463 /
+// 1.517 ms at T = 1 / 4 vs l1 0.497 / 1.775, and 1024 B l2 ahead of l1 in the previous session;
+// bf16 already streams at the DRAM reader's rate with l1). Read once; a malformed value raises
+// hm::ValueError on first use.
 enum class PrefetchHint { kL1, kL2, kNonTemporal };
-PrefetchHint prefetch_hint();
+PrefetchHint prefetch_hint(WeightFormat f);
 // Whether a software-prefetch step longer than a cache line (Q8_0 block pairs, 68 bytes) fetches
 // both lines it reaches: HYBRID_MOE_PREFETCH_LINES = every (default) or step (one prefetch per
 // step, the earlier version: it skipped one line in 17). Read once; a malformed value raises
@@ -55,15 +58,15 @@ enum class RowOrder { kInterleaved, kStreams };
 RowOrder row_order();
 
 // Tile code of the AMX variant (HYBRID_MOE_AMX_KERNEL):
-//   dequant (default): bf16 as pipelined; Q8_0 weights dequantised to bf16 per 16-row tile (in
-//     L2, with AVX512 loads that keep many DRAM lines in flight) and multiplied with TDPBF16PS
-//     against bf16 activations: fp32 sums over the whole row, no per-block int32 store + scaling;
+//   auto (default): simple for bf16, pipelined for Q8_0 (the faster of the two per format in the
+//     lent Xeon's A/B, 2026-11-28: bf16 T=512 20.2-22.0 ms simple vs 23.5-26.2 pipelined; Q8_0
+//     29.3-30.1 pipelined vs 29.9-32.6 simple);
 //   pipelined: two sets of tile registers used in turn (a step's tile loads do not wait for the
-//     previous step's multiply), the next 16-row tile prefetched into L2; Q8_0 with TDPBSSD per
-//     32-value block, its int32 sums scaled per block;
-//   simple: one set, no prefetch (the first version, kept for A/B runs).
+//     previous step's multiply; Q8_0: block b+1's multiply runs while block b is scaled), and the
+//     next 16-row tile prefetched into L2 while the current one computes;
+//   simple: one set, no prefetch (the first version).
 // Read once; a malformed value raises hm::ValueError on first use.
-enum class AmxKernel { kDequant, kPipelined, kSimple };
+enum class AmxKernel { kAuto, kPipelined, kSimple };
 AmxKernel amx_kernel();
 
 // Group size from which the AMX variant uses tiles (below it, its AVX512 code).

@@ -11,21 +11,20 @@
 //   B = 8 quads x 16 tokens x 4 int8; per block TDPBSSD gives exact int32 sums that are stored
 //   and scaled by d_w[row] * d_x[token] into fp32 accumulators (16 zmm registers).
 // Extra packed memory per group: n_tok16 x n x (2 bytes bf16 | 1.125 bytes q8); weights: none.
-// Pipelining (HYBRID_MOE_AMX_KERNEL=pipelined, the default): tile registers are not renamed, so
-//   with one A/B/C set a step's tile loads wait for the previous step's multiply and (Q8_0) the
-//   int32 tile's store and scaling wait for its multiply: one DRAM miss and one TMUL latency at a
-//   time. Two register sets are used in turn (bf16: A/B pairs of even and odd k steps; Q8_0: C/A/B
+// Tile code per HYBRID_MOE_AMX_KERNEL (kernel_ops.h; default auto: bf16 simple, Q8_0 pipelined).
+//   Pipelined: tile registers are not renamed, so with one A/B/C set a step's tile loads wait
+//   for the previous step's multiply and (Q8_0) the int32 tile's store and scaling wait for its
+//   multiply. Two register sets are used in turn (bf16: A/B of even and odd k steps; Q8_0: C/A/B
 //   of even and odd blocks, so block b+1's multiply runs while block b is scaled), and while the
-//   first token tile of a 16-row tile computes, the next 16-row tile is prefetched into L2, the
-//   part each step covers (a row of bf16 gate/up weights is one 4 KiB page, where the L2
-//   streamer starts anew per row). HYBRID_MOE_AMX_KERNEL=simple runs the first version.
+//   first token tile of a 16-row tile computes, the next 16-row tile is prefetched into L2. On
+//   the lent Xeon this helped Q8_0 a little (T=512 29.3-30.1 ms vs 29.9-32.6) and made bf16
+//   slower (23.5-26.2 vs 20.2-22.0 ms), hence the per-format default.
 #pragma GCC diagnostic ignored "-Wuninitialized"  // GCC 12 header false positives
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cstring>
-#include <vector>
 
 #include "cpu/kernel_ops.h"
 #include "cpu/numeric.h"
@@ -49,26 +48,20 @@ bool use_tiles(WeightFormat f, int n_tok, int64_t n) {
   return n_tok >= kAmxMinTokens && n % 32 == 0;
 }
 
-// Whether the tiles see bf16 activations: always for bf16 weights, for Q8_0 weights in the
-// dequant kernel (HYBRID_MOE_AMX_KERNEL, fixed per process).
-bool bf16_tiles(WeightFormat f) {
-  return f == WeightFormat::kBF16 || amx_kernel() == AmxKernel::kDequant;
-}
-
-// Offsets inside the packed buffer: [avx512 part][VNNI part][q8 scales, int8 tiles only].
+// Offsets inside the packed buffer: [avx512 part][VNNI part][q8 scales].
 std::size_t avx_part(WeightFormat f, int n_tok, int64_t n) {
   return align_up(avx512_ops().packed_bytes(f, n_tok, n), 64);
 }
 std::size_t vnni_part(WeightFormat f, int n_tok, int64_t n) {
   const int64_t nt16 = round_to(n_tok, 16);
-  return align_up(static_cast<std::size_t>(nt16) * n * (bf16_tiles(f) ? 2 : 1), 64);
+  return align_up(static_cast<std::size_t>(nt16) * n * (f == WeightFormat::kBF16 ? 2 : 1), 64);
 }
 
 std::size_t amx_packed_bytes(WeightFormat f, int n_tok, int64_t n) {
   std::size_t bytes = avx_part(f, n_tok, n);
   if (!use_tiles(f, n_tok, n)) return bytes;
   bytes += vnni_part(f, n_tok, n);
-  if (!bf16_tiles(f)) bytes += static_cast<std::size_t>(n / 32) * round_to(n_tok, 16) * 4;
+  if (f == WeightFormat::kQ8_0) bytes += static_cast<std::size_t>(n / 32) * round_to(n_tok, 16) * 4;
   return bytes;
 }
 
@@ -78,7 +71,7 @@ void amx_pack(WeightFormat f, int n_tok, int64_t n, int64_t k0, int64_t k1, cons
   if (!use_tiles(f, n_tok, n)) return;
   const int64_t nt16 = round_to(n_tok, 16);
   uint8_t* vnni = packed + avx_part(f, n_tok, n);
-  if (bf16_tiles(f)) {
+  if (f == WeightFormat::kBF16) {
     // Pair p = k / 2 of token t at uint16 index (p * nt16 + t) * 2 + k % 2; padded tokens are 0.
     auto* v = reinterpret_cast<uint16_t*>(vnni);
     for (int64_t k = k0; k < k1; ++k)
@@ -318,117 +311,20 @@ void amx_q8_pipelined(const uint8_t* w, std::size_t stride, int64_t rows16, int6
   _tile_release();
 }
 
-// 16 Q8_0 rows (stride apart) x nb blocks -> bf16 [16][nb * 32] at dst (row r at dst + r * ld).
-// Per block: the fp16 scale broadcast, two 16-value halves sign-extended to int32, converted and
-// scaled in fp32 (exact: |q| <= 127 times an fp16 scale), rounded to bf16 together. While it runs,
-// the next 16-row tile (if any) is prefetched into L2, two lines per block pair.
-inline void q8_dequant_tile(const uint8_t* a, std::size_t stride, int64_t nb, const uint8_t* next,
-                            uint16_t* dst, int64_t ld) {
-  for (int r = 0; r < 16; ++r) {
-    const uint8_t* row = a + r * stride;
-    uint16_t* out = dst + r * ld;
-    for (int64_t b = 0; b < nb; ++b) {
-      const uint8_t* blk = row + b * kQ8BlockBytes;
-      if (next != nullptr && (b & 1) == 0) {
-        const char* p = reinterpret_cast<const char*>(next + r * stride + b * kQ8BlockBytes);
-        _mm_prefetch(p, _MM_HINT_T1);
-        _mm_prefetch(p + 64, _MM_HINT_T1);
-      }
-      uint16_t dh;
-      std::memcpy(&dh, blk, 2);
-      const __m512 d = _mm512_set1_ps(_cvtsh_ss(dh));
-      const __m512 lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                                          reinterpret_cast<const __m128i*>(blk + 2)))),
-                                      d);
-      const __m512 hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                                          reinterpret_cast<const __m128i*>(blk + 18)))),
-                                      d);
-      _mm512_storeu_si512(out + b * 32, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-    }
-  }
-}
-
-// One k step of the dequant kernel: A (tile 3 or 4, 16 rows x 32 bf16 from the dequantised
-// tile) against up to 3 token tiles (B in tiles 5-7, C in 0-2).
-#define HM_DEQ_STEP(A, a, lda, b, bstride, nt) \
-  do {                                         \
-    _tile_loadd(A, (a), (lda));                \
-    _tile_loadd(5, (b), (bstride));            \
-    _tile_dpbf16ps(0, A, 5);                   \
-    if ((nt) > 1) {                            \
-      _tile_loadd(6, (b) + 64, (bstride));     \
-      _tile_dpbf16ps(1, A, 6);                 \
-    }                                          \
-    if ((nt) > 2) {                            \
-      _tile_loadd(7, (b) + 128, (bstride));    \
-      _tile_dpbf16ps(2, A, 7);                 \
-    }                                          \
-  } while (0)
-
-// Q8_0 rows via bf16 tiles (HYBRID_MOE_AMX_KERNEL=dequant): each 16-row tile is dequantised once
-// into a thread-local bf16 buffer (16 x n_in x 2 bytes, <= 64 KiB for n_in <= 2048: L2) and then
-// multiplied against the bf16 VNNI activations, up to 3 token tiles per pass (C tiles 0-2), A in
-// tiles 3/4 for even/odd k steps. vnni: [n_in / 2][nt16][2] bf16 (as amx_bf16).
-void amx_q8_dequant(const uint8_t* w, std::size_t stride, int64_t rows16, int64_t n_in,
-                    const uint8_t* vnni, int n_tok, float* y, int64_t ldy) {
-  TileConfig cfg;
-  for (int i = 0; i < 8; ++i) {
-    cfg.rows[i] = 16;
-    cfg.colsb[i] = 64;
-  }
-  _tile_loadconfig(&cfg);
-  const int64_t nt16 = round_to(n_tok, 16), nb = n_in / 32;
-  const std::size_t bstride = static_cast<std::size_t>(nt16) * 4;
-  const std::size_t lda = static_cast<std::size_t>(n_in) * 2;
-  thread_local std::vector<uint16_t> deq;
-  deq.resize(static_cast<std::size_t>(16) * n_in);
-  alignas(64) float tmp[256];
-  for (int64_t r0 = 0; r0 < rows16; r0 += 16) {
-    const uint8_t* a = w + r0 * stride;
-    q8_dequant_tile(a, stride, nb, r0 + 16 < rows16 ? a + 16 * stride : nullptr, deq.data(), n_in);
-    const auto* da = reinterpret_cast<const uint8_t*>(deq.data());
-    for (int64_t t0 = 0; t0 < nt16; t0 += 48) {
-      const int nt = static_cast<int>(std::min<int64_t>(3, (nt16 - t0) / 16));
-      _tile_zero(0);
-      _tile_zero(1);
-      _tile_zero(2);
-      const uint8_t* b = vnni + t0 * 4;
-      int64_t k = 0;
-      for (; k + 64 <= n_in; k += 64) {
-        HM_DEQ_STEP(3, da + k * 2, lda, b + (k / 2) * bstride, bstride, nt);
-        HM_DEQ_STEP(4, da + k * 2 + 64, lda, b + (k / 2 + 16) * bstride, bstride, nt);
-      }
-      if (k < n_in) HM_DEQ_STEP(3, da + k * 2, lda, b + (k / 2) * bstride, bstride, nt);
-      _tile_stored(0, tmp, 64);
-      store_tile_result(tmp, r0, t0, n_tok, y, ldy);
-      if (nt > 1) {
-        _tile_stored(1, tmp, 64);
-        store_tile_result(tmp, r0, t0 + 16, n_tok, y, ldy);
-      }
-      if (nt > 2) {
-        _tile_stored(2, tmp, 64);
-        store_tile_result(tmp, r0, t0 + 32, n_tok, y, ldy);
-      }
-    }
-  }
-  _tile_release();
-}
-
 void amx_dot_rows(WeightFormat f, const uint8_t* w, std::size_t row_stride, int64_t rows,
                   int64_t n_in, const uint8_t* packed, int n_tok, float* y, int64_t ldy) {
   const int64_t rows16 = use_tiles(f, n_tok, n_in) ? rows / 16 * 16 : 0;
   if (rows16 > 0) {
     const uint8_t* vnni = packed + avx_part(f, n_tok, n_in);
+    // Per format: bf16 pipelined only when asked, Q8_0 simple only when asked (kernel_ops.h).
     const AmxKernel kernel = amx_kernel();
-    const bool pipelined = kernel != AmxKernel::kSimple;
     if (f == WeightFormat::kBF16) {
-      (pipelined ? amx_bf16_pipelined : amx_bf16)(w, row_stride, rows16, n_in, vnni, n_tok, y, ldy);
-    } else if (kernel == AmxKernel::kDequant) {
-      amx_q8_dequant(w, row_stride, rows16, n_in, vnni, n_tok, y, ldy);
+      (kernel == AmxKernel::kPipelined ? amx_bf16_pipelined : amx_bf16)(w, row_stride, rows16, n_in,
+                                                                        vnni, n_tok, y, ldy);
     } else {
       const auto* scales = reinterpret_cast<const float*>(vnni + vnni_part(f, n_tok, n_in));
-      (pipelined ? amx_q8_pipelined : amx_q8)(w, row_stride, rows16, n_in, vnni, scales, n_tok, y,
-                                              ldy);
+      (kernel == AmxKernel::kSimple ? amx_q8 : amx_q8_pipelined)(w, row_stride, rows16, n_in, vnni,
+                                                                 scales, n_tok, y, ldy);
     }
   }
   if (rows16 < rows)

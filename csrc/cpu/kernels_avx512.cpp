@@ -107,7 +107,7 @@ struct RowPrefetcher {
   std::size_t row_len, off;
   int64_t ahead = 0;  // passes ahead of the current one
   bool on;
-  PrefetchHint hint = prefetch_hint();
+  PrefetchHint hint;
   bool every_line = prefetch_every_line();
   inline void fetch(const char* p) const {
     switch (hint) {  // fixed per process: the branch is always predicted
@@ -122,8 +122,11 @@ struct RowPrefetcher {
         break;
     }
   }
-  RowPrefetcher(const PassRows& p, std::size_t row_len_, bool enabled)
-      : pr(p), row_len(row_len_), off(static_cast<std::size_t>(prefetch_bytes())) {
+  RowPrefetcher(const PassRows& p, std::size_t row_len_, bool enabled, WeightFormat f)
+      : pr(p),
+        row_len(row_len_),
+        off(static_cast<std::size_t>(prefetch_bytes())),
+        hint(prefetch_hint(f)) {
     on = enabled && off > 0;
     while (on && off >= row_len) {
       off -= row_len;
@@ -157,7 +160,7 @@ inline void bf16_block(const PassRows& pr, int64_t n_in, const uint16_t* act, in
   __m512 acc[R][NT];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_setzero_ps();
-  RowPrefetcher<R> pre(pr, static_cast<std::size_t>(n_in) * 2, pf);
+  RowPrefetcher<R> pre(pr, static_cast<std::size_t>(n_in) * 2, pf, WeightFormat::kBF16);
   int64_t k = 0;
   for (; k + 32 <= n_in; k += 32) {
     pre.step(64);
@@ -213,7 +216,7 @@ inline void q8_block(const PassRows& pr, int64_t nb, const uint8_t* u8, const fl
   const __m512i c128 = _mm512_set1_epi8(static_cast<char>(0x80));
   const __m512i zero = _mm512_setzero_si512();
   const __m512i idx = q8_scale_index();
-  RowPrefetcher<R> pre(pr, static_cast<std::size_t>(nb) * kQ8BlockBytes, pf);
+  RowPrefetcher<R> pre(pr, static_cast<std::size_t>(nb) * kQ8BlockBytes, pf, WeightFormat::kQ8_0);
   int64_t b = 0;
   for (; b + 2 <= nb; b += 2) {
     pre.step(2 * kQ8BlockBytes);

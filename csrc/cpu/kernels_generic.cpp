@@ -4,6 +4,7 @@
 // int8 x int8 products of a block exactly in int32 before scaling by d_w * d_x.
 #include <cstdlib>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/check.h"
@@ -90,17 +91,19 @@ int prefetch_bytes() {
   return bytes;
 }
 
-PrefetchHint prefetch_hint() {
-  static const PrefetchHint hint = [] {
+PrefetchHint prefetch_hint(WeightFormat f) {
+  static const std::pair<bool, PrefetchHint> env = [] {  // {set?, hint}
     const char* v = std::getenv("HYBRID_MOE_PREFETCH_HINT");
     const std::string s = v ? v : "";
-    if (s.empty() || s == "l1") return PrefetchHint::kL1;
-    if (s == "l2") return PrefetchHint::kL2;
+    if (s.empty()) return std::make_pair(false, PrefetchHint::kL1);
+    if (s == "l1") return std::make_pair(true, PrefetchHint::kL1);
+    if (s == "l2") return std::make_pair(true, PrefetchHint::kL2);
     HM_CHECK(s == "nta", "environment variable HYBRID_MOE_PREFETCH_HINT='", s,
              "': expected l1, l2 or nta");
-    return PrefetchHint::kNonTemporal;
+    return std::make_pair(true, PrefetchHint::kNonTemporal);
   }();
-  return hint;
+  if (env.first) return env.second;
+  return f == WeightFormat::kQ8_0 ? PrefetchHint::kL2 : PrefetchHint::kL1;
 }
 
 bool prefetch_every_line() {
@@ -131,10 +134,10 @@ AmxKernel amx_kernel() {
   static const AmxKernel k = [] {
     const char* v = std::getenv("HYBRID_MOE_AMX_KERNEL");
     const std::string s = v ? v : "";
-    if (s.empty() || s == "dequant") return AmxKernel::kDequant;
+    if (s.empty() || s == "auto") return AmxKernel::kAuto;
     if (s == "pipelined") return AmxKernel::kPipelined;
     HM_CHECK(s == "simple", "environment variable HYBRID_MOE_AMX_KERNEL='", s,
-             "': expected dequant, pipelined or simple");
+             "': expected auto, pipelined or simple");
     return AmxKernel::kSimple;
   }();
   return k;

@@ -288,7 +288,7 @@ void validate(const MoeLayerArgs& a) {
 JobHandle submit_moe_layer(ThreadPool& pool, const MoeLayerArgs& args, Isa isa) {
   validate(args);
   prefetch_bytes();  // a malformed HYBRID_MOE_PREFETCH(_HINT) raises here, in the caller's thread
-  prefetch_hint();
+  prefetch_hint(args.layout.format);
   prefetch_every_line();
   row_order();
   amx_kernel();

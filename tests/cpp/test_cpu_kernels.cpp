@@ -149,8 +149,10 @@ HM_TEST(cpu_kernels_prefetch_setting_is_sane) {
   const int b = hm::cpu::prefetch_bytes();
   HM_EXPECT(b >= 0 && b <= (1 << 20));
   HM_EXPECT(b == hm::cpu::prefetch_bytes());  // read once
-  const auto h = hm::cpu::prefetch_hint();
-  HM_EXPECT(h == hm::cpu::PrefetchHint::kL1 || h == hm::cpu::PrefetchHint::kL2 ||
-            h == hm::cpu::PrefetchHint::kNonTemporal);
-  HM_EXPECT(h == hm::cpu::prefetch_hint());
+  for (auto f : {WeightFormat::kBF16, WeightFormat::kQ8_0}) {
+    const auto h = hm::cpu::prefetch_hint(f);
+    HM_EXPECT(h == hm::cpu::PrefetchHint::kL1 || h == hm::cpu::PrefetchHint::kL2 ||
+              h == hm::cpu::PrefetchHint::kNonTemporal);
+    HM_EXPECT(h == hm::cpu::prefetch_hint(f));
+  }
 }
