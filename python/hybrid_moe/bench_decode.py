@@ -64,7 +64,8 @@ class DecodeBenchConfig:
     profile: str | dict = "h200-lent"
     threads: int | None = None
     device: str = "cuda"  # "cuda" or "cpu" (runtime's CPU path: policy cpu only)
-    hint_accuracy: float = 0.8  # next-layer prefetch hints (value policy), as the simulator's
+    hint_accuracy: float = 0.8  # next-layer prefetch hints (value policy), as the simulator's;
+    # 0: no next-layer router at all (value then runs without prefetch hints)
     seed: int = 0
     graph: bool = True  # cuda: replay each token as one captured CUDA graph (as a serving stack)
     timeline: bool = True  # record the runtime's per-layer timeline over the measured tokens
@@ -639,7 +640,7 @@ def _one_config(
         frequency=src.freq if policy == "static" or (cfg.warm_start and policy != "cpu") else None,
     )
     for li, layer in enumerate(layers):  # next-layer hints: only value prefetches from them
-        hint = policy == "value" and li + 1 < len(layers)
+        hint = policy == "value" and cfg.hint_accuracy > 0 and li + 1 < len(layers)
         layer.set_next_router(src.router.next_router(li) if hint else None)
     t_build = time.perf_counter() - t0
     src.router.ctr.zero_()

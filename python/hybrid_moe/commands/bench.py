@@ -38,7 +38,10 @@ def register(sub) -> None:
     d.add_argument("--threads", type=int, default=None)
     d.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     d.add_argument(
-        "--hint-accuracy", type=float, default=0.8, help="next-layer prefetch hint accuracy"
+        "--hint-accuracy",
+        type=float,
+        default=0.8,
+        help="next-layer prefetch hint accuracy (0: value runs without a next-layer router)",
     )
     d.add_argument(
         "--no-graph",
