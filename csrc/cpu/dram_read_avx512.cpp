@@ -2,9 +2,6 @@
 // 4 cache lines per iteration into 4 independent accumulators (one vpaddq each, 1-cycle chains),
 // so a core keeps as many lines in flight as its fill buffers allow with ~1.25 instructions per
 // 64 bytes (the out-of-order window spans ~25 KiB of loads).
-// GCC 12's _mm512_reduce_add_epi64 trips -Wuninitialized inside its own header (false positive).
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
 #include "cpu/dram_read_kernels.h"
@@ -14,9 +11,15 @@ namespace {
 
 constexpr std::size_t kLineWords = 8;  // 64-bit words per 64-byte line
 
+// Lane sums in uint64 (wrapping): _mm512_reduce_add_epi64 adds as signed long long in GCC's
+// header, which UBSan reports as overflow on these arbitrary sums.
 inline uint64_t reduce4(__m512i a, __m512i b, __m512i c, __m512i d) {
   const __m512i s = _mm512_add_epi64(_mm512_add_epi64(a, b), _mm512_add_epi64(c, d));
-  return static_cast<uint64_t>(_mm512_reduce_add_epi64(s));
+  alignas(64) uint64_t lanes[8];
+  _mm512_store_si512(lanes, s);
+  uint64_t sum = 0;
+  for (uint64_t v : lanes) sum += v;
+  return sum;
 }
 
 template <bool kPrefetch>
