@@ -142,6 +142,8 @@ HM_BINDINGS(engine) {
           cfg.value.horizon_lifetimes = value_params["horizon_lifetimes"].cast<double>();
         if (value_params.contains("stall_aware"))
           cfg.value.stall_aware = value_params["stall_aware"].cast<bool>();
+        if (value_params.contains("stall_weight"))
+          cfg.value.stall_weight = value_params["stall_weight"].cast<double>();
         cfg.static_profile.assign(static_profile.data(),
                                   static_profile.data() + static_profile.size());
         cfg.warm_start = warm_start;

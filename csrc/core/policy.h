@@ -109,6 +109,11 @@ struct ValueParams {
   // profile's copy_stall_fraction; 0 in profiles without it): a copy that delays the step by
   // more than the uses it buys is not worth making. false: ignore it (the policy before).
   bool stall_aware = true;
+  // The stall charged per admission is stall_weight * the profile's (physical) stall. 2: with the
+  // physical stall alone (1) value over-admitted live on the H200 (bf16 25%, dev trace, one run:
+  // 113.7 tok/s at 1x vs 141.0 at 2x, static 155.6 / 147.1; bench/RESULTS.md, session 3): its
+  // predicted uses of a newcomer are optimistic, so a copy must buy more than it stalls.
+  double stall_weight = 2.0;
   // > 0: the horizon follows the cache instead: horizon_lifetimes * the measured mean time an
   // expert stays cached (n_slots / evictions per step, a moving average over ~8 steps;
   // horizon_steps until measured). The horizon weighs a resident's predicted uses against a

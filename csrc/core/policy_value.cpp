@@ -128,6 +128,8 @@ class ValuePolicy final : public Policy {
     HM_CHECK(vp.weight_mix >= 0 && vp.weight_mix <= 1,
              "value policy: weight_mix must be in [0, 1], got ", vp.weight_mix);
     HM_CHECK(vp.copy_factor >= 0, "value policy: copy_factor must be >= 0, got ", vp.copy_factor);
+    HM_CHECK(vp.stall_weight >= 0, "value policy: stall_weight must be >= 0, got ",
+             vp.stall_weight);
     HM_CHECK(vp.horizon_lifetimes >= 0, "value policy: horizon_lifetimes must be >= 0, got ",
              vp.horizon_lifetimes);
     inv_h_ = 1.0 / vp.halflife_steps;
@@ -196,8 +198,8 @@ class ValuePolicy final : public Policy {
     if (victim < 0) return true;
     const double mine = value_us(l, e, step) + imminent * saved_us_;
     const double theirs = value_us(cache.slot_layer(victim), cache.slot_expert(victim), step);
-    const bool yes =
-        mine > theirs + vp_.copy_factor * copy_us_ + (vp_.stall_aware ? stall_us_ : 0.0);
+    const bool yes = mine > theirs + vp_.copy_factor * copy_us_ +
+                                (vp_.stall_aware ? vp_.stall_weight * stall_us_ : 0.0);
     evictions_ += yes;  // the scheduler takes the slot whenever admit says yes
     return yes;
   }
