@@ -103,14 +103,30 @@ void store_tile_result(const float* tmp /*[16 rows][16 tokens]*/, int64_t r0, in
     for (int r = 0; r < 16; ++r) y[(t0 + t) * ldy + r0 + r] = tmp[r * 16 + t];
 }
 
-void amx_bf16(const uint8_t* w, std::size_t stride, int64_t rows16, int64_t n_in,
-              const uint8_t* vnni, int n_tok, float* y, int64_t ldy) {
+// Tiles 0..n-1 all 16 rows x 64 bytes (the bf16 kernels' C, A and B tiles).
+void load_uniform_tiles(int n) {
   TileConfig cfg;
-  for (int i = 0; i < 5; ++i) {
+  for (int i = 0; i < n; ++i) {
     cfg.rows[i] = 16;
     cfg.colsb[i] = 64;
   }
   _tile_loadconfig(&cfg);
+}
+
+// The bf16 kernels' sums: tile 0 (tokens t0..t0+15) and, when `two`, tile 1 (t0+16..) -> y.
+inline void store_bf16_sums(float (&tmp)[2][256], int64_t r0, int64_t t0, bool two, int n_tok,
+                            float* y, int64_t ldy) {
+  _tile_stored(0, tmp[0], 64);
+  store_tile_result(tmp[0], r0, t0, n_tok, y, ldy);
+  if (two) {
+    _tile_stored(1, tmp[1], 64);
+    store_tile_result(tmp[1], r0, t0 + 16, n_tok, y, ldy);
+  }
+}
+
+void amx_bf16(const uint8_t* w, std::size_t stride, int64_t rows16, int64_t n_in,
+              const uint8_t* vnni, int n_tok, float* y, int64_t ldy) {
+  load_uniform_tiles(5);
   const int64_t nt16 = round_to(n_tok, 16);
   const std::size_t bstride = static_cast<std::size_t>(nt16) * 4;
   alignas(64) float tmp[2][256];
@@ -130,12 +146,7 @@ void amx_bf16(const uint8_t* w, std::size_t stride, int64_t rows16, int64_t n_in
           _tile_dpbf16ps(1, 2, 4);
         }
       }
-      _tile_stored(0, tmp[0], 64);
-      store_tile_result(tmp[0], r0, t0, n_tok, y, ldy);
-      if (two) {
-        _tile_stored(1, tmp[1], 64);
-        store_tile_result(tmp[1], r0, t0 + 16, n_tok, y, ldy);
-      }
+      store_bf16_sums(tmp, r0, t0, two, n_tok, y, ldy);
     }
   }
   _tile_release();
@@ -201,12 +212,7 @@ inline void prefetch_tile_lines(const uint8_t* tile, std::size_t stride, std::si
 // As amx_bf16; even k steps use tiles 2-4, odd ones 5-7 (see [NOTE], pipelining).
 void amx_bf16_pipelined(const uint8_t* w, std::size_t stride, int64_t rows16, int64_t n_in,
                         const uint8_t* vnni, int n_tok, float* y, int64_t ldy) {
-  TileConfig cfg;
-  for (int i = 0; i < 8; ++i) {
-    cfg.rows[i] = 16;
-    cfg.colsb[i] = 64;
-  }
-  _tile_loadconfig(&cfg);
+  load_uniform_tiles(8);
   const int64_t nt16 = round_to(n_tok, 16);
   const std::size_t bstride = static_cast<std::size_t>(nt16) * 4;
   alignas(64) float tmp[2][256];
@@ -232,12 +238,7 @@ void amx_bf16_pipelined(const uint8_t* w, std::size_t stride, int64_t rows16, in
         if (pf) prefetch_tile_lines(next, stride, k * 2);
         HM_BF16_STEP(2, 3, 4, a + k * 2, stride, b + (k / 2) * bstride, bstride, two);
       }
-      _tile_stored(0, tmp[0], 64);
-      store_tile_result(tmp[0], r0, t0, n_tok, y, ldy);
-      if (two) {
-        _tile_stored(1, tmp[1], 64);
-        store_tile_result(tmp[1], r0, t0 + 16, n_tok, y, ldy);
-      }
+      store_bf16_sums(tmp, r0, t0, two, n_tok, y, ldy);
     }
   }
   _tile_release();
