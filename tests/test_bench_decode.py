@@ -63,6 +63,20 @@ def test_random_layer_weights_are_valid():
         bd.random_layer_weights("fp4", 4, 64, 32)
 
 
+def test_layer_bound_takes_the_slower_side_of_each_layer_in_series():
+    from types import SimpleNamespace as V
+
+    prof = {"cpu": {"dram_read_gbps": 100.0}, "gpu": {"vram_gbps": 1000.0}}
+    b = 3 * 2048 * 768 * 2  # bf16 expert bytes
+    visits = [V(cpu_experts=2, gpu_experts=4), V(cpu_experts=0, gpu_experts=6)]
+    want = (2 * b / 1e5 + 6 * b / 1e6) / 2  # layer 1: CPU-bound; layer 2: GPU only; 2 tokens
+    assert bd.layer_bound_us(visits, 2, "bf16", 2048, 768, prof, 0.0) == pytest.approx(want)
+    # never below the per-token bound's parts: the serial sum includes the CPU bytes, and PCIe
+    assert bd.layer_bound_us(visits, 2, "bf16", 2048, 768, prof, 1e9) == 1e9
+    per_token = bd.bandwidth_bound_us(1, 0, "bf16", 2048, 768, {**prof, "copy": {"h2d_gbps": 1}})
+    assert bd.layer_bound_us(visits, 2, "bf16", 2048, 768, prof, 0.0) >= per_token["cpu_bound_us"]
+
+
 def test_bandwidth_bound_and_targets():
     prof = {"cpu": {"dram_read_gbps": 100.0}, "copy": {"h2d_gbps": 50.0}}
     b = bd.bandwidth_bound_us(10, 1e6, "bf16", 2048, 768, prof)
