@@ -163,6 +163,8 @@ print("ok")
         },
         {"HYBRID_MOE_AMX_KERNEL": "simple", "HYBRID_MOE_PREFETCH_LINES": "step"},
         {"HYBRID_MOE_AMX_KERNEL": "pipelined"},
+        {"HYBRID_MOE_Q8_KERNEL": "pair", "HYBRID_MOE_PREFETCH_HINT": "l1"},
+        {"HYBRID_MOE_Q8_KERNEL": "quad", "HYBRID_MOE_ROW_ORDER": "streams"},
         {},  # the defaults, on shapes and group sizes that use the AMX tiles
     ],
 )
@@ -182,19 +184,22 @@ def test_tuning_settings_keep_results_exact(env):
 
 
 @pytest.mark.parametrize(
-    "var,value",
+    "var,value,fmt",
     [
-        ("HYBRID_MOE_ROW_ORDER", "diagonal"),
-        ("HYBRID_MOE_AMX_KERNEL", "fast"),
-        ("HYBRID_MOE_PREFETCH_LINES", "some"),
+        ("HYBRID_MOE_ROW_ORDER", "diagonal", "bf16"),
+        ("HYBRID_MOE_AMX_KERNEL", "fast", "bf16"),
+        ("HYBRID_MOE_PREFETCH_LINES", "some", "bf16"),
+        ("HYBRID_MOE_Q8_KERNEL", "octo", "q8_0"),  # read by the Q8_0 code only
     ],
 )
-def test_bad_tuning_setting_is_a_value_error(var, value):
+def test_bad_tuning_setting_is_a_value_error(var, value, fmt):
+    if var == "HYBRID_MOE_Q8_KERNEL" and "avx512" not in ISAS:
+        pytest.skip("HYBRID_MOE_Q8_KERNEL selects AVX512 code")
     child = (
         "import torch\n"
         "from hybrid_moe.cpu_experts import CpuExpertStore, run_layer\n"
         "s = CpuExpertStore.from_tensors(*(torch.randn(2, 32, 64) for _ in range(2)), "
-        "torch.randn(2, 64, 32), fmt='bf16')\n"
+        f"torch.randn(2, 64, 32), fmt='{fmt}')\n"
         "try:\n"
         "    run_layer(s, torch.randn(1, 64), torch.tensor([[0]]), torch.ones(1, 1))\n"
         "except ValueError as e:\n"

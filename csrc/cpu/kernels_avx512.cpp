@@ -17,17 +17,30 @@
 //   (this replaces the per-token sign trick). Per block pair and row: the two fp16 scales become
 //   one 16-lane vector (lanes 0-7 d_w[b], 8-15 d_w[b+1]); the activation scales are stored
 //   pre-expanded the same way, so scaling is one multiply + one fma per pair and token.
+//   That is the "pair" code (HYBRID_MOE_Q8_KERNEL=pair). The default "quad" code reads 4 blocks
+//   (136 bytes) per step and turns the roles around: weights made unsigned (q ^ 0x80, one xor per
+//   register), activations signed, the correction -128 sum q_x precomputed per token and lane as
+//   the dot product's start value; the two dot products of a step are folded to 4 lanes per block
+//   (two 128-bit shuffles + one add) so that convert, scale product and fma run once per 4 blocks,
+//   and the 4 weight scales come from one two-source word permute + one convert. At T = 1 that is
+//   ~16 vector instructions per 136 bytes and row where pair needs ~18 (two blocks: 9 each);
+//   measured 1.1-1.2x pair's rate from L2 on the dev machine
+//   (bench/bench_q8_rows.cpp).
 //   Packed Q8 buffer per group: [QuantBlockQ8 n_tok x nb (what the AMX variant repacks)]
-//   [u8 activations n_tok x n][expanded scales n_tok x nb x 8 floats].
+//   [pair: u8 activations n_tok x n][pair: expanded scales n_tok x nb x 8 floats]
+//   [quad: s8 activations n_tok x n][quad: int32 corrections n_tok x nb x 8][quad: scales x 4].
 // GCC 12's _mm512_reduce_add_ps trips -Wuninitialized inside its own header (false positive).
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <type_traits>
 
+#include "core/check.h"
 #include "cpu/kernel_ops.h"
 #include "cpu/numeric.h"
 
@@ -40,17 +53,24 @@ inline int64_t round32(int64_t n) {
 
 constexpr int kRows = 4;  // weight rows per pass
 
-// Byte offsets of the parts of a Q8 packed buffer (see [NOTE]).
+// Byte offsets of the parts of a Q8 packed buffer (see [NOTE]). Both kernels' parts are
+// reserved (a few KiB per token); pack() writes the blocks and the parts of q8_kernel()'s choice.
 struct Q8Parts {
-  std::size_t u8, scales, total;
+  std::size_t u8, scales;     // pair: u8 activations, scales x 8 per block
+  std::size_t s8, corr, dx4;  // quad: s8 activations, int32 corrections x 8, scales x 4
+  std::size_t total;
 };
 inline Q8Parts q8_parts(int n_tok, int64_t n) {
   const auto nt = static_cast<std::size_t>(n_tok);
   const auto nb = static_cast<std::size_t>(n / kQ8BlockSize);
+  const std::size_t act = align_up(nt * static_cast<std::size_t>(n), 64);
   Q8Parts p;
   p.u8 = align_up(nt * nb * sizeof(QuantBlockQ8), 64);
-  p.scales = p.u8 + align_up(nt * static_cast<std::size_t>(n), 64);
-  p.total = p.scales + nt * nb * 8 * sizeof(float);
+  p.scales = p.u8 + act;
+  p.s8 = p.scales + align_up(nt * nb * 8 * sizeof(float), 64);
+  p.corr = p.s8 + act;
+  p.dx4 = p.corr + nt * nb * 8 * sizeof(int32_t);
+  p.total = p.dx4 + nt * nb * 4 * sizeof(float);
   return p;
 }
 
@@ -64,17 +84,29 @@ void avx_pack(WeightFormat f, int n_tok, int64_t n, int64_t k0, int64_t k1, cons
   if (f == WeightFormat::kQ8_0) {
     const int64_t nb = n / kQ8BlockSize;
     const Q8Parts parts = q8_parts(n_tok, n);
+    const bool quad = q8_kernel() == Q8Kernel::kQuad;
     for (int t = 0; t < n_tok; ++t) {
       auto* blocks = reinterpret_cast<QuantBlockQ8*>(packed) + t * nb;
       uint8_t* u8 = packed + parts.u8 + static_cast<std::size_t>(t) * n;
       float* scales = reinterpret_cast<float*>(packed + parts.scales) + t * nb * 8;
+      auto* s8 = reinterpret_cast<int8_t*>(packed + parts.s8) + static_cast<std::size_t>(t) * n;
+      int32_t* corr = reinterpret_cast<int32_t*>(packed + parts.corr) + t * nb * 8;
+      float* dx4 = reinterpret_cast<float*>(packed + parts.dx4) + t * nb * 4;
       for (int64_t k = k0; k < k1; k += kQ8BlockSize) {
         const int64_t b = k / kQ8BlockSize;
         QuantBlockQ8& blk = blocks[b];
         quantize_block_q8(src[t] + (k - k0), &blk);
-        for (int i = 0; i < kQ8BlockSize; ++i)
-          u8[k + i] = static_cast<uint8_t>(static_cast<int>(blk.q[i]) + 128);
-        for (int i = 0; i < 8; ++i) scales[b * 8 + i] = blk.d;
+        if (quad) {
+          std::memcpy(s8 + k, blk.q, kQ8BlockSize);
+          for (int l = 0; l < 8; ++l)  // lane l of vpdpbusd sums activations 4l..4l+3
+            corr[b * 8 + l] =
+                -128 * (blk.q[4 * l] + blk.q[4 * l + 1] + blk.q[4 * l + 2] + blk.q[4 * l + 3]);
+          for (int i = 0; i < 4; ++i) dx4[b * 4 + i] = blk.d;
+        } else {
+          for (int i = 0; i < kQ8BlockSize; ++i)
+            u8[k + i] = static_cast<uint8_t>(static_cast<int>(blk.q[i]) + 128);
+          for (int i = 0; i < 8; ++i) scales[b * 8 + i] = blk.d;
+        }
       }
     }
     return;
@@ -100,55 +132,71 @@ struct PassRows {
 
 // Software prefetch of R row streams, prefetch_bytes() ahead of the loads: stream j is row j of
 // the pass, `row_len` bytes long, continuing `next` bytes further in the next pass, up to
-// `passes_left` passes, so nothing beyond the caller's rows is fetched.
+// `passes_left` passes, so nothing beyond the caller's rows is fetched. The prefetch position is
+// one pointer (stream 0's; stream j is `step` * j further) moved forward per step, with one
+// compare against the end of the call's rows: this runs once per weight step, so its scalar work
+// is part of the per-byte cost (without any software prefetch the L2-resident rate is ~15% higher).
 template <int R>
 struct RowPrefetcher {
-  PassRows pr;
-  std::size_t row_len, off;
-  int64_t ahead = 0;  // passes ahead of the current one
+  const char* p = nullptr;    // next prefetch point of stream 0
+  const char* end = nullptr;  // stream 0's position one pass past the last (no prefetch there)
+  std::size_t step_j;         // bytes between streams
+  std::size_t row_len, off;   // bytes of a row; offset of p within its row
+  std::size_t wrap;           // next - row_len: from a row's end to its stream's next row
   bool on;
   PrefetchHint hint;
   bool every_line = prefetch_every_line();
-  inline void fetch(const char* p) const {
+  int64_t budget = 0;  // bytes consumed but not yet matched by prefetch points
+  inline void fetch(const char* q) const {
     switch (hint) {  // fixed per process: the branch is always predicted
       case PrefetchHint::kL2:
-        _mm_prefetch(p, _MM_HINT_T1);
+        _mm_prefetch(q, _MM_HINT_T1);
         break;
       case PrefetchHint::kNonTemporal:
-        _mm_prefetch(p, _MM_HINT_NTA);
+        _mm_prefetch(q, _MM_HINT_NTA);
         break;
       default:
-        _mm_prefetch(p, _MM_HINT_T0);
+        _mm_prefetch(q, _MM_HINT_T0);
         break;
     }
   }
-  RowPrefetcher(const PassRows& p, std::size_t row_len_, bool enabled, WeightFormat f)
-      : pr(p),
+  RowPrefetcher(const PassRows& pr, std::size_t row_len_, bool enabled, WeightFormat f)
+      : step_j(pr.step),
         row_len(row_len_),
         off(static_cast<std::size_t>(prefetch_bytes())),
+        wrap(pr.next - row_len_),
         hint(prefetch_hint(f)) {
     on = enabled && off > 0;
+    int64_t ahead = 0;  // passes ahead of the current one
     while (on && off >= row_len) {
       off -= row_len;
       ++ahead;
     }
+    const char* w = reinterpret_cast<const char*>(pr.w);
+    p = w + ahead * pr.next + off;
+    end = w + pr.passes_left * pr.next;
+    if (ahead >= pr.passes_left) on = false;
   }
-  // Call once per step of `bytes` (<= 128) consumed in each row. A step longer than a line (Q8_0:
-  // 68 bytes) prefetches two lines, off and off + 64: one per step would leave every 17th line
-  // of a Q8_0 row unprefetched (17 lines per 16 steps), a demand miss to DRAM in each stream
-  // (HYBRID_MOE_PREFETCH_LINES=step keeps the one-per-step version for A/B runs).
+  // Call once per step of `bytes` consumed in each row. Every line (default): the prefetch points
+  // advance 64 bytes at a time, as many as the step consumed (Q8_0 pair step of 68 bytes: 1 or 2
+  // points, quad step of 136: 2 or 3), so each line of a stream gets one prefetch (the first
+  // version, one per step, skipped one line in 17 of a Q8_0 row; the next, two per 68-byte step,
+  // prefetched most lines twice, and prefetches take load slots). HYBRID_MOE_PREFETCH_LINES=step
+  // keeps one point per step for A/B runs.
   inline void step(std::size_t bytes) {
     if (!on) return;
-    if (ahead < pr.passes_left)
-      for (int j = 0; j < R; ++j) {
-        const char* p = reinterpret_cast<const char*>(pr.row(j) + ahead * pr.next + off);
-        fetch(p);
-        if (bytes > 64 && every_line) fetch(p + 64);
+    budget += static_cast<int64_t>(bytes);
+    const std::size_t adv = every_line ? 64 : bytes;
+    while (budget > 0) {
+      if (p < end)
+        for (int j = 0; j < R; ++j) fetch(p + j * step_j);
+      p += adv;
+      off += adv;
+      if (off >= row_len) {
+        off -= row_len;
+        p += wrap;
       }
-    off += bytes;
-    if (off >= row_len) {
-      off -= row_len;
-      ++ahead;
+      budget -= static_cast<int64_t>(adv);
     }
   }
 };
@@ -265,6 +313,95 @@ inline void q8_block(const PassRows& pr, int64_t nb, const uint8_t* u8, const fl
     for (int t = 0; t < NT; ++t) y[t * ldy + r * pr.yr] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
+// Word indices for q8_quad's scales from two 64-byte loads (a: bytes 0-63, b: bytes 68-131 of a
+// 4-block group): words 0-3 <- d0 (a word 0), 4-7 <- d1 (a word 17), 8-11 <- d2 (b word 0),
+// 12-15 <- d3 (b word 17); words 16-31 unused.
+inline __m512i q8_quad_scale_index() {
+  return _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  //
+                          49, 49, 49, 49, 32, 32, 32, 32, 17, 17, 17, 17, 0, 0, 0, 0);
+}
+
+// Q8 "quad" kernel: R rows x NT tokens, 4 blocks (136 weight bytes per row) per step. Weights are
+// made unsigned by flipping the sign bit (q + 128 = q ^ 0x80) and multiplied with the signed
+// activations: sum (q_w + 128) q_x = sum q_w q_x + 128 sum q_x, where -128 sum q_x (per vpdpbusd
+// lane) is precomputed in pack() and is the start value of the dot product. The two dot products
+// of a step (16 lanes each: 8 per block) are folded into one register of 4 lanes per block (two
+// 128-bit shuffles + one add), so the int -> float convert, the scale product and the fma run once
+// per 4 blocks; the 4 weight scales come from one two-source word permute and one convert.
+// s8: token 0's activations (token t at + t * n_in); corr: token 0's corrections (8 int32 per
+// block, token t at + t * nb * 8); dx4: token 0's scales (4 floats per block, + t * nb * 4);
+// blocks: token 0's QuantBlockQ8 (for the tail's scale, + t * nb).
+template <int R, int NT>
+inline void q8_quad_block(const PassRows& pr, int64_t nb, const int8_t* s8, const int32_t* corr,
+                          const float* dx4, const QuantBlockQ8* blocks, float* y, int64_t ldy,
+                          bool pf) {
+  const int64_t n_in = nb * kQ8BlockSize;
+  __m512 acc[R][NT];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_setzero_ps();
+  const __m512i c128 = _mm512_set1_epi8(static_cast<char>(0x80));
+  const __m512i idx = q8_quad_scale_index();
+  RowPrefetcher<R> pre(pr, static_cast<std::size_t>(nb) * kQ8BlockBytes, pf, WeightFormat::kQ8_0);
+  int64_t b = 0;
+  for (; b + 4 <= nb; b += 4) {
+    pre.step(4 * kQ8BlockBytes);
+    __m512i x0[NT], x1[NT], c0[NT], c1[NT];
+    __m512 dx[NT];
+    for (int t = 0; t < NT; ++t) {
+      x0[t] = _mm512_loadu_si512(s8 + t * n_in + b * kQ8BlockSize);
+      x1[t] = _mm512_loadu_si512(s8 + t * n_in + b * kQ8BlockSize + 64);
+      c0[t] = _mm512_loadu_si512(corr + (t * nb + b) * 8);
+      c1[t] = _mm512_loadu_si512(corr + (t * nb + b) * 8 + 16);
+      dx[t] = _mm512_loadu_ps(dx4 + (t * nb + b) * 4);
+    }
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* blk = pr.row(r) + b * kQ8BlockBytes;
+      const __m512i raw0 = _mm512_loadu_si512(blk);
+      const __m512i raw1 = _mm512_loadu_si512(blk + kQ8BlockBytes * 2);
+      // pair 0: bytes 2-33 and 36-67; pair 1: the same 68 bytes further
+      const __m512i q0 = _mm512_xor_si512(
+          _mm512_mask_loadu_epi8(_mm512_loadu_si512(blk + 2), 0xFFFFFFFF00000000ull, blk + 4),
+          c128);
+      const __m512i q1 = _mm512_xor_si512(
+          _mm512_mask_loadu_epi8(_mm512_loadu_si512(blk + 70), 0xFFFFFFFF00000000ull, blk + 72),
+          c128);
+      const __m512 dw =
+          _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutex2var_epi16(raw0, idx, raw1)));
+      for (int t = 0; t < NT; ++t) {
+        const __m512i d0 = _mm512_dpbusd_epi32(c0[t], q0, x0[t]);
+        const __m512i d1 = _mm512_dpbusd_epi32(c1[t], q1, x1[t]);
+        // 128-bit units: d0 = [b0 b0 b1 b1], d1 = [b2 b2 b3 b3] -> [b0 b1 b2 b3]
+        const __m512i z = _mm512_add_epi32(_mm512_shuffle_i32x4(d0, d1, 0x88),
+                                           _mm512_shuffle_i32x4(d0, d1, 0xDD));
+        acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(z), dx[t]), dw, acc[r][t]);
+      }
+    }
+  }
+  for (; b < nb; ++b) {  // nb % 4 tail blocks, one at a time in the low 8 lanes
+    pre.step(kQ8BlockBytes);
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* blk = pr.row(r) + b * kQ8BlockBytes;
+      const __m256i q = _mm256_xor_si256(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2)), _mm256_set1_epi8(-128));
+      uint16_t dh;
+      std::memcpy(&dh, blk, 2);
+      const __m256 dw = _mm256_cvtph_ps(_mm_set1_epi16(static_cast<short>(dh)));
+      for (int t = 0; t < NT; ++t) {
+        const __m256i c =
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(corr + (t * nb + b) * 8));
+        const __m256i x =
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s8 + t * n_in + b * kQ8BlockSize));
+        const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_dpbusd_epi32(c, q, x)),
+                                       _mm256_set1_ps(blocks[t * nb + b].d));
+        acc[r][t] = _mm512_mask3_fmadd_ps(_mm512_zextps256_ps512(f), _mm512_zextps256_ps512(dw),
+                                          acc[r][t], 0x00ff);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < NT; ++t) y[t * ldy + r * pr.yr] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
 // The R rows of pass pr, all n_tok tokens in chunks of 4 (weights are prefetched on the first
 // chunk only; the later chunks find the R rows in L1/L2).
 template <int R>
@@ -317,6 +454,35 @@ void q8_rows(const PassRows& pr, int64_t nb, const uint8_t* u8, const float* sc,
   }
 }
 
+template <int R>
+void q8_quad_rows(const PassRows& pr, int64_t nb, const int8_t* s8, const int32_t* corr,
+                  const float* dx4, const QuantBlockQ8* blocks, int n_tok, float* y, int64_t ldy) {
+  const int64_t n_in = nb * kQ8BlockSize;
+  int t = 0;
+  for (; t + 4 <= n_tok; t += 4)
+    q8_quad_block<R, 4>(pr, nb, s8 + t * n_in, corr + t * nb * 8, dx4 + t * nb * 4, blocks + t * nb,
+                        y + t * ldy, ldy, t == 0);
+  const int8_t* s = s8 + t * n_in;
+  const int32_t* c = corr + t * nb * 8;
+  const float* d = dx4 + t * nb * 4;
+  const QuantBlockQ8* bl = blocks + t * nb;
+  float* yt = y + t * ldy;
+  const bool pf = t == 0;
+  switch (n_tok - t) {
+    case 3:
+      q8_quad_block<R, 3>(pr, nb, s, c, d, bl, yt, ldy, pf);
+      break;
+    case 2:
+      q8_quad_block<R, 2>(pr, nb, s, c, d, bl, yt, ldy, pf);
+      break;
+    case 1:
+      q8_quad_block<R, 1>(pr, nb, s, c, d, bl, yt, ldy, pf);
+      break;
+    default:
+      break;
+  }
+}
+
 // Runs body<R>(pass, y of the pass) over all rows: full passes of kRows rows in the row order of
 // HYBRID_MOE_ROW_ORDER (see [NOTE]), then one pass of the rows % kRows tail rows.
 template <typename Body>
@@ -358,6 +524,16 @@ void avx_dot_rows(WeightFormat f, const uint8_t* w, std::size_t row_stride, int6
   }
   const int64_t nb = n_in / kQ8BlockSize;
   const Q8Parts parts = q8_parts(n_tok, n_in);
+  if (q8_kernel() == Q8Kernel::kQuad) {
+    const auto* s8 = reinterpret_cast<const int8_t*>(packed + parts.s8);
+    const auto* corr = reinterpret_cast<const int32_t*>(packed + parts.corr);
+    const auto* dx4 = reinterpret_cast<const float*>(packed + parts.dx4);
+    const auto* blocks = reinterpret_cast<const QuantBlockQ8*>(packed);
+    for_each_pass(w, row_stride, rows, y, [&](auto r, const PassRows& pr, float* yp) {
+      q8_quad_rows<decltype(r)::value>(pr, nb, s8, corr, dx4, blocks, n_tok, yp, ldy);
+    });
+    return;
+  }
   const uint8_t* u8 = packed + parts.u8;
   const auto* sc = reinterpret_cast<const float*>(packed + parts.scales);
   for_each_pass(w, row_stride, rows, y, [&](auto r, const PassRows& pr, float* yp) {
@@ -366,6 +542,18 @@ void avx_dot_rows(WeightFormat f, const uint8_t* w, std::size_t row_stride, int6
 }
 
 }  // namespace
+
+Q8Kernel q8_kernel() {
+  static const Q8Kernel k = [] {
+    const char* v = std::getenv("HYBRID_MOE_Q8_KERNEL");
+    const std::string s = v ? v : "";
+    if (s.empty() || s == "quad") return Q8Kernel::kQuad;
+    HM_CHECK(s == "pair", "environment variable HYBRID_MOE_Q8_KERNEL='", s,
+             "': expected quad or pair");
+    return Q8Kernel::kPair;
+  }();
+  return k;
+}
 
 const KernelOps& avx512_ops() {
   static const KernelOps ops{Isa::kAvx512, avx_packed_bytes, avx_pack, avx_dot_rows};
