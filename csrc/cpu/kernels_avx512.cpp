@@ -19,16 +19,16 @@
 //   pre-expanded the same way, so scaling is one multiply + one fma per pair and token.
 //   That is the "pair" code (HYBRID_MOE_Q8_KERNEL=pair). The default "quad" code reads 4 blocks
 //   (136 bytes) per step and turns the roles around: weights made unsigned (q ^ 0x80, one xor per
-//   register), activations signed, the correction -128 sum q_x precomputed per token and lane as
-//   the dot product's start value; the two dot products of a step are folded to 4 lanes per block
-//   (two 128-bit shuffles + one add) so that convert, scale product and fma run once per 4 blocks,
+//   register), activations signed, the correction -128 sum q_x precomputed per token; the two dot
+//   products of a step are folded to 4 lanes per block (two 128-bit shuffles + one add, then the
+//   correction in the same layout) so that convert, scale product and fma run once per 4 blocks,
 //   and the 4 weight scales come from one two-source word permute + one convert. At T = 1 that is
 //   ~16 vector instructions per 136 bytes and row where pair needs ~18 (two blocks: 9 each);
 //   measured 1.1-1.2x pair's rate from L2 on the dev machine
 //   (bench/bench_q8_rows.cpp).
 //   Packed Q8 buffer per group: [QuantBlockQ8 n_tok x nb (what the AMX variant repacks)]
 //   [pair: u8 activations n_tok x n][pair: expanded scales n_tok x nb x 8 floats]
-//   [quad: s8 activations n_tok x n][quad: int32 corrections n_tok x nb x 8][quad: scales x 4].
+//   [quad: s8 activations n_tok x n][quad: int32 corrections n_tok x nb x 4][quad: scales x 4].
 // GCC 12's _mm512_reduce_add_ps trips -Wuninitialized inside its own header (false positive).
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -57,7 +57,7 @@ constexpr int kRows = 4;  // weight rows per pass
 // reserved (a few KiB per token); pack() writes the blocks and the parts of q8_kernel()'s choice.
 struct Q8Parts {
   std::size_t u8, scales;     // pair: u8 activations, scales x 8 per block
-  std::size_t s8, corr, dx4;  // quad: s8 activations, int32 corrections x 8, scales x 4
+  std::size_t s8, corr, dx4;  // quad: s8 activations, int32 corrections x 4, scales x 4
   std::size_t total;
 };
 inline Q8Parts q8_parts(int n_tok, int64_t n) {
@@ -69,7 +69,7 @@ inline Q8Parts q8_parts(int n_tok, int64_t n) {
   p.scales = p.u8 + act;
   p.s8 = p.scales + align_up(nt * nb * 8 * sizeof(float), 64);
   p.corr = p.s8 + act;
-  p.dx4 = p.corr + nt * nb * 8 * sizeof(int32_t);
+  p.dx4 = p.corr + nt * nb * 4 * sizeof(int32_t);
   p.total = p.dx4 + nt * nb * 4 * sizeof(float);
   return p;
 }
@@ -90,7 +90,7 @@ void avx_pack(WeightFormat f, int n_tok, int64_t n, int64_t k0, int64_t k1, cons
       uint8_t* u8 = packed + parts.u8 + static_cast<std::size_t>(t) * n;
       float* scales = reinterpret_cast<float*>(packed + parts.scales) + t * nb * 8;
       auto* s8 = reinterpret_cast<int8_t*>(packed + parts.s8) + static_cast<std::size_t>(t) * n;
-      int32_t* corr = reinterpret_cast<int32_t*>(packed + parts.corr) + t * nb * 8;
+      int32_t* corr = reinterpret_cast<int32_t*>(packed + parts.corr) + t * nb * 4;
       float* dx4 = reinterpret_cast<float*>(packed + parts.dx4) + t * nb * 4;
       for (int64_t k = k0; k < k1; k += kQ8BlockSize) {
         const int64_t b = k / kQ8BlockSize;
@@ -98,9 +98,13 @@ void avx_pack(WeightFormat f, int n_tok, int64_t n, int64_t k0, int64_t k1, cons
         quantize_block_q8(src[t] + (k - k0), &blk);
         if (quad) {
           std::memcpy(s8 + k, blk.q, kQ8BlockSize);
-          for (int l = 0; l < 8; ++l)  // lane l of vpdpbusd sums activations 4l..4l+3
-            corr[b * 8 + l] =
-                -128 * (blk.q[4 * l] + blk.q[4 * l + 1] + blk.q[4 * l + 2] + blk.q[4 * l + 3]);
+          // lane i of the folded sum adds vpdpbusd lanes i and i + 4 (activations 4i..4i+3 and
+          // 16+4i..16+4i+3); its correction is -128 x their sum
+          for (int i = 0; i < 4; ++i) {
+            int sum = 0;
+            for (int j = 0; j < 4; ++j) sum += blk.q[4 * i + j] + blk.q[16 + 4 * i + j];
+            corr[b * 4 + i] = -128 * sum;
+          }
           for (int i = 0; i < 4; ++i) dx4[b * 4 + i] = blk.d;
         } else {
           for (int i = 0; i < kQ8BlockSize; ++i)
@@ -323,13 +327,14 @@ inline __m512i q8_quad_scale_index() {
 
 // Q8 "quad" kernel: R rows x NT tokens, 4 blocks (136 weight bytes per row) per step. Weights are
 // made unsigned by flipping the sign bit (q + 128 = q ^ 0x80) and multiplied with the signed
-// activations: sum (q_w + 128) q_x = sum q_w q_x + 128 sum q_x, where -128 sum q_x (per vpdpbusd
-// lane) is precomputed in pack() and is the start value of the dot product. The two dot products
-// of a step (16 lanes each: 8 per block) are folded into one register of 4 lanes per block (two
-// 128-bit shuffles + one add), so the int -> float convert, the scale product and the fma run once
-// per 4 blocks; the 4 weight scales come from one two-source word permute and one convert.
-// s8: token 0's activations (token t at + t * n_in); corr: token 0's corrections (8 int32 per
-// block, token t at + t * nb * 8); dx4: token 0's scales (4 floats per block, + t * nb * 4);
+// activations: sum (q_w + 128) q_x = sum q_w q_x + 128 sum q_x, where -128 sum q_x is precomputed
+// in pack(). The two dot products of a step (16 lanes each: 8 per block) are folded into one
+// register of 4 lanes per block (two 128-bit shuffles + one add) and the correction, stored in
+// that folded layout (4 int32 per block), is added once, so the int -> float convert, the scale
+// product and the fma run once per 4 blocks; the 4 weight scales come from one two-source word
+// permute and one convert.
+// s8: token 0's activations (token t at + t * n_in); corr: token 0's corrections (4 int32 per
+// block, token t at + t * nb * 4); dx4: token 0's scales (4 floats per block, + t * nb * 4);
 // blocks: token 0's QuantBlockQ8 (for the tail's scale, + t * nb).
 template <int R, int NT>
 inline void q8_quad_block(const PassRows& pr, int64_t nb, const int8_t* s8, const int32_t* corr,
@@ -341,17 +346,17 @@ inline void q8_quad_block(const PassRows& pr, int64_t nb, const int8_t* s8, cons
     for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_setzero_ps();
   const __m512i c128 = _mm512_set1_epi8(static_cast<char>(0x80));
   const __m512i idx = q8_quad_scale_index();
+  const __m512i zero = _mm512_setzero_si512();
   RowPrefetcher<R> pre(pr, static_cast<std::size_t>(nb) * kQ8BlockBytes, pf, WeightFormat::kQ8_0);
   int64_t b = 0;
   for (; b + 4 <= nb; b += 4) {
     pre.step(4 * kQ8BlockBytes);
-    __m512i x0[NT], x1[NT], c0[NT], c1[NT];
+    __m512i x0[NT], x1[NT], cz[NT];
     __m512 dx[NT];
     for (int t = 0; t < NT; ++t) {
       x0[t] = _mm512_loadu_si512(s8 + t * n_in + b * kQ8BlockSize);
       x1[t] = _mm512_loadu_si512(s8 + t * n_in + b * kQ8BlockSize + 64);
-      c0[t] = _mm512_loadu_si512(corr + (t * nb + b) * 8);
-      c1[t] = _mm512_loadu_si512(corr + (t * nb + b) * 8 + 16);
+      cz[t] = _mm512_loadu_si512(corr + (t * nb + b) * 4);
       dx[t] = _mm512_loadu_ps(dx4 + (t * nb + b) * 4);
     }
     for (int r = 0; r < R; ++r) {
@@ -368,11 +373,12 @@ inline void q8_quad_block(const PassRows& pr, int64_t nb, const int8_t* s8, cons
       const __m512 dw =
           _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutex2var_epi16(raw0, idx, raw1)));
       for (int t = 0; t < NT; ++t) {
-        const __m512i d0 = _mm512_dpbusd_epi32(c0[t], q0, x0[t]);
-        const __m512i d1 = _mm512_dpbusd_epi32(c1[t], q1, x1[t]);
-        // 128-bit units: d0 = [b0 b0 b1 b1], d1 = [b2 b2 b3 b3] -> [b0 b1 b2 b3]
-        const __m512i z = _mm512_add_epi32(_mm512_shuffle_i32x4(d0, d1, 0x88),
-                                           _mm512_shuffle_i32x4(d0, d1, 0xDD));
+        const __m512i d0 = _mm512_dpbusd_epi32(zero, q0, x0[t]);
+        const __m512i d1 = _mm512_dpbusd_epi32(zero, q1, x1[t]);
+        // 128-bit units: d0 = [b0 b0 b1 b1], d1 = [b2 b2 b3 b3] -> [b0 b1 b2 b3], + correction
+        const __m512i z = _mm512_add_epi32(_mm512_add_epi32(_mm512_shuffle_i32x4(d0, d1, 0x88),
+                                                            _mm512_shuffle_i32x4(d0, d1, 0xDD)),
+                                           cz[t]);
         acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(z), dx[t]), dw, acc[r][t]);
       }
     }
@@ -387,8 +393,9 @@ inline void q8_quad_block(const PassRows& pr, int64_t nb, const int8_t* s8, cons
       std::memcpy(&dh, blk, 2);
       const __m256 dw = _mm256_cvtph_ps(_mm_set1_epi16(static_cast<short>(dh)));
       for (int t = 0; t < NT; ++t) {
-        const __m256i c =
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(corr + (t * nb + b) * 8));
+        // lanes 0-3: the block's corrections (lanes i and i + 4 share one), lanes 4-7: 0
+        const __m256i c = _mm256_zextsi128_si256(
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(corr + (t * nb + b) * 4)));
         const __m256i x =
             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s8 + t * n_in + b * kQ8BlockSize));
         const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_dpbusd_epi32(c, q, x)),
@@ -460,10 +467,10 @@ void q8_quad_rows(const PassRows& pr, int64_t nb, const int8_t* s8, const int32_
   const int64_t n_in = nb * kQ8BlockSize;
   int t = 0;
   for (; t + 4 <= n_tok; t += 4)
-    q8_quad_block<R, 4>(pr, nb, s8 + t * n_in, corr + t * nb * 8, dx4 + t * nb * 4, blocks + t * nb,
+    q8_quad_block<R, 4>(pr, nb, s8 + t * n_in, corr + t * nb * 4, dx4 + t * nb * 4, blocks + t * nb,
                         y + t * ldy, ldy, t == 0);
   const int8_t* s = s8 + t * n_in;
-  const int32_t* c = corr + t * nb * 8;
+  const int32_t* c = corr + t * nb * 4;
   const float* d = dx4 + t * nb * 4;
   const QuantBlockQ8* bl = blocks + t * nb;
   float* yt = y + t * ldy;
