@@ -150,7 +150,6 @@ struct RowPrefetcher {
   bool on;
   PrefetchHint hint;
   bool every_line = prefetch_every_line();
-  int64_t budget = 0;  // bytes consumed but not yet matched by prefetch points
   inline void fetch(const char* q) const {
     switch (hint) {  // fixed per process: the branch is always predicted
       case PrefetchHint::kL2:
@@ -181,26 +180,26 @@ struct RowPrefetcher {
     end = w + pr.passes_left * pr.next;
     if (ahead >= pr.passes_left) on = false;
   }
-  // Call once per step of `bytes` consumed in each row. Every line (default): the prefetch points
-  // advance 64 bytes at a time, as many as the step consumed (Q8_0 pair step of 68 bytes: 1 or 2
-  // points, quad step of 136: 2 or 3), so each line of a stream gets one prefetch (the first
-  // version, one per step, skipped one line in 17 of a Q8_0 row; the next, two per 68-byte step,
-  // prefetched most lines twice, and prefetches take load slots). HYBRID_MOE_PREFETCH_LINES=step
-  // keeps one point per step for A/B runs.
+  // Call once per step of `bytes` consumed in each row (a compile-time constant at every call).
+  // Every line (default): ceil(bytes / 64) points 64 bytes apart from the step's prefetch position
+  // (Q8_0 pair step of 68 bytes: 2, quad step of 136: 3), so no line of a stream is skipped (one
+  // per step skipped one line in 17 of a Q8_0 row). A fixed count per step: exactly one point
+  // per line (a loop whose trip count varies from step to step) measured ~10% slower for pair
+  // from L2 on the dev machine. HYBRID_MOE_PREFETCH_LINES=step: one point per step (A/B runs).
   inline void step(std::size_t bytes) {
     if (!on) return;
-    budget += static_cast<int64_t>(bytes);
-    const std::size_t adv = every_line ? 64 : bytes;
-    while (budget > 0) {
-      if (p < end)
-        for (int j = 0; j < R; ++j) fetch(p + j * step_j);
-      p += adv;
-      off += adv;
-      if (off >= row_len) {
-        off -= row_len;
-        p += wrap;
+    if (p < end)
+      for (int j = 0; j < R; ++j) {
+        const char* q = p + j * step_j;
+        fetch(q);
+        if (every_line)
+          for (std::size_t k = 64; k < bytes; k += 64) fetch(q + k);
       }
-      budget -= static_cast<int64_t>(adv);
+    p += bytes;
+    off += bytes;
+    if (off >= row_len) {
+      off -= row_len;
+      p += wrap;
     }
   }
 };
