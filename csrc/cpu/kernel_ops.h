@@ -41,10 +41,10 @@ int prefetch_bytes();
 // hm::ValueError on first use.
 enum class PrefetchHint { kL1, kL2, kNonTemporal };
 PrefetchHint prefetch_hint(WeightFormat f);
-// Whether a software-prefetch step longer than a cache line (Q8_0 block pairs, 68 bytes) fetches
-// both lines it reaches: HYBRID_MOE_PREFETCH_LINES = every (default) or step (one prefetch per
-// step, the earlier version: it skipped one line in 17). Read once; a malformed value raises
-// hm::ValueError on first use.
+// Whether a software-prefetch step longer than a cache line (Q8_0: 68-byte block pairs, 136-byte
+// quads) prefetches every line it reaches: HYBRID_MOE_PREFETCH_LINES = every (default: ceil(step /
+// 64) prefetches 64 bytes apart per step) or step (one prefetch per step, the earlier version: it
+// skipped one line in 17). Read once; a malformed value raises hm::ValueError on first use.
 bool prefetch_every_line();
 // Order in which the SIMD variants walk a call's weight rows, 4 at a time (HYBRID_MOE_ROW_ORDER):
 // interleaved (default): a pass takes 4 adjacent rows (rows 0-3, then 4-7, ...);
