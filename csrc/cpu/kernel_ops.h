@@ -70,11 +70,12 @@ enum class AmxKernel { kAuto, kPipelined, kSimple };
 AmxKernel amx_kernel();
 
 // Q8_0 code of the AVX512 variant (HYBRID_MOE_Q8_KERNEL; kernels_avx512.cpp):
-//   quad (default): 4 blocks per step, weights made unsigned (q ^ 0x80) against signed
+//   quad (opt-in until measured on the Xeon): 4 blocks per step, weights made unsigned (q ^ 0x80)
+//   against signed
 //     activations with the correction precomputed per token, the two dot products of a step folded
 //     to 4 lanes per block so that convert, scale and fma run once per 4 blocks;
-//   pair: 2 blocks per step, activations stored as q + 128 and the correction computed per weight
-//     register (the previous version, kept for A/B runs).
+//   pair (default): 2 blocks per step, activations stored as q + 128 and the correction computed
+//     per weight register (measured on the Xeon, bench/RESULTS.md).
 // Read once; a malformed value raises hm::ValueError on first use.
 enum class Q8Kernel { kQuad, kPair };
 Q8Kernel q8_kernel();

@@ -17,15 +17,14 @@
 //   (this replaces the per-token sign trick). Per block pair and row: the two fp16 scales become
 //   one 16-lane vector (lanes 0-7 d_w[b], 8-15 d_w[b+1]); the activation scales are stored
 //   pre-expanded the same way, so scaling is one multiply + one fma per pair and token.
-//   That is the "pair" code (HYBRID_MOE_Q8_KERNEL=pair). The default "quad" code reads 4 blocks
-//   (136 bytes) per step and turns the roles around: weights made unsigned (q ^ 0x80, one xor per
-//   register), activations signed, the correction -128 sum q_x precomputed per token; the two dot
-//   products of a step are folded to 4 lanes per block (two 128-bit shuffles + one add, then the
-//   correction in the same layout) so that convert, scale product and fma run once per 4 blocks,
-//   and the 4 weight scales come from one two-source word permute + one convert. At T = 1 that is
-//   ~16 vector instructions per 136 bytes and row where pair needs ~18 (two blocks: 9 each);
-//   measured 1.1-1.2x pair's rate from L2 on the dev machine
-//   (bench/bench_q8_rows.cpp).
+//   That is the "pair" code (the default). The "quad" code (HYBRID_MOE_Q8_KERNEL=quad) reads 4
+//   blocks (136 bytes) per step and turns the roles around: weights made unsigned (q ^ 0x80, one
+//   xor per register), activations signed, the correction -128 sum q_x precomputed per token; the
+//   two dot products of a step are folded to 4 lanes per block (two 128-bit shuffles + one add,
+//   then the correction in the same layout) so that convert, scale product and fma run once per 4
+//   blocks, and the 4 weight scales come from one two-source word permute + one convert. At T = 1
+//   that is ~16 vector instructions per 136 bytes and row where pair needs ~18 (two blocks: 9
+//   each); measured 1.1-1.2x pair's rate from L2 on the dev machine (bench/bench_q8_rows.cpp).
 //   Packed Q8 buffer per group: [QuantBlockQ8 n_tok x nb (what the AMX variant repacks)]
 //   [pair: u8 activations n_tok x n][pair: expanded scales n_tok x nb x 8 floats]
 //   [quad: s8 activations n_tok x n][quad: int32 corrections n_tok x nb x 4][quad: scales x 4].
@@ -553,10 +552,13 @@ Q8Kernel q8_kernel() {
   static const Q8Kernel k = [] {
     const char* v = std::getenv("HYBRID_MOE_Q8_KERNEL");
     const std::string s = v ? v : "";
-    if (s.empty() || s == "quad") return Q8Kernel::kQuad;
-    HM_CHECK(s == "pair", "environment variable HYBRID_MOE_Q8_KERNEL='", s,
+    // pair stays the default until quad is measured on the Xeon: on the dev machine quad's per-
+    // thread gain from L2 (1.19x) did not reach the layer (T=1 1.624 vs 1.607 ms, T=4 4.979 vs
+    // 4.788 ms; bench/RESULTS.md "CPU kernels, session 4").
+    if (s.empty() || s == "pair") return Q8Kernel::kPair;
+    HM_CHECK(s == "quad", "environment variable HYBRID_MOE_Q8_KERNEL='", s,
              "': expected quad or pair");
-    return Q8Kernel::kPair;
+    return Q8Kernel::kQuad;
   }();
   return k;
 }
