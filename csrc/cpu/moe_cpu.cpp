@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <memory>
 #include <mutex>
@@ -113,12 +114,22 @@ class MoeJob final : public Job {
       slot_weight_[p] = s.weight;
     }
     std::size_t off = 0;
+    // Single-token groups of the same token share one packed input (decode: every group of a
+    // T=1 call is token 0, packed once instead of once per expert).
+    std::vector<std::size_t> single_x_off(a.tokens, SIZE_MAX);
     for (int64_t e = 0; e < a.n_experts; ++e) {
       const int64_t n = count[e + 1] - count[e];
       if (n == 0) continue;
       Group g{static_cast<int32_t>(e), count[e], static_cast<int>(n), 0, 0};
-      g.x_off = off;
-      off += align_up(ops.packed_bytes(L.format, g.n_tok, L.hidden), kScratchAlign);
+      std::size_t* shared = n == 1 ? &single_x_off[slot_token_[count[e]]] : nullptr;
+      if (shared && *shared != SIZE_MAX) {
+        g.x_off = *shared;
+      } else {
+        g.x_off = off;
+        off += align_up(ops.packed_bytes(L.format, g.n_tok, L.hidden), kScratchAlign);
+        if (shared) *shared = g.x_off;
+        pack_groups_.push_back(static_cast<int32_t>(groups_.size()));
+      }
       g.h_off = off;
       off += align_up(ops.packed_bytes(L.format, g.n_tok, L.intermediate), kScratchAlign);
       groups_.push_back(g);
@@ -135,11 +146,11 @@ class MoeJob final : public Job {
 
   int phases() const override { return 3; }
   int64_t items(int p) const override {
-    return p == 0 ? static_cast<int64_t>(groups_.size()) : p == 1 ? n_items1_ : n_items2_;
+    return p == 0 ? static_cast<int64_t>(pack_groups_.size()) : p == 1 ? n_items1_ : n_items2_;
   }
   void run(int p, int64_t item) override {
     if (p == 0)
-      pack_inputs(groups_[item]);
+      pack_inputs(groups_[pack_groups_[item]]);
     else if (p == 1)
       gate_up(groups_[item / blocks1_], item % blocks1_);
     else
@@ -249,6 +260,7 @@ class MoeJob final : public Job {
   std::vector<int64_t> slot_token_;
   std::vector<float> slot_weight_;
   std::vector<Group> groups_;
+  std::vector<int32_t> pack_groups_;  // groups whose input phase 0 packs (the others share one)
   int64_t blocks1_ = 1, n_items1_ = 0, n_items2_ = 0;
   std::pair<ScratchCache::Buffer, std::size_t> scratch_;
 };

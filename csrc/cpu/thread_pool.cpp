@@ -107,12 +107,12 @@ ThreadPool::ThreadPool(int threads, bool pin) {
 }
 
 ThreadPool::~ThreadPool() {
+  stop_.store(true, std::memory_order_seq_cst);
+  epoch_.fetch_add(1, std::memory_order_seq_cst);
   {
-    std::lock_guard<std::mutex> lk(m_);
-    stop_ = true;
-    epoch_.fetch_add(1);
+    std::lock_guard<std::mutex> lk(sleep_m_);  // a worker between its check and its sleep
   }
-  cv_.notify_all();
+  sleep_cv_.notify_all();
   for (auto& t : workers_) t.join();
   // Jobs still queued (their handles may live on) are failed so that wait() returns.
   for (auto& job : queue_) {
@@ -121,6 +121,28 @@ ThreadPool::~ThreadPool() {
       job->error_ = std::make_exception_ptr(RuntimeError("thread pool destroyed before job ran"));
     job->finished_.store(true, std::memory_order_release);
     job->cv_.notify_all();
+  }
+}
+
+void ThreadPool::QueueLock::lock() {
+  while (busy_.exchange(true, std::memory_order_acquire))
+    while (busy_.load(std::memory_order_relaxed)) HM_PAUSE();
+}
+
+void ThreadPool::QueueLock::unlock() {
+  busy_.store(false, std::memory_order_release);
+}
+
+void ThreadPool::publish() {
+  // seq_cst pairs with the sleeper's seq_cst increment and epoch check (worker_loop): either this
+  // load sees the sleeper, or the sleeper's check sees the new epoch. No syscall while every
+  // worker spins.
+  epoch_.fetch_add(1, std::memory_order_seq_cst);
+  if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+    {
+      std::lock_guard<std::mutex> lk(sleep_m_);
+    }
+    sleep_cv_.notify_all();
   }
 }
 
@@ -141,23 +163,18 @@ JobHandle ThreadPool::submit(std::shared_ptr<Job> job) {
     job->finished_.store(true, std::memory_order_release);
     return JobHandle(std::move(job));
   }
+  HM_CHECK_RT(!stop_.load(std::memory_order_acquire), "ThreadPool::submit after shutdown");
   {
-    std::lock_guard<std::mutex> lk(m_);
-    HM_CHECK_RT(!stop_, "ThreadPool::submit after shutdown");
+    std::lock_guard<QueueLock> lk(queue_lock_);
     job->id_ = next_id_++;
     queue_.push_back(job);
-    epoch_.fetch_add(1, std::memory_order_release);
   }
-  cv_.notify_all();
+  publish();
   return JobHandle(std::move(job));
 }
 
 void ThreadPool::wake() {
-  {
-    std::lock_guard<std::mutex> lk(m_);
-    epoch_.fetch_add(1, std::memory_order_release);
-  }
-  cv_.notify_all();
+  publish();
 }
 
 void ThreadPool::parallel_for(int64_t n, std::function<void(int64_t)> fn) {
@@ -174,34 +191,39 @@ void ThreadPool::parallel_for(int64_t n, std::function<void(int64_t)> fn) {
   run(job);
 }
 
+std::shared_ptr<Job> ThreadPool::next_job(uint64_t last_id) {
+  std::lock_guard<QueueLock> lk(queue_lock_);
+  for (auto& q : queue_)
+    if (q->id_ > last_id) return q;
+  return nullptr;
+}
+
 void ThreadPool::worker_loop(int) {
   uint64_t last_id = 0;
   for (;;) {
     std::shared_ptr<Job> job;
-    {
-      std::unique_lock<std::mutex> lk(m_);
-      for (;;) {
-        if (stop_) return;
-        for (auto& q : queue_)
-          if (q->id_ > last_id) {
-            job = q;
-            break;
-          }
-        if (job) break;
-        const uint64_t seen = epoch_.load(std::memory_order_acquire);
-        lk.unlock();
-        // Spin a little before sleeping: decode layers arrive every few hundred microseconds.
-        const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us_);
-        // The spin yields so that a thread waiting for this core (the unpinned caller, woken by
-        // the end of a job) runs at once rather than after the spin or a scheduler tick.
-        while (epoch_.load(std::memory_order_acquire) == seen) {
-          for (int i = 0; i < 64; ++i) HM_PAUSE();
-          std::this_thread::yield();
-          if (std::chrono::steady_clock::now() > deadline) break;
-        }
-        lk.lock();
-        cv_.wait(lk, [&] { return stop_ || epoch_.load(std::memory_order_acquire) != seen; });
+    for (;;) {
+      const uint64_t seen = epoch_.load(std::memory_order_seq_cst);
+      if (stop_.load(std::memory_order_acquire)) return;
+      if ((job = next_job(last_id))) break;
+      // Spin a little before sleeping: decode layers arrive every few hundred microseconds.
+      // The spin yields so that a thread waiting for this core (the unpinned caller, woken by
+      // the end of a job) runs at once rather than after the spin or a scheduler tick.
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us_);
+      bool changed = false;
+      while (!(changed = epoch_.load(std::memory_order_acquire) != seen)) {
+        for (int i = 0; i < 64; ++i) HM_PAUSE();
+        std::this_thread::yield();
+        if (std::chrono::steady_clock::now() > deadline) break;
       }
+      if (changed) continue;
+      std::unique_lock<std::mutex> lk(sleep_m_);
+      sleepers_.fetch_add(1, std::memory_order_seq_cst);
+      sleep_cv_.wait(lk, [&] {
+        return stop_.load(std::memory_order_seq_cst) ||
+               epoch_.load(std::memory_order_seq_cst) != seen;
+      });
+      sleepers_.fetch_sub(1, std::memory_order_relaxed);
     }
     last_id = job->id_;
     work_on(*job);
@@ -253,13 +275,12 @@ void ThreadPool::work_on(Job& job) {
 
 void ThreadPool::finish(Job& job) {
   {
-    std::lock_guard<std::mutex> lk(m_);
+    std::lock_guard<QueueLock> lk(queue_lock_);
     for (auto it = queue_.begin(); it != queue_.end(); ++it)
       if (it->get() == &job) {
         queue_.erase(it);
         break;
       }
-    epoch_.fetch_add(1, std::memory_order_release);
   }
   {
     std::lock_guard<std::mutex> lk(job.m_);

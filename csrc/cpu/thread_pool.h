@@ -93,17 +93,34 @@ class ThreadPool {
   void parallel_for(int64_t n, std::function<void(int64_t)> fn);
 
  private:
+  // Guards queue_: held for a scan, push or erase only (tens of ns). A spin lock rather than a
+  // mutex: when a job arrives every spinning worker takes it at once, and a contended mutex
+  // hands it from sleeper to sleeper through futex wake-ups (tens of us per small job measured
+  // on the lent Xeon with 14-16 workers).
+  class QueueLock {
+   public:
+    void lock();
+    void unlock();
+
+   private:
+    std::atomic<bool> busy_{false};
+  };
+
   void worker_loop(int index);
   void work_on(Job& job);
   void finish(Job& job);
+  std::shared_ptr<Job> next_job(uint64_t last_id);  // first queued job newer than last_id
+  void publish();  // bump the epoch; wake sleeping workers (only if there are any)
 
   std::vector<std::thread> workers_;
-  std::mutex m_;
-  std::condition_variable cv_;
-  std::deque<std::shared_ptr<Job>> queue_;
-  std::atomic<uint64_t> epoch_{0};  // bumped on every queue change; idle workers spin on it
+  QueueLock queue_lock_;
+  std::deque<std::shared_ptr<Job>> queue_;  // guarded by queue_lock_
+  uint64_t next_id_ = 1;                    // guarded by queue_lock_
+  std::mutex sleep_m_;                      // only for sleeping and waking workers
+  std::condition_variable sleep_cv_;
+  std::atomic<int> sleepers_{0};
+  std::atomic<uint64_t> epoch_{0};  // bumped on every submit and wake(); idle workers spin on it
   std::atomic<bool> stop_{false};
-  uint64_t next_id_ = 1;
   bool pinned_ = false;
   int spin_us_ = 100;
 };

@@ -1,6 +1,7 @@
 // Thread pool: every item runs once, phases are ordered (barrier), exceptions reach wait(),
 // submit is non-blocking and jobs are freed when done.
 #include <atomic>
+#include <cstdlib>
 #include <chrono>
 #include <memory>
 #include <stdexcept>
@@ -135,4 +136,29 @@ HM_TEST(thread_pool_wake_hint_keeps_the_pool_working) {
     HM_EXPECT(job->phase1_started_early.load() == 0);
   }
   pool.wake();  // a hint with no job after it, then destruction: workers must still stop
+}
+
+// Jobs from several threads while workers move between spinning and sleeping (spin 0 us and
+// 20 us, with pauses longer than the spin): no job is lost, none runs twice, none hangs.
+HM_TEST(thread_pool_hand_off_survives_sleep_and_concurrent_submitters) {
+  for (const char* spin : {"0", "20"}) {
+    setenv("HYBRID_MOE_SPIN_US", spin, 1);
+    hm::cpu::ThreadPool pool(4, false);
+    unsetenv("HYBRID_MOE_SPIN_US");
+    std::atomic<int> bad{0};
+    std::vector<std::thread> submitters;
+    for (int s = 0; s < 3; ++s)
+      submitters.emplace_back([&pool, &bad, s] {
+        for (int rep = 0; rep < 150; ++rep) {
+          if ((rep + s) % 7 == 0) std::this_thread::sleep_for(std::chrono::microseconds(60));
+          auto job = std::make_shared<PhasedJob>(std::vector<int64_t>{1 + rep % 3, 2 + s});
+          pool.run(job);
+          for (auto& h : job->hits)
+            if (h.load() != 1) bad++;
+          if (job->phase1_started_early.load() != 0) bad++;
+        }
+      });
+    for (auto& t : submitters) t.join();
+    HM_EXPECT(bad.load() == 0);
+  }
 }
