@@ -104,11 +104,12 @@ HM_BINDINGS(runtime) {
            })
       .def("forward_cuda",
            [](Runtime& r, int layer, int64_t T, uintptr_t x, uintptr_t ids, uintptr_t w,
-              uintptr_t hints, int n_hints, uintptr_t out, bool out_bf16, uintptr_t stream) {
+              uintptr_t hints, int n_hints, int hint_kind, uintptr_t out, bool out_bf16,
+              uintptr_t stream) {
              py::gil_scoped_release nogil;
              r.forward_cuda(layer, T, ptr<const void>(x), ptr<const int32_t>(ids),
-                            ptr<const float>(w), ptr<const int32_t>(hints), n_hints, ptr<void>(out),
-                            out_bf16, ptr<void>(stream));
+                            ptr<const float>(w), ptr<const void>(hints), n_hints, hint_kind,
+                            ptr<void>(out), out_bf16, ptr<void>(stream));
            })
       .def(
           "reconfigure",

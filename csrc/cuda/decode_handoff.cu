@@ -35,7 +35,7 @@ __global__ void decode_stage_kernel(DecodeStageArgs a) {
     a.ids_h[i] = a.ids[i];
     a.w_h[i] = a.w[i];
   }
-  for (int i = tid; i < a.n_hints; i += blockDim.x) a.hints_h[i] = a.hints[i];
+  for (int i = tid; i < a.n_hint_halves; i += blockDim.x) a.hints_h[i] = a.hints[i];
   const auto* xs = reinterpret_cast<const uint4*>(a.x);
   auto* xd = reinterpret_cast<uint4*>(a.x_h);
   const int64_t n16 = a.n_x / 8;  // 8 bf16 per 16 bytes
@@ -81,10 +81,10 @@ __global__ void decode_finish_kernel(DecodeFinishArgs a, OutT* out) {
 void launch_decode_stage(const DecodeStageArgs& a, cudaStream_t stream) {
   HM_CHECK(a.ids && a.w && a.x && a.ids_h && a.w_h && a.x_h && a.acc && a.done && a.ready,
            "decode stage: buffers must not be null");
-  HM_CHECK(a.n_ids >= 1 && a.n_x >= 8 && a.n_x % 8 == 0 && a.n_hints >= 0,
-           "decode stage: n_ids >= 1, n_x a positive multiple of 8 and n_hints >= 0, got ", a.n_ids,
-           ", ", a.n_x, ", ", a.n_hints);
-  HM_CHECK(a.n_hints == 0 || (a.hints && a.hints_h), "decode stage: hints must not be null");
+  HM_CHECK(a.n_ids >= 1 && a.n_x >= 8 && a.n_x % 8 == 0 && a.n_hint_halves >= 0,
+           "decode stage: n_ids >= 1, n_x a positive multiple of 8 and n_hint_halves >= 0, got ",
+           a.n_ids, ", ", a.n_x, ", ", a.n_hint_halves);
+  HM_CHECK(a.n_hint_halves == 0 || (a.hints && a.hints_h), "decode stage: hints must not be null");
   HM_CHECK((reinterpret_cast<uintptr_t>(a.x) & 15u) == 0 &&
                (reinterpret_cast<uintptr_t>(a.x_h) & 15u) == 0,
            "decode stage: x and its host buffer must be 16-byte aligned");

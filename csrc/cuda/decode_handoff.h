@@ -29,16 +29,16 @@
 namespace hm::cuda {
 
 struct DecodeStageArgs {
-  const int32_t* ids = nullptr;    // device [n_ids]
-  const float* w = nullptr;        // device [n_ids]
-  const uint16_t* x = nullptr;     // device bf16 [n_x], 16-byte aligned
-  const int32_t* hints = nullptr;  // device [n_hints] (may be null when n_hints == 0)
-  int n_ids = 0, n_hints = 0;
-  int64_t n_x = 0;           // T * H, a multiple of 8
-  int32_t* ids_h = nullptr;  // device views of mapped host memory, same sizes
+  const int32_t* ids = nullptr;      // device [n_ids]
+  const float* w = nullptr;          // device [n_ids]
+  const uint16_t* x = nullptr;       // device bf16 [n_x], 16-byte aligned
+  const uint16_t* hints = nullptr;   // device: next-layer hints, copied as raw 16-bit units
+  int n_ids = 0, n_hint_halves = 0;  // (ids or fp32 / bf16 logits: the planner decodes them)
+  int64_t n_x = 0;                   // T * H, a multiple of 8
+  int32_t* ids_h = nullptr;          // device views of mapped host memory, same sizes
   float* w_h = nullptr;
   uint16_t* x_h = nullptr;  // 16-byte aligned
-  int32_t* hints_h = nullptr;
+  uint16_t* hints_h = nullptr;
   float* acc = nullptr;       // device fp32 [n_x]: zeroed
   uint32_t* done = nullptr;   // mapped word: reset to 0
   uint32_t* ready = nullptr;  // mapped word: set to ready_value after the inputs

@@ -52,6 +52,7 @@
 #include "core/weight_format.h"
 #include "cpu/moe_cpu.h"
 #include "cpu/thread_pool.h"
+#include "runtime/hint_topk.h"
 #include "runtime/timeline.h"
 
 namespace hm::runtime {
@@ -116,10 +117,13 @@ class Runtime {
   void forward_cpu(int layer, int64_t T, const float* x, const int32_t* ids, const float* w,
                    const int32_t* hints, int n_hints, float* out);
   // Device tensors on `stream` (a cudaStream_t). x bf16 [T, H] (16-byte aligned); ids int32
-  // [T, k]; w fp32 [T, k]; hints int32 [n_hints] or null; out [T, H], bf16 when out_bf16 else
-  // fp32, OVERWRITTEN (never read: no zero-fill needed).
+  // [T, k]; w fp32 [T, k]; out [T, H], bf16 when out_bf16 else fp32, OVERWRITTEN (never read: no
+  // zero-fill needed). Hints (or null, n_hints 0) by hint_kind (hint_topk.h): int32 ids
+  // [n_hints <= T * k], or, in decode only (T <= decode_max_tokens), layer + 1's router logits
+  // fp32 / bf16 [T, E] (n_hints = T * E) whose top k the planner takes.
   void forward_cuda(int layer, int64_t T, const void* x, const int32_t* ids, const float* w,
-                    const int32_t* hints, int n_hints, void* out, bool out_bf16, void* stream);
+                    const void* hints, int n_hints, int hint_kind, void* out, bool out_bf16,
+                    void* stream);
   // Raises (RuntimeError) the first error recorded inside a host function, and clears it.
   void check_error();
   // Blocks until the mover has copied everything it was asked to (tests, benchmarks).
@@ -161,6 +165,7 @@ class Runtime {
     Runtime* rt;
     LayerCtx* ctx;
     int T, n_hints;
+    HintKind hint_kind;
     uint32_t id;  // doorbell value naming this Launch (>= 1)
   };
   // Where each selected expert runs after plan(): slot >= 0 on the GPU, -1 on the CPU.
@@ -203,7 +208,7 @@ class Runtime {
   void stop_engine_gpu();   // their teardown (quiesced)
   void quiesce_gpu();
   void stop_gpu();
-  Launch* launch_for(LayerCtx& c, int T, int n_hints);
+  Launch* launch_for(LayerCtx& c, int T, int n_hints, HintKind hint_kind);
   // Takes plan references on `slots` in the mover if each holds its expert (false: none taken).
   bool acquire_slots(uint64_t plan_id, const std::vector<int>& slots,
                      const std::vector<int64_t>& experts);
@@ -211,7 +216,8 @@ class Runtime {
   void fill_host_store(int layer, const uint8_t* packed);
   const uint8_t* expert_host_ptr(int layer, int expert) const;
   void decode_cuda(LayerCtx& c, int64_t T, const void* x, const int32_t* ids, const float* w,
-                   const int32_t* hints, int n_hints, void* out, bool out_bf16, void* stream);
+                   const void* hints, int n_hints, HintKind hint_kind, void* out, bool out_bf16,
+                   void* stream);
   void prefill_cuda(LayerCtx& c, int64_t T, const void* x, const int32_t* ids, const float* w,
                     const int32_t* hints, int n_hints, void* out, bool out_bf16, void* stream);
   void poll_gpu_timing(LayerCtx& c);

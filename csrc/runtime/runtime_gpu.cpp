@@ -120,7 +120,9 @@ void Runtime::start_gpu() {
   // Per layer: one pinned block (ids, weights, hints, x) and one mapped block (plan, partials).
   const std::size_t nk = static_cast<std::size_t>(t_max) * k,
                     nh = static_cast<std::size_t>(t_max) * H;
-  const std::size_t pinned_bytes = align_up(nk * 4) * 3 + align_up(nh * 2);
+  const std::size_t n_hint_words = static_cast<std::size_t>(t_max) * std::max(k, n_expert_);
+  const std::size_t pinned_bytes =
+      align_up(nk * 4) * 2 + align_up(n_hint_words * 4) + align_up(nh * 2);
   const std::size_t mapped_bytes =
       align_up((t_max + 1) * 4) + align_up(nk * 4) * 3 + align_up(nh * 4);
   for (auto& cp : layers_) {
@@ -136,7 +138,8 @@ void Runtime::start_gpu() {
     c.w_h = reinterpret_cast<float*>(p);
     p += align_up(nk * 4);
     c.hints_h = reinterpret_cast<int32_t*>(p);
-    p += align_up(nk * 4);
+    p += align_up(n_hint_words * 4);
+    c.hint_ids.assign(nk, 0);
     c.x_h = reinterpret_cast<uint16_t*>(p);
     c.x32.assign(nh, 0.f);
     void* dev = nullptr;
@@ -290,8 +293,8 @@ std::vector<int64_t> Runtime::mover_stats() const {
           static_cast<int64_t>(s.waits_for_release)};
 }
 
-Runtime::Launch* Runtime::launch_for(LayerCtx& c, int T, int n_hints) {
-  auto& slot = c.launches[{T, n_hints}];
+Runtime::Launch* Runtime::launch_for(LayerCtx& c, int T, int n_hints, HintKind hint_kind) {
+  auto& slot = c.launches[{T, n_hints, static_cast<int>(hint_kind)}];
   if (!slot) {
     Gpu& g = *gpu_;
     uint32_t id = 0;
@@ -300,7 +303,7 @@ Runtime::Launch* Runtime::launch_for(LayerCtx& c, int T, int n_hints) {
       HM_CHECK_RT(id <= g.launch_by_id.size(), "more than ", g.launch_by_id.size(),
                   " distinct (layer, tokens, hints) decode shapes");
     }
-    slot = std::make_unique<Launch>(Launch{this, &c, T, n_hints, id});
+    slot = std::make_unique<Launch>(Launch{this, &c, T, n_hints, hint_kind, id});
     if (g.doorbell) {
       g.launch_by_id[id - 1] = slot.get();
       g.n_launch_ids.store(id, std::memory_order_release);  // publishes the entry to the planner
@@ -331,7 +334,7 @@ void Runtime::poll_gpu_timing(LayerCtx& c) {
 }
 
 void Runtime::forward_cuda(int layer, int64_t T, const void* x, const int32_t* ids, const float* w,
-                           const int32_t* hints, int n_hints, void* out, bool out_bf16,
+                           const void* hints, int n_hints, int hint_kind, void* out, bool out_bf16,
                            void* stream) {
   check_error();
   HM_CHECK(device_ >= 0, "this Runtime has no CUDA device: pass CPU tensors");
@@ -339,8 +342,18 @@ void Runtime::forward_cuda(int layer, int64_t T, const void* x, const int32_t* i
   HM_CHECK(x && ids && w && out, "x, topk_ids, topk_weights and out must not be null");
   HM_CHECK((reinterpret_cast<uintptr_t>(x) & 15u) == 0, "x must be 16-byte aligned");
   HM_CHECK(n_hints >= 0 && (n_hints == 0 || hints), "hints must be given when n_hints > 0");
-  HM_CHECK(n_hints <= T * top_k_ || !started_, "n_hints must be <= T * top_k = ", T * top_k_,
-           ", got ", n_hints);
+  HM_CHECK(hint_kind >= 0 && hint_kind <= 2,
+           "hint_kind must be 0 (int32 ids), 1 (fp32 logits) or 2 (bf16 logits), got ", hint_kind);
+  const auto kind = static_cast<HintKind>(hint_kind);
+  if (kind != HintKind::kIds && n_hints > 0) {
+    HM_CHECK(T <= opt_.decode_max_tokens,
+             "next-layer hint logits are for decode steps (T <= ", opt_.decode_max_tokens,
+             "); pass top-k ids for T = ", T);
+    HM_CHECK(n_hints == T * n_expert_, "hint logits must be [T, n_expert] = ", T * n_expert_,
+             " values, got ", n_hints);
+    HM_CHECK(top_k_ <= kHintTopkMax, "hint logits need top_k <= ", kHintTopkMax,
+             "; pass top-k ids for top_k = ", top_k_);
+  }
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
   HM_CUDA_CHECK(cudaStreamIsCapturing(s, &cap));
@@ -354,19 +367,22 @@ void Runtime::forward_cuda(int layer, int64_t T, const void* x, const int32_t* i
   LayerCtx& c = ctx(layer);
   timeline_.record(layer, TimelineKind::kEnqueueBegin, static_cast<int32_t>(T));
   if (T <= opt_.decode_max_tokens) {
-    HM_CHECK(n_hints <= T * top_k_, "n_hints must be <= T * top_k = ", T * top_k_, ", got ",
-             n_hints);
-    decode_cuda(c, T, x, ids, w, hints, n_hints, out, out_bf16, stream);
+    HM_CHECK(kind != HintKind::kIds || n_hints <= T * top_k_,
+             "n_hints must be <= T * top_k = ", T * top_k_, ", got ", n_hints);
+    decode_cuda(c, T, x, ids, w, hints, n_hints, kind, out, out_bf16, stream);
   } else {
     HM_CHECK(!capturing, "T = ", T, " > decode_max_tokens = ", opt_.decode_max_tokens,
              " takes the host-driven prefill path, which cannot be captured in a CUDA graph");
-    prefill_cuda(c, T, x, ids, w, hints, n_hints, out, out_bf16, stream);
+    HM_CHECK(n_hints <= T * top_k_, "n_hints must be <= T * top_k = ", T * top_k_, ", got ",
+             n_hints);
+    prefill_cuda(c, T, x, ids, w, static_cast<const int32_t*>(hints), n_hints, out, out_bf16,
+                 stream);
   }
 }
 
 void Runtime::decode_cuda(LayerCtx& c, int64_t T, const void* x, const int32_t* ids, const float* w,
-                          const int32_t* hints, int n_hints, void* out, bool out_bf16,
-                          void* stream) {
+                          const void* hints, int n_hints, HintKind hint_kind, void* out,
+                          bool out_bf16, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const cuda::OutDtype od = out_bf16 ? cuda::OutDtype::kBFloat16 : cuda::OutDtype::kFloat32;
   cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
@@ -375,7 +391,8 @@ void Runtime::decode_cuda(LayerCtx& c, int64_t T, const void* x, const int32_t* 
   if (!capturing) poll_gpu_timing(c);
   const int k = top_k_;
   const std::size_t H = static_cast<std::size_t>(layout_.hidden);
-  Launch* la = launch_for(c, static_cast<int>(T), n_hints);
+  Launch* la = launch_for(c, static_cast<int>(T), n_hints, hint_kind);
+  const int hint_bytes = n_hints * (hint_kind == HintKind::kLogitsBf16 ? 2 : 4);
   const bool bell = gpu_->doorbell, fused = gpu_->fused;
   // Fused: the GPU experts sum into d_acc and the finish kernel writes out; otherwise they add
   // into out, which starts at zero.
@@ -386,14 +403,14 @@ void Runtime::decode_cuda(LayerCtx& c, int64_t T, const void* x, const int32_t* 
     a.ids = ids;
     a.w = w;
     a.x = static_cast<const uint16_t*>(x);
-    a.hints = hints;
+    a.hints = static_cast<const uint16_t*>(hints);
     a.n_ids = static_cast<int>(T) * k;
-    a.n_hints = n_hints;
+    a.n_hint_halves = hint_bytes / 2;
     a.n_x = static_cast<int64_t>(T * H);
     a.ids_h = c.d_ids_h;
     a.w_h = c.d_w_h;
     a.x_h = c.d_x_h;
-    a.hints_h = c.d_hints_h;
+    a.hints_h = reinterpret_cast<uint16_t*>(c.d_hints_h);
     a.acc = gpu_->d_acc;
     a.done = static_cast<uint32_t*>(c.d_bell_done);
     a.ready = static_cast<uint32_t*>(c.d_bell_ready);
@@ -416,7 +433,7 @@ void Runtime::decode_cuda(LayerCtx& c, int64_t T, const void* x, const int32_t* 
     HM_CUDA_CHECK(cudaMemcpyAsync(c.w_h, w, T * k * 4, cudaMemcpyDeviceToHost, s));
     HM_CUDA_CHECK(cudaMemcpyAsync(c.x_h, x, T * H * 2, cudaMemcpyDeviceToHost, s));
     if (n_hints > 0)
-      HM_CUDA_CHECK(cudaMemcpyAsync(c.hints_h, hints, static_cast<std::size_t>(n_hints) * 4,
+      HM_CUDA_CHECK(cudaMemcpyAsync(c.hints_h, hints, static_cast<std::size_t>(hint_bytes),
                                     cudaMemcpyDeviceToHost, s));
     if (bell)
       enqueue_doorbell_waits(c, la, stream, /*before_kernel=*/true);
@@ -487,8 +504,14 @@ void Runtime::host_plan(const Launch& la) {
   timeline_.record(c.layer, TimelineKind::kPlanBegin, T);
   try {
     for (std::size_t i = 0; i < TH; ++i) c.x32[i] = bf16_to_f32(c.x_h[i]);
-    plan(c, T, c.ids_h, c.w_h, la.n_hints > 0 ? c.hints_h : nullptr, la.n_hints, Mode::kDecode,
-         c.out);
+    const int32_t* hint_ids = la.n_hints > 0 ? c.hints_h : nullptr;
+    int n_hint_ids = la.n_hints;
+    if (la.hint_kind != HintKind::kIds && la.n_hints > 0) {  // top k of layer + 1's logits
+      hint_topk(c.hints_h, la.hint_kind, T, n_expert_, top_k_, c.hint_ids.data());
+      hint_ids = c.hint_ids.data();
+      n_hint_ids = T * top_k_;
+    }
+    plan(c, T, c.ids_h, c.w_h, hint_ids, n_hint_ids, Mode::kDecode, c.out);
     // GPU pairs were emitted in token order: token_ptr is their prefix count per token.
     const std::size_t n = c.out.gpu_token.size();
     int t = 0;
@@ -705,16 +728,16 @@ void Runtime::wait_copies() {}
 std::vector<int64_t> Runtime::mover_stats() const {
   return {0, 0, 0, 0};
 }
-Runtime::Launch* Runtime::launch_for(LayerCtx&, int, int) {
+Runtime::Launch* Runtime::launch_for(LayerCtx&, int, int, HintKind) {
   no_cuda();
 }
 void Runtime::poll_gpu_timing(LayerCtx&) {}
-void Runtime::forward_cuda(int, int64_t, const void*, const int32_t*, const float*, const int32_t*,
-                           int, void*, bool, void*) {
+void Runtime::forward_cuda(int, int64_t, const void*, const int32_t*, const float*, const void*,
+                           int, int, void*, bool, void*) {
   no_cuda();
 }
 void Runtime::decode_cuda(LayerCtx&, int64_t, const void*, const int32_t*, const float*,
-                          const int32_t*, int, void*, bool, void*) {
+                          const void*, int, HintKind, void*, bool, void*) {
   no_cuda();
 }
 void Runtime::prefill_cuda(LayerCtx&, int64_t, const void*, const int32_t*, const float*,

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -62,11 +63,12 @@ struct Runtime::LayerCtx {
   int t_max = 0;
   void* pinned = nullptr;
   void* mapped = nullptr;
-  int32_t* ids_h = nullptr;    // [t_max * k]
-  float* w_h = nullptr;        // [t_max * k]
-  int32_t* hints_h = nullptr;  // [t_max * k]
-  uint16_t* x_h = nullptr;     // bf16 [t_max * H]
-  int32_t* d_ids_h = nullptr;  // device views of the four above (fused stage kernel)
+  int32_t* ids_h = nullptr;       // [t_max * k]
+  float* w_h = nullptr;           // [t_max * k]
+  int32_t* hints_h = nullptr;     // [t_max * max(k, E)] 32-bit words: ids, or logits (hint_topk.h)
+  std::vector<int32_t> hint_ids;  // [t_max * k] top k of hint logits (planner)
+  uint16_t* x_h = nullptr;        // bf16 [t_max * H]
+  int32_t* d_ids_h = nullptr;     // device views of the four above (fused stage kernel)
   float* d_w_h = nullptr;
   int32_t* d_hints_h = nullptr;
   uint16_t* d_x_h = nullptr;
@@ -103,8 +105,8 @@ struct Runtime::LayerCtx {
   void* d_bell_done = nullptr;
   bool kernel_pending = false;  // planner: go written, kdone not yet seen
   bool cpu_pending = false;     // planner: CPU job running, done not yet written
-  // Fixed host-function arguments per (T, n_hints): stable pointers for captured graphs.
-  std::map<std::pair<int, int>, std::unique_ptr<Launch>> launches;
+  // Fixed host-function arguments per (T, n_hints, hint kind): stable pointers for captured graphs.
+  std::map<std::tuple<int, int, int>, std::unique_ptr<Launch>> launches;
 };
 
 struct Runtime::Gpu {

@@ -256,8 +256,8 @@ class DeviceRouter:
 
     ids_all int32 [L, S, k], w_all float32 [L, S, k], hints_all int32 [L, S, k] uploaded once;
     route_all() writes step `ctr`'s rows into the buffers [L, 1, k] with index_select (device
-    ops), route(l) returns layer l's; advance() increments ctr on the device, modulo S. The host
-    never reads them."""
+    ops) and the hints as logits [L, 1, E] (1 at the hinted experts), route(l) returns layer l's;
+    advance() increments ctr on the device, modulo S. The host never reads them."""
 
     def __init__(
         self,
@@ -277,24 +277,29 @@ class DeviceRouter:
         self.ids_buf = torch.empty(n_layers, 1, k, dtype=torch.int32, device=device)
         self.w_buf = torch.empty(n_layers, 1, k, dtype=torch.float32, device=device)
         self.hint_buf = torch.empty(n_layers, 1, k, dtype=torch.int32, device=device)
+        self.hint_logits = torch.empty(n_layers, 1, n_expert, dtype=torch.float32, device=device)
 
     def route_all(self) -> None:
-        """Step `ctr`'s rows of every layer into the buffers: three device ops per token (a
-        serving stack's routers are not what this benchmark measures)."""
+        """Step `ctr`'s rows of every layer into the buffers: six device ops per token, not per
+        layer (a serving stack's routers are not what this benchmark measures; a model's
+        next-layer router adds one GEMV per layer, which this leaves out)."""
         torch.index_select(self.ids_all, 1, self.ctr, out=self.ids_buf)
         torch.index_select(self.w_all, 1, self.ctr, out=self.w_buf)
         torch.index_select(self.hints_all, 1, self.ctr, out=self.hint_buf)
+        self.hint_logits.zero_().scatter_(2, self.hint_buf.long(), 1.0)
 
     def route(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer l's ids [1, k] and weights [1, k] of the step route_all() selected."""
         return self.ids_buf[layer], self.w_buf[layer]
 
     def next_router(self, layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Layer l's next_router for HybridMoELayer: logits [T, E] with 1 at the hinted experts."""
+        """Layer l's next_router for HybridMoELayer: logits [1, E] with 1 at the hinted experts
+        (route_all's buffer: no device op per layer)."""
 
         def logits(hidden: torch.Tensor) -> torch.Tensor:
-            z = torch.zeros(hidden.shape[0], self.n_expert, device=hidden.device)
-            return z.scatter_(1, self.hint_buf[layer].long().expand(hidden.shape[0], -1), 1.0)
+            if hidden.shape[0] != 1:
+                raise ValueError(f"the benchmark's router decodes one token, got {hidden.shape[0]}")
+            return self.hint_logits[layer]
 
         return logits
 

@@ -11,7 +11,9 @@ a bad id makes that step's output wrong and the next call raises RuntimeError (R
 
 next_router (optional): layer l + 1's router, a callable hidden [T, H] -> logits [T, E] or its
 weight [E, H]; its top-k on THIS layer's input predicts layer l + 1's experts, which the value
-policy prefetches while this layer runs (DESIGN.md section 5). patch() wires it.
+policy prefetches while this layer runs (DESIGN.md section 5). patch() wires it. In GPU decode the
+logits themselves go to the runtime (its planner takes the top k on the host), so the hint costs
+the router's GEMV and no top-k / cast kernels between layers.
 """
 
 from __future__ import annotations
@@ -106,21 +108,42 @@ class HybridMoELayer(nn.Module):
             f"{type(router).__name__}"
         )
 
-    def _hints(self, hidden: torch.Tensor) -> torch.Tensor | None:
+    def _hints(self, hidden: torch.Tensor) -> tuple[torch.Tensor | None, int]:
+        """Next-layer prefetch hints: (tensor, kind) for the runtime, or (None, 0).
+
+        Decode on a GPU hands layer l + 1's router logits [T, E] (fp32 or bf16, kind 1 / 2) to the
+        runtime, whose planner takes their top k on the host: the hint costs the router GEMV only
+        (no top-k, cast and copy kernels between layers). Otherwise the top-k ids (kind 0)."""
         r = self._next_router
         if r is None:
-            return None
+            return None, 0
         with torch.no_grad():
             logits = hidden @ r.to(hidden.dtype).T if isinstance(r, torch.Tensor) else r(hidden)
-            k = min(self.top_k, logits.shape[-1])
-            if logits.dim() != 2 or logits.shape[0] != hidden.shape[0]:
+            if (
+                not isinstance(logits, torch.Tensor)
+                or logits.dim() != 2
+                or logits.shape[0] != hidden.shape[0]
+            ):
+                got = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
                 raise ValueError(
-                    f"next_router must return logits [T={hidden.shape[0]}, E], got "
-                    f"{list(logits.shape)}"
+                    f"next_router must return logits [T={hidden.shape[0]}, E], got {got}"
                 )
             if logits.shape[1] != self.n_expert:  # another expert count: no usable prediction
-                return None
-            return torch.topk(logits.float(), k, dim=-1).indices.to(torch.int32).contiguous()
+                return None, 0
+            if logits.device != hidden.device:
+                raise ValueError(
+                    f"next_router's logits must be on {hidden.device}, got {logits.device}"
+                )
+            if (
+                hidden.device.type == "cuda"
+                and hidden.shape[0] <= self.runtime.decode_max_tokens
+                and self.top_k <= 64  # the planner's top-k bound (runtime/hint_topk.h)
+            ):
+                if logits.dtype not in (torch.float32, torch.bfloat16):
+                    logits = logits.float()
+                return logits.contiguous(), 1 if logits.dtype == torch.float32 else 2
+            k = min(self.top_k, logits.shape[-1])
+            return torch.topk(logits.float(), k, dim=-1).indices.to(torch.int32).contiguous(), 0
 
     def _check(self, hidden, topk_ids, topk_weights) -> None:
         if (
@@ -189,7 +212,7 @@ class HybridMoELayer(nn.Module):
             return hidden_states.new_zeros(0, H)
         ids = topk_ids.to(torch.int32).contiguous()
         w = topk_weights.to(torch.float32).contiguous()
-        hints = self._hints(hidden_states)
+        hints, hint_kind = self._hints(hidden_states)
         h_ptr, n_h = (hints.data_ptr(), hints.numel()) if hints is not None else (0, 0)
         if hidden_states.device.type == "cpu":
             out = torch.zeros(T, H, dtype=torch.float32)  # forward_cpu adds to it
@@ -225,6 +248,7 @@ class HybridMoELayer(nn.Module):
                 w.data_ptr(),
                 h_ptr,
                 n_h,
+                hint_kind,
                 out.data_ptr(),
                 out_bf16,
                 stream,
