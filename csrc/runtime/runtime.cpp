@@ -393,18 +393,8 @@ void Runtime::plan(LayerCtx& c, int64_t T, const int32_t* ids, const float* w, c
       out.acquire_experts.clear();
     }
   }
-  for (const CopyRequest& r : c.plan.copies) {
-    if (r.slot < 0) continue;  // staging copy: not cached; the expert ran on the CPU instead
-    (r.kind == CopyKind::kDemand     ? st.demand_copies
-     : r.kind == CopyKind::kPrefetch ? st.prefetch_copies
-                                     : st.admit_copies)++;
-    st.copy_bytes += static_cast<int64_t>(layout_.stride);
-    const uint64_t gen = r.kind == CopyKind::kPrefetch ? visits_ + 1
-                         : r.kind == CopyKind::kAdmit  ? (UINT64_MAX >> 1)
-                                                       : visits_;
-    request_copy(static_cast<int64_t>(r.layer) * E + r.expert, r.slot, r.kind != CopyKind::kDemand,
-                 gen);
-  }
+  c.copies_pending = true;
+  if (mode != Mode::kDecode) issue_copies_locked(c);
   for (int64_t t = 0; t < T; ++t)
     for (int j = 0; j < k; ++j) {
       const int e = ids[t * k + j];
@@ -429,8 +419,32 @@ void Runtime::plan(LayerCtx& c, int64_t T, const int32_t* ids, const float* w, c
   st.experts += static_cast<int64_t>(c.plan.experts.size());
 }
 
+void Runtime::issue_copies(LayerCtx& c) {
+  std::lock_guard<std::mutex> lk(mu_);
+  issue_copies_locked(c);
+}
+
+void Runtime::issue_copies_locked(LayerCtx& c) {
+  if (!c.copies_pending) return;
+  c.copies_pending = false;
+  LayerStats& st = c.stats;
+  for (const CopyRequest& r : c.plan.copies) {
+    if (r.slot < 0) continue;  // staging copy: not cached; the expert ran on the CPU instead
+    (r.kind == CopyKind::kDemand     ? st.demand_copies
+     : r.kind == CopyKind::kPrefetch ? st.prefetch_copies
+                                     : st.admit_copies)++;
+    st.copy_bytes += static_cast<int64_t>(layout_.stride);
+    const uint64_t gen = r.kind == CopyKind::kPrefetch ? visits_ + 1
+                         : r.kind == CopyKind::kAdmit  ? (UINT64_MAX >> 1)
+                                                       : visits_;
+    request_copy(static_cast<int64_t>(r.layer) * n_expert_ + r.expert, r.slot,
+                 r.kind != CopyKind::kDemand, gen);
+  }
+}
+
 void Runtime::release_plan(LayerCtx& c, bool cpu_waited, double cpu_us) {
   std::lock_guard<std::mutex> lk(mu_);
+  issue_copies_locked(c);  // normally done already (after go); never lose a planned copy
   if (c.plan_live) {
     sched_->release(c.plan);
     c.plan_live = false;

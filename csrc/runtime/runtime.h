@@ -186,7 +186,11 @@ class Runtime {
   // Under mu_: drain mover completions, schedule, decide, count. Fills out (pairs sorted by token).
   void plan(LayerCtx& c, int64_t T, const int32_t* ids, const float* w, const int32_t* hints,
             int n_hints, Mode mode, PlanOut& out);
-  void drain_completions();  // under mu_
+  // The plan's copies to the mover. Decode defers them until the GPU has its `go` (the mover's
+  // lock and wake-up are then off the layer's critical path); every other path copies in plan().
+  void issue_copies(LayerCtx& c);
+  void issue_copies_locked(LayerCtx& c);  // under mu_
+  void drain_completions();               // under mu_
   void release_plan(LayerCtx& c, bool cpu_waited, double cpu_us);
   void record_error(const std::string& what);
   void host_plan(const Launch& la);  // decode host functions (runtime_gpu.cpp)

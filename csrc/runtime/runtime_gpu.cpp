@@ -489,6 +489,12 @@ void Runtime::decode_cuda(LayerCtx& c, int64_t T, const void* x, const int32_t* 
 void Runtime::plan_fn(void* p) {
   const Launch& la = *static_cast<Launch*>(p);
   la.rt->host_plan(la);
+  try {
+    la.rt->issue_copies(*la.ctx);
+  } catch (const std::exception& e) {
+    la.rt->record_error(std::string("layer ") + std::to_string(la.ctx->layer) +
+                        " copies: " + e.what());
+  }
 }
 
 void Runtime::join_fn(void* p) {

@@ -53,6 +53,7 @@ struct Runtime::LayerCtx {
   PlanOut out;
   uint64_t plan_id = 0;
   bool acquired = false;
+  bool copies_pending = false;  // decode: plan.copies not yet handed to the mover (under mu_)
   LayerStats stats;
 
   // CPU job of the plan in flight.

@@ -206,6 +206,11 @@ bool Runtime::planner_step() {
     host_plan(*la);  // never throws: errors are recorded and leave an empty plan
     c.kernel_pending = true;
     store_word(c.bell_go, 1);
+    try {  // after go: the mover's lock and wake-up stay off the GPU's path
+      issue_copies(c);
+    } catch (const std::exception& e) {
+      record_error(std::string("layer ") + std::to_string(l) + " copies: " + e.what());
+    }
     if (c.job.valid()) {
       c.cpu_pending = true;
     } else {
