@@ -50,13 +50,18 @@ def test_profiles_load_by_name_and_path(tmp_path):
 
 
 def test_cost_model_formula_and_refine():
-    c = cost_model("h200-lent", "bf16", 2048, 768)
+    p = load_profile("h200-lent")
+    c = cost_model(p, "bf16", 2048, 768)
     b = 3 * 2048 * 768 * 2
     assert c.expert_bytes == b
-    assert c.t_copy() == pytest.approx(25 + b / 50e3)  # DESIGN.md: ~130 us for 5 MiB
-    assert c.t_cpu(1) == pytest.approx(5 + b / (104e3 * 0.5))
+    # t = latency + bytes / bandwidth (us, bytes / (GB/s * 1e3)); the CPU's rate is its DRAM rate
+    # times the format's kernel efficiency.
+    assert c.t_copy() == pytest.approx(p["copy"]["latency_us"] + b / (p["copy"]["h2d_gbps"] * 1e3))
+    cpu_rate = p["cpu"]["dram_read_gbps"] * 1e3 * p["formats"]["bf16"]["cpu_efficiency"]
+    t_cpu1 = p["cpu"]["expert_overhead_us"] + b / cpu_rate
+    assert c.t_cpu(1) == pytest.approx(t_cpu1)
     for _ in range(100):
-        c.refine("cpu", 1, 2 * (5 + b / (104e3 * 0.5)), 0.2)
+        c.refine("cpu", 1, 2 * t_cpu1, 0.2)
     assert c.scale("cpu") == pytest.approx(2.0, rel=1e-6)
     with pytest.raises(ValueError, match="unknown resource"):
         c.refine("disk", 1, 1.0)
