@@ -228,19 +228,19 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "round %d %s: q8 l2 %.1f dram1 %.2f dram2 %.2f\n", r, names[v].c_str(),
                    g[1].l2, g[1].dram1, g[1].dram2);
     }
-  auto med = [&](std::size_t v, int f, double Regimes::* m) {
+  auto med = [&](std::size_t v, int f, double Regimes::*m) {
     std::vector<double> x;
     for (const auto& g : res[v][f]) x.push_back(g.*m);
     return median(x);
   };
   // q8 / bf16 per round, then the median (same child: same machine state)
-  auto ratio_bf16 = [&](std::size_t v, double Regimes::* m) {
+  auto ratio_bf16 = [&](std::size_t v, double Regimes::*m) {
     std::vector<double> x;
     for (std::size_t i = 0; i < res[v][1].size(); ++i)
       x.push_back(res[v][1][i].*m / res[v][0][i].*m);
     return median(x);
   };
-  double Regimes::* ms[3] = {&Regimes::l2, &Regimes::dram1, &Regimes::dram2};
+  double Regimes::*ms[3] = {&Regimes::l2, &Regimes::dram1, &Regimes::dram2};
   const char* mn[3] = {"l2", "dram1", "dram2"};
   std::printf("GB/s per thread, median of %d rounds, n_in %lld, T = 1, avx512\n", rounds,
               static_cast<long long>(kNIn));

@@ -57,24 +57,29 @@ HM_BINDINGS(system) {
     d["os_amx"] = f.os_amx;
     return d;
   });
-  m.def("cpu_isa", [] { return isa_dict(hm::cpu::current_isa()); },
-        "The CPU kernel variant in use and why: {'isa': name, 'reason': text}.");
-  m.def("set_cpu_isa", [](const std::string& name) { return isa_dict(hm::cpu::set_isa(name)); },
-        py::arg("name"),
-        "Cap the CPU kernel variant: 'generic', 'avx512', 'amx' or 'auto'. Raises ValueError for "
-        "an unknown name or one this machine cannot run.");
+  m.def(
+      "cpu_isa", [] { return isa_dict(hm::cpu::current_isa()); },
+      "The CPU kernel variant in use and why: {'isa': name, 'reason': text}.");
+  m.def(
+      "set_cpu_isa", [](const std::string& name) { return isa_dict(hm::cpu::set_isa(name)); },
+      py::arg("name"),
+      "Cap the CPU kernel variant: 'generic', 'avx512', 'amx' or 'auto'. Raises ValueError for "
+      "an unknown name or one this machine cannot run.");
   m.def("physical_cores", &hm::cpu::physical_cores,
         "Physical cores this process may run on (the default thread count).");
 
-  m.def("cuda_device_count", [] {
+  m.def(
+      "cuda_device_count",
+      [] {
 #if HYBRID_MOE_WITH_CUDA
-    std::string why;
-    const int n = hm::cuda::device_count(&why);
-    return py::make_tuple(n, why);
+        std::string why;
+        const int n = hm::cuda::device_count(&why);
+        return py::make_tuple(n, why);
 #else
-    return py::make_tuple(0, std::string("hybrid_moe was built without CUDA"));
+        return py::make_tuple(0, std::string("hybrid_moe was built without CUDA"));
 #endif
-  }, "(number of CUDA devices, why none) as seen by the native code.");
+      },
+      "(number of CUDA devices, why none) as seen by the native code.");
   m.def("cuda_devices", [] {
     py::list out;
 #if HYBRID_MOE_WITH_CUDA
@@ -91,11 +96,14 @@ HM_BINDINGS(system) {
 #endif
     return out;
   });
-  m.def("cuda_versions", [] {
+  m.def(
+      "cuda_versions",
+      [] {
 #if HYBRID_MOE_WITH_CUDA
-    return py::make_tuple(hm::cuda::runtime_version(), hm::cuda::driver_version());
+        return py::make_tuple(hm::cuda::runtime_version(), hm::cuda::driver_version());
 #else
-    return py::make_tuple(0, 0);
+        return py::make_tuple(0, 0);
 #endif
-  }, "(CUDA runtime version built in, driver version or 0).");
+      },
+      "(CUDA runtime version built in, driver version or 0).");
 }

@@ -27,8 +27,9 @@ HM_BINDINGS(traces) {
         HM_CHECK(ids.ndim() == 1, "ids must be 1-D, got ", ids.ndim(), " dims");
         HM_CHECK(offsets.ndim() == 1 && offsets.shape(0) >= 1,
                  "offsets must be 1-D with n_steps + 1 >= 1 entries");
-        HM_CHECK(offsets.at(offsets.shape(0) - 1) == ids.shape(0), "offsets[-1]=",
-                 offsets.at(offsets.shape(0) - 1), " must equal len(ids)=", ids.shape(0));
+        HM_CHECK(offsets.at(offsets.shape(0) - 1) == ids.shape(0),
+                 "offsets[-1]=", offsets.at(offsets.shape(0) - 1),
+                 " must equal len(ids)=", ids.shape(0));
         const hm::traces::CachePolicy p = hm::traces::parse_policy(policy);
         hm::traces::CacheHits h;
         {
@@ -59,10 +60,9 @@ HM_BINDINGS(traces) {
         {
           py::gil_scoped_release release;
           for (std::size_t c = 0; c < capacities.size(); ++c) {
-            res[c] = hm::traces::count_layer_cache_hits(ids.data(), n, n_layer, top_k,
-                                                        token_offsets.data(),
-                                                        token_offsets.shape(0) - 1, n_expert,
-                                                        capacities[c], p);
+            res[c] = hm::traces::count_layer_cache_hits(
+                ids.data(), n, n_layer, top_k, token_offsets.data(), token_offsets.shape(0) - 1,
+                n_expert, capacities[c], p);
           }
         }
         for (std::size_t c = 0; c < capacities.size(); ++c) {
@@ -89,8 +89,8 @@ HM_BINDINGS(traces) {
                  "hot_sigma must be [n_layer=", n_layer, "]");
         HM_CHECK(keep_prob.ndim() == 1 && keep_prob.shape(0) == n_layer,
                  "keep_prob must be [n_layer=", n_layer, "]");
-        HM_CHECK(n_tokens >= 0 && top_k >= 1, "n_tokens >= 0 and top_k >= 1 needed, got ",
-                 n_tokens, ", ", top_k);
+        HM_CHECK(n_tokens >= 0 && top_k >= 1, "n_tokens >= 0 and top_k >= 1 needed, got ", n_tokens,
+                 ", ", top_k);
         hm::traces::SyntheticRouteParams p;
         p.n_layer = n_layer;
         p.n_expert = static_cast<int>(popularity.shape(1));
@@ -101,10 +101,10 @@ HM_BINDINGS(traces) {
         p.cold_mix = cold_mix;
         p.drift = drift;
         p.hot_period = hot_period;
-        py::array_t<int32_t> ids({n_tokens, static_cast<int64_t>(n_layer),
-                                  static_cast<int64_t>(top_k)});
-        py::array_t<float> weights({n_tokens, static_cast<int64_t>(n_layer),
-                                    static_cast<int64_t>(top_k)});
+        py::array_t<int32_t> ids(
+            {n_tokens, static_cast<int64_t>(n_layer), static_cast<int64_t>(top_k)});
+        py::array_t<float> weights(
+            {n_tokens, static_cast<int64_t>(n_layer), static_cast<int64_t>(top_k)});
         int32_t* ip = ids.mutable_data();
         float* wp = weights.mutable_data();
         {

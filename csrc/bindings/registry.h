@@ -21,7 +21,7 @@ struct Registrar {
 
 }  // namespace hm::bindings
 
-#define HM_BINDINGS(name)                                                      \
-  static void hm_bind_##name(pybind11::module_& m);                            \
+#define HM_BINDINGS(name)                                                            \
+  static void hm_bind_##name(pybind11::module_& m);                                  \
   static const ::hm::bindings::Registrar hm_registrar_##name(#name, hm_bind_##name); \
   static void hm_bind_##name(pybind11::module_& m)

@@ -46,13 +46,12 @@ template <typename Error, typename... Args>
 }  // namespace detail
 }  // namespace hm
 
-#define HM_CHECK(cond, ...)                                                            \
-  do {                                                                                 \
+#define HM_CHECK(cond, ...)                                                                      \
+  do {                                                                                           \
     if (!(cond)) ::hm::detail::fail<::hm::ValueError>(__FILE__, __LINE__, #cond, ##__VA_ARGS__); \
   } while (0)
 
-#define HM_CHECK_RT(cond, ...)                                                           \
-  do {                                                                                   \
-    if (!(cond))                                                                         \
-      ::hm::detail::fail<::hm::RuntimeError>(__FILE__, __LINE__, #cond, ##__VA_ARGS__);  \
+#define HM_CHECK_RT(cond, ...)                                                                     \
+  do {                                                                                             \
+    if (!(cond)) ::hm::detail::fail<::hm::RuntimeError>(__FILE__, __LINE__, #cond, ##__VA_ARGS__); \
   } while (0)

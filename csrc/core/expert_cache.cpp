@@ -8,9 +8,10 @@ ExpertCache::ExpertCache(int n_layer, int n_expert, int n_slots, bool simulated_
     : n_layer_(n_layer), n_expert_(n_expert), simulated_clock_(simulated_clock) {
   HM_CHECK(n_layer >= 1 && n_expert >= 1, "cache needs n_layer >= 1 and n_expert >= 1, got ",
            n_layer, " and ", n_expert);
-  HM_CHECK(n_slots >= 0 && static_cast<int64_t>(n_slots) <= static_cast<int64_t>(n_layer) * n_expert,
-           "n_slots must be in [0, n_layer * n_expert = ", static_cast<int64_t>(n_layer) * n_expert,
-           "], got ", n_slots);
+  HM_CHECK(
+      n_slots >= 0 && static_cast<int64_t>(n_slots) <= static_cast<int64_t>(n_layer) * n_expert,
+      "n_slots must be in [0, n_layer * n_expert = ", static_cast<int64_t>(n_layer) * n_expert,
+      "], got ", n_slots);
   table_.assign(static_cast<std::size_t>(n_layer) * n_expert, -1);
   state_.assign(n_slots, SlotState::kFree);
   layer_.assign(n_slots, -1);
@@ -71,7 +72,8 @@ int ExpertCache::choose_victim(double now) const {
 void ExpertCache::begin_load(int slot, int layer, int expert, double ready_at, double key) {
   check_slot(slot);
   HM_CHECK(layer >= 0 && layer < n_layer_, "layer must be in [0, ", n_layer_, "), got ", layer);
-  HM_CHECK(expert >= 0 && expert < n_expert_, "expert must be in [0, ", n_expert_, "), got ", expert);
+  HM_CHECK(expert >= 0 && expert < n_expert_, "expert must be in [0, ", n_expert_, "), got ",
+           expert);
   HM_CHECK(table_[index(layer, expert)] < 0, "begin_load: expert (", layer, ", ", expert,
            ") already has slot ", table_[index(layer, expert)]);
   if (state_[slot] != SlotState::kFree) {

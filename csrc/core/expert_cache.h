@@ -1,9 +1,10 @@
 // [NOTE] The expert cache (DESIGN.md section 5): ONE global pool of equal VRAM slots shared by all
-// layers (so skewed layers earn more slots), a residency table (layer, expert) -> slot, and per slot
-// a state, a pin count and an eviction key.
+// layers (so skewed layers earn more slots), a residency table (layer, expert) -> slot, and per
+// slot a state, a pin count and an eviction key.
 //
 //   free -> begin_load(slot, layer, expert, ready_at) -> loading -> complete_load(slot) -> resident
-//   resident -> evict(slot) -> free         (only when pins == 0: an expert in use is never evicted)
+//   resident -> evict(slot) -> free         (only when pins == 0: an expert in use is never
+//   evicted)
 //
 // The live runtime calls complete_load() from its mover thread once the copy's event completed, so
 // a plan never names a slot whose bytes are not there; the simulator instead passes the copy's
@@ -86,9 +87,7 @@ class ExpertCache {
   bool consistent() const;
 
  private:
-  int index(int layer, int expert) const {
-    return layer * n_expert_ + expert;
-  }
+  int index(int layer, int expert) const { return layer * n_expert_ + expert; }
   void check_slot(int slot) const {
     HM_CHECK(slot >= 0 && slot < n_slots(), "slot must be in [0, ", n_slots(), "), got ", slot);
   }
@@ -112,7 +111,7 @@ class ExpertCache {
   std::vector<int> free_;              // stack of free slots
   mutable std::vector<int> heap_;      // slots, min-heap by hkey_
   mutable std::vector<int> heap_pos_;  // slot -> position in heap_ or -1
-  mutable std::vector<int> scratch_;  // choose_victim's search stack (no allocation once warm)
+  mutable std::vector<int> scratch_;   // choose_victim's search stack (no allocation once warm)
 };
 
 }  // namespace hm

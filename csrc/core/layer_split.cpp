@@ -11,7 +11,7 @@ void LayerSplitter::prepare(const SplitItem* items, int n) {
   std::sort(copy_order_.begin(), copy_order_.end(), [items](int a, int b) {
     const SplitItem &x = items[a], &y = items[b];
     const bool xa = x.t_copy <= x.t_gpu, ya = y.t_copy <= y.t_gpu;
-    if (xa != ya) return xa;                              // Johnson: short copies first
+    if (xa != ya) return xa;  // Johnson: short copies first
     if (xa && x.t_copy != y.t_copy) return x.t_copy < y.t_copy;
     if (!xa && x.t_gpu != y.t_gpu) return x.t_gpu > y.t_gpu;
     return a < b;
@@ -141,7 +141,7 @@ SplitResult LayerSplitter::split(SplitItem* items, int n, const Queues& q, doubl
   group_count_.clear();
   long combos = 1;
   for (std::size_t j = 0; j < free_.size(); ++j) {
-    const SplitItem &x = items[free_[j]];
+    const SplitItem& x = items[free_[j]];
     const bool same = j > 0 && [&] {
       const SplitItem& y = items[free_[j - 1]];
       return x.needs_copy == y.needs_copy && x.t_cpu == y.t_cpu && x.t_gpu == y.t_gpu &&
@@ -177,8 +177,10 @@ SplitResult LayerSplitter::split(SplitItem* items, int n, const Queues& q, doubl
   } else {
     // Prefixes by benefit ratio: the item that saves most CPU time per GPU-side time goes first.
     std::sort(free_.begin(), free_.end(), [items](int a, int b) {
-      const double ra = items[a].t_cpu / (items[a].t_copy * items[a].needs_copy + items[a].t_gpu + 1e-9);
-      const double rb = items[b].t_cpu / (items[b].t_copy * items[b].needs_copy + items[b].t_gpu + 1e-9);
+      const double ra =
+          items[a].t_cpu / (items[a].t_copy * items[a].needs_copy + items[a].t_gpu + 1e-9);
+      const double rb =
+          items[b].t_cpu / (items[b].t_copy * items[b].needs_copy + items[b].t_gpu + 1e-9);
       return ra != rb ? ra > rb : a < b;
     });
     for (int i : free_) {

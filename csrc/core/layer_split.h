@@ -28,15 +28,15 @@ enum class Choice : uint8_t { kFree = 0, kForceCpu = 1, kForceGpu = 2 };
 
 struct SplitItem {
   double t_cpu = 0, t_gpu = 0, t_copy = 0;  // us
-  double ready = 0;          // no copy needed: time its bytes are in VRAM (now for a hit)
-  bool needs_copy = false;   // the GPU option needs a copy first (a miss)
+  double ready = 0;         // no copy needed: time its bytes are in VRAM (now for a hit)
+  bool needs_copy = false;  // the GPU option needs a copy first (a miss)
   Choice choice = Choice::kFree;
   Where where = Where::kCpu;  // output (input to evaluate)
   double fetch_ready = 0;     // output: when its copy completes (fetches only)
 };
 
 struct Queues {
-  double now = 0;  // when the layer's plan is made, us
+  double now = 0;                                    // when the layer's plan is made, us
   double cpu_free = 0, gpu_free = 0, copy_free = 0;  // when each queue drains, us
 };
 
@@ -51,7 +51,8 @@ class LayerSplitter {
  public:
   static constexpr int kMaxCombos = 4096;
 
-  // Sets items[i].where (and fetch_ready) for the minimal finish time; forced items keep their choice.
+  // Sets items[i].where (and fetch_ready) for the minimal finish time; forced items keep their
+  // choice.
   SplitResult split(SplitItem* items, int n, const Queues& q, double gpu_layer_overhead);
   // Finish time of the assignment in items[i].where (fetch_ready is written).
   SplitResult evaluate(SplitItem* items, int n, const Queues& q, double gpu_layer_overhead);

@@ -186,8 +186,8 @@ void route_layer(const SyntheticRouteParams& p, int l, int64_t n_tokens, uint64_
 
 void synthetic_route(const SyntheticRouteParams& p, int64_t n_tokens, uint64_t seed, int32_t* ids,
                      float* weights) {
-  HM_CHECK(p.n_layer >= 1 && p.n_expert >= 1, "n_layer and n_expert must be >= 1, got ",
-           p.n_layer, ", ", p.n_expert);
+  HM_CHECK(p.n_layer >= 1 && p.n_expert >= 1, "n_layer and n_expert must be >= 1, got ", p.n_layer,
+           ", ", p.n_expert);
   HM_CHECK(p.top_k >= 1 && p.top_k <= p.n_expert, "top_k must be in [1, n_expert=", p.n_expert,
            "], got ", p.top_k);
   HM_CHECK(n_tokens >= 0, "n_tokens must be >= 0, got ", n_tokens);

@@ -210,15 +210,15 @@ CacheHits count_cache_hits(const int32_t* ids, const int64_t* offsets, int64_t n
   if (policy != CachePolicy::kBeladyBypass) {
     for (int64_t s = 0; s < n_steps; ++s) {
       HM_CHECK(dist_off[s + 1] - dist_off[s] <= capacity, "capacity=", capacity,
-               " is smaller than the ", dist_off[s + 1] - dist_off[s],
-               " distinct experts of step ", s, ": ", policy_name(policy),
+               " is smaller than the ", dist_off[s + 1] - dist_off[s], " distinct experts of step ",
+               s, ": ", policy_name(policy),
                " needs every expert of a step resident (use capacity >= k)");
     }
   }
   if (policy == CachePolicy::kLru)
     return run_lru(ids, offsets, n_steps, n_expert, capacity, dist, dist_off);
-  return run_belady(ids, offsets, n_steps, n_expert, capacity,
-                    policy == CachePolicy::kBeladyBypass, dist, dist_off);
+  return run_belady(ids, offsets, n_steps, n_expert, capacity, policy == CachePolicy::kBeladyBypass,
+                    dist, dist_off);
 }
 
 std::vector<CacheHits> count_layer_cache_hits(const int32_t* ids, int64_t n_tokens, int n_layer,
@@ -240,8 +240,8 @@ std::vector<CacheHits> count_layer_cache_hits(const int32_t* ids, int64_t n_toke
       const int32_t* row = ids + (t * n_layer + l) * top_k;
       std::copy(row, row + top_k, layer_ids.begin() + t * top_k);
     }
-    out[l] = count_cache_hits(layer_ids.data(), offsets.data(), n_steps, n_expert, capacity,
-                              policy);
+    out[l] =
+        count_cache_hits(layer_ids.data(), offsets.data(), n_steps, n_expert, capacity, policy);
   }
   return out;
 }

@@ -1,8 +1,8 @@
 // [NOTE] Expert-cache hit counting over one layer's routing sequence (issue 3, traces).
 //
 // Input: the selections of ONE layer over a run of steps, in CSR form:
-//   ids[offsets[s] .. offsets[s+1])  expert ids selected in step s (every (token, slot) selection of
-//   that step, duplicates allowed when several tokens of the step pick the same expert).
+//   ids[offsets[s] .. offsets[s+1])  expert ids selected in step s (every (token, slot) selection
+//   of that step, duplicates allowed when several tokens of the step pick the same expert).
 // One layer owns its own cache of `capacity` experts, empty at the start.
 //
 // How hits are counted (all policies): a selection in step s is a HIT when its expert was resident

@@ -1,11 +1,13 @@
 // [NOTE] Expert weight formats and the byte layout of one expert (DESIGN.md section 6).
 //
 // One expert is ONE contiguous byte range, so one copy moves it between host store and VRAM slot:
-//   [gate: I rows x H] [up: I rows x H] [down: H rows x I], each matrix starting on a kAlign boundary.
+//   [gate: I rows x H] [up: I rows x H] [down: H rows x I], each matrix starting on a kAlign
+//   boundary.
 // Rows are stored in the format's encoding along the input dimension (n_in), matching GGUF's
 // `[n_expert, n_out, n_in]` expert tensors:
 //   kBF16: n_in bfloat16 values (2 bytes each).
-//   kQ8_0: n_in / 32 blocks of {fp16 scale d; int8 q[32]} = 34 bytes; value = d * q. n_in % 32 == 0.
+//   kQ8_0: n_in / 32 blocks of {fp16 scale d; int8 q[32]} = 34 bytes; value = d * q. n_in % 32 ==
+//   0.
 // Every component (CPU kernels, GPU kernels, host store, cost model) uses these functions, so the
 // layout is defined once.
 #pragma once
@@ -20,8 +22,8 @@ namespace hm {
 
 enum class WeightFormat : int { kBF16 = 0, kQ8_0 = 1 };
 
-inline constexpr int kQ8BlockSize = 32;   // values per Q8_0 block
-inline constexpr int kQ8BlockBytes = 34;  // fp16 scale + 32 int8
+inline constexpr int kQ8BlockSize = 32;     // values per Q8_0 block
+inline constexpr int kQ8BlockBytes = 34;    // fp16 scale + 32 int8
 inline constexpr std::size_t kAlign = 256;  // start of each matrix in an expert, and expert stride
 
 struct BlockQ8_0 {
@@ -30,7 +32,9 @@ struct BlockQ8_0 {
 };
 static_assert(sizeof(BlockQ8_0) == kQ8BlockBytes, "Q8_0 block must be 34 bytes (GGUF layout)");
 
-inline const char* format_name(WeightFormat f) { return f == WeightFormat::kBF16 ? "bf16" : "q8_0"; }
+inline const char* format_name(WeightFormat f) {
+  return f == WeightFormat::kBF16 ? "bf16" : "q8_0";
+}
 
 inline WeightFormat parse_format(const std::string& name) {
   if (name == "bf16") return WeightFormat::kBF16;
@@ -38,13 +42,16 @@ inline WeightFormat parse_format(const std::string& name) {
   HM_CHECK(false, "unknown weight format '", name, "': expected bf16 or q8_0");
 }
 
-inline std::size_t align_up(std::size_t n, std::size_t a = kAlign) { return (n + a - 1) / a * a; }
+inline std::size_t align_up(std::size_t n, std::size_t a = kAlign) {
+  return (n + a - 1) / a * a;
+}
 
 // Bytes of one row of n_in inputs in format f.
 inline std::size_t row_bytes(WeightFormat f, int64_t n_in) {
   HM_CHECK(n_in > 0, "row length must be positive, got ", n_in);
   if (f == WeightFormat::kBF16) return static_cast<std::size_t>(n_in) * 2;
-  HM_CHECK(n_in % kQ8BlockSize == 0, "q8_0 needs rows that are a multiple of 32 values, got ", n_in);
+  HM_CHECK(n_in % kQ8BlockSize == 0, "q8_0 needs rows that are a multiple of 32 values, got ",
+           n_in);
   return static_cast<std::size_t>(n_in / kQ8BlockSize) * kQ8BlockBytes;
 }
 

@@ -50,7 +50,7 @@ CpuFeatures detect() {
   const bool osxsave = (r[2] >> 27) & 1;
   if (osxsave) {
     const auto xcr0 = xgetbv0();
-    f.os_avx512 = (xcr0 & 0xE6) == 0xE6;           // SSE, AVX, opmask, ZMM_Hi256, Hi16_ZMM
+    f.os_avx512 = (xcr0 & 0xE6) == 0xE6;               // SSE, AVX, opmask, ZMM_Hi256, Hi16_ZMM
     f.os_amx = (xcr0 & (3ull << 17)) == (3ull << 17);  // XTILECFG, XTILEDATA
   }
   if (max_leaf >= 7) {
@@ -131,8 +131,8 @@ IsaChoice choose(Isa cap, const std::string& cap_source) {
                                : "AVX512-BF16/VNNI available; no AMX: " + amx_why;
   } else {
     c.isa = Isa::kGeneric;
-    c.reason = cap < Isa::kAvx512 ? "capped at generic by " + cap_source
-                                  : "portable C++: " + avx_why;
+    c.reason =
+        cap < Isa::kAvx512 ? "capped at generic by " + cap_source : "portable C++: " + avx_why;
   }
   return c;
 }
@@ -141,9 +141,12 @@ IsaChoice choose(Isa cap, const std::string& cap_source) {
 
 const char* isa_name(Isa isa) {
   switch (isa) {
-    case Isa::kGeneric: return "generic";
-    case Isa::kAvx512: return "avx512";
-    case Isa::kAmx: return "amx";
+    case Isa::kGeneric:
+      return "generic";
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kAmx:
+      return "amx";
   }
   return "unknown";
 }

@@ -35,14 +35,14 @@ struct ExpertAssignment {
 };
 
 struct MoeLayerArgs {
-  ExpertLayout layout;                       // make_expert_layout(format, H, I)
-  const uint8_t* const* experts = nullptr;   // [n_experts] base of each expert's byte range
+  ExpertLayout layout;                      // make_expert_layout(format, H, I)
+  const uint8_t* const* experts = nullptr;  // [n_experts] base of each expert's byte range
   int64_t n_experts = 0;
-  const float* x = nullptr;                  // [tokens, H] fp32, row-major, contiguous
+  const float* x = nullptr;  // [tokens, H] fp32, row-major, contiguous
   int64_t tokens = 0;
   const ExpertAssignment* assignments = nullptr;  // [n_assignments], any order, any repeats
   int64_t n_assignments = 0;
-  float* out = nullptr;                      // [tokens, H] fp32, accumulated into
+  float* out = nullptr;  // [tokens, H] fp32, accumulated into
 };
 
 // Validates args (hm::ValueError naming the bad field), then queues the layer on the pool.

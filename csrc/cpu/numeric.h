@@ -63,6 +63,8 @@ inline void quantize_block_q8(const float* x, QuantBlockQ8* out) {
   }
 }
 
-inline float silu(float g) { return g / (1.f + std::exp(-g)); }
+inline float silu(float g) {
+  return g / (1.f + std::exp(-g));
+}
 
 }  // namespace hm::cpu

@@ -6,9 +6,9 @@
 
 #include "core/check.h"
 
-#define HM_CUDA_CHECK(call)                                                                 \
-  do {                                                                                      \
-    const cudaError_t hm_err_ = (call);                                                     \
-    HM_CHECK_RT(hm_err_ == cudaSuccess, "CUDA error ", cudaGetErrorName(hm_err_), ": ",     \
-                cudaGetErrorString(hm_err_));                                               \
+#define HM_CUDA_CHECK(call)                                                             \
+  do {                                                                                  \
+    const cudaError_t hm_err_ = (call);                                                 \
+    HM_CHECK_RT(hm_err_ == cudaSuccess, "CUDA error ", cudaGetErrorName(hm_err_), ": ", \
+                cudaGetErrorString(hm_err_));                                           \
   } while (0)

@@ -3,7 +3,8 @@
 //   contiguous range of (pair, row) rows through a cp.async ring (see its comment). The
 //   one-warp-per-row grid below is kept for Q8_0 rows that are not 16-byte multiples and for
 //   A/B runs (HM_DECODE_STREAM=0).
-// Phase 1, one-warp-per-row grid: (ceil(I / 8), max_pairs), 8 warps per block, one warp per (pair, row).
+// Phase 1, one-warp-per-row grid: (ceil(I / 8), max_pairs), 8 warps per block, one warp per (pair,
+// row).
 //   BF16: each lane issues KC (<= 4) 16-byte loads of the gate row, KC of the up row and KC of x
 //   before the first use (2 * KC weight loads in flight per lane), then sums in fp32.
 //   Q8_0: the warp loads a piece of 64 blocks (2176 bytes = 136 x 16) of the gate and of the up
@@ -47,12 +48,12 @@ constexpr int kMaxChunks = 4;  // BF16: 16-byte chunks per lane and row segment 
 constexpr int kPairGroup = 4;  // phase 2: pairs whose down rows are loaded before any is used
 constexpr int kStagePad = 16;  // q8_load_block_smem may read 4 bytes past a block
 // Q8_0 pieces: multiples of 8 blocks (272 bytes = 17 x 16), so 16-byte chunks tile them exactly.
-constexpr int kQ8P1Blocks = 64;                                  // phase 1: 2176 bytes
+constexpr int kQ8P1Blocks = 64;  // phase 1: 2176 bytes
 constexpr int kQ8P1Bytes = kQ8P1Blocks * kQ8BlockBytes;
-constexpr int kQ8P1Chunks = (kQ8P1Bytes / 16 + 31) / 32;         // 5 per lane
-constexpr int kQ8P2Blocks = 32;                                  // phase 2: 1088 bytes
+constexpr int kQ8P1Chunks = (kQ8P1Bytes / 16 + 31) / 32;  // 5 per lane
+constexpr int kQ8P2Blocks = 32;                           // phase 2: 1088 bytes
 constexpr int kQ8P2Bytes = kQ8P2Blocks * kQ8BlockBytes;
-constexpr int kQ8P2Chunks = (kQ8P2Bytes / 16 + 31) / 32;         // 3 per lane
+constexpr int kQ8P2Chunks = (kQ8P2Bytes / 16 + 31) / 32;  // 3 per lane
 static_assert(kQ8P1Bytes % 16 == 0 && kQ8P2Bytes % 16 == 0, "Q8_0 pieces must tile in 16 bytes");
 
 struct KernelSlab {
@@ -62,8 +63,13 @@ struct KernelSlab {
 };
 
 KernelSlab kernel_slab(const SlabView& s) {
-  return {s.base, s.layout.stride, s.layout.gate_offset, s.layout.up_offset, s.layout.down_offset,
-          static_cast<int>(s.layout.hidden), static_cast<int>(s.layout.intermediate)};
+  return {s.base,
+          s.layout.stride,
+          s.layout.gate_offset,
+          s.layout.up_offset,
+          s.layout.down_offset,
+          static_cast<int>(s.layout.hidden),
+          static_cast<int>(s.layout.intermediate)};
 }
 
 __device__ __forceinline__ const uint8_t* expert_ptr(const KernelSlab& sl, int slot) {
@@ -231,13 +237,16 @@ __global__ void __launch_bounds__(kWarps * 32)
 // wave quantization of the one-warp-per-row grid (768 blocks of 8 warps on 132 SMs at 4-5
 // resident blocks per SM: 1.2-1.5 waves). Q8_0 uses it when rows are 16-byte multiples.
 constexpr int kStreamWarps = 4;
-constexpr int kSegBf16 = 2048;                          // bytes per BF16 segment (128 chunks)
-constexpr int kSegQ8 = 32 * kQ8BlockBytes;              // 1088 bytes (68 chunks) per Q8_0 segment
-template <bool Q8> struct StreamCfg;
-template <> struct StreamCfg<false> {
+constexpr int kSegBf16 = 2048;              // bytes per BF16 segment (128 chunks)
+constexpr int kSegQ8 = 32 * kQ8BlockBytes;  // 1088 bytes (68 chunks) per Q8_0 segment
+template <bool Q8>
+struct StreamCfg;
+template <>
+struct StreamCfg<false> {
   static constexpr int kSeg = kSegBf16, kStages = 3;
 };
-template <> struct StreamCfg<true> {
+template <>
+struct StreamCfg<true> {
   static constexpr int kSeg = kSegQ8, kStages = 4;
 };
 template <bool Q8>
@@ -248,7 +257,9 @@ template <bool Q8>
 __host__ __device__ constexpr int stream_smem_bytes() {
   return kStreamWarps * StreamCfg<Q8>::kStages * stream_stage_bytes<Q8>();
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
@@ -535,7 +546,7 @@ __global__ void __launch_bounds__(kWarps * 32)
         }
       }
       cp_async_wait_all();
-      __syncwarp();  // every lane's copies are visible to the whole warp
+      __syncwarp();   // every lane's copies are visible to the whole warp
       if (!waited) {  // the first pieces are in shared memory; now h must be complete
         dev::pdl_wait();
         waited = true;
@@ -543,14 +554,15 @@ __global__ void __launch_bounds__(kWarps * 32)
       if constexpr (!Q8) {
         for (int j = 0; j < np; ++j) {
           const int p = p0 + j;
-          const float4* hp =
-              reinterpret_cast<const float4*>(h + static_cast<int64_t>(p) * sl.I + pc * (PIECE / 2));
+          const float4* hp = reinterpret_cast<const float4*>(h + static_cast<int64_t>(p) * sl.I +
+                                                             pc * (PIECE / 2));
           const uint4* w = reinterpret_cast<const uint4*>(buf + j * SLOT);
           float sum = 0.f;
 #pragma unroll
           for (int k = 0; k < CPL; ++k) {
             const int c = lane + 32 * k;
-            if (c < nch) sum += dev::dot8_bf16_f32(w[c], __ldca(hp + 2 * c), __ldca(hp + 2 * c + 1));
+            if (c < nch)
+              sum += dev::dot8_bf16_f32(w[c], __ldca(hp + 2 * c), __ldca(hp + 2 * c + 1));
           }
           acc = fmaf(plan.pair_weight[p], sum, acc);
         }
@@ -561,8 +573,8 @@ __global__ void __launch_bounds__(kWarps * 32)
           const int p = p0 + j;
           uint32_t q[8];
           const float d = dev::q8_load_block_smem(buf + j * SLOT + b * kQ8BlockBytes, q);
-          const float4* hp = reinterpret_cast<const float4*>(
-              h + static_cast<int64_t>(p) * sl.I + (pc * 32 + b) * kQ8BlockSize);
+          const float4* hp = reinterpret_cast<const float4*>(h + static_cast<int64_t>(p) * sl.I +
+                                                             (pc * 32 + b) * kQ8BlockSize);
           float sum = 0.f;
 #pragma unroll
           for (int c = 0; c < 4; ++c)
@@ -586,7 +598,9 @@ __global__ void add_partials_kernel(OutT* out, const float* __restrict__ partial
     dev::add_out(out, i, partial[i]);
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+bool aligned16(const void* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
+}
 
 // Kernel choices per format, each overridable by an environment variable ("0" off, anything
 // else on) for A/B benchmarks. Defaults from the H200 measurements of 2026-11-28 (session 2,
@@ -616,11 +630,15 @@ bool use_pdl(bool q8) {
 }
 
 // Streaming phase 1 (both formats) unless HM_DECODE_STREAM=0: one-warp-per-row grid instead.
-bool use_stream() { return env_flag("HM_DECODE_STREAM", true); }
+bool use_stream() {
+  return env_flag("HM_DECODE_STREAM", true);
+}
 
 // Phase 2 with all pairs' down rows in flight (down_async_kernel): default for Q8_0, register
 // loads for BF16; HM_DECODE_DOWN overrides.
-bool use_down_async(bool q8) { return env_flag("HM_DECODE_DOWN", q8); }
+bool use_down_async(bool q8) {
+  return env_flag("HM_DECODE_DOWN", q8);
+}
 
 // Raises down_async_kernel<Q8, OutT>'s dynamic shared-memory limit once per device (needed
 // above 48 KB; one flag array per instantiation).
@@ -679,16 +697,22 @@ void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t
 }
 
 // 16-byte chunks per lane and row segment for a row of n16 chunks: ceil(n16 / 32) in [1, 4].
-int chunks_per_lane(int n16) { return std::clamp((n16 + 31) / 32, 1, kMaxChunks); }
+int chunks_per_lane(int n16) {
+  return std::clamp((n16 + 31) / 32, 1, kMaxChunks);
+}
 
 using GateUpFn = void (*)(KernelSlab, DevicePlan, const __nv_bfloat16*, float*);
 
 GateUpFn gate_up_bf16(int kc) {
   switch (kc) {
-    case 1: return gate_up_bf16_kernel<1>;
-    case 2: return gate_up_bf16_kernel<2>;
-    case 3: return gate_up_bf16_kernel<3>;
-    default: return gate_up_bf16_kernel<4>;
+    case 1:
+      return gate_up_bf16_kernel<1>;
+    case 2:
+      return gate_up_bf16_kernel<2>;
+    case 3:
+      return gate_up_bf16_kernel<3>;
+    default:
+      return gate_up_bf16_kernel<4>;
   }
 }
 
@@ -710,10 +734,18 @@ void launch_down(const KernelSlab& sl, const DevicePlan& plan, const float* h, O
   Fn fn = down_q8_kernel<OutT>;
   if (!q8) {
     switch (chunks_per_lane(sl.I / 8)) {
-      case 1: fn = down_bf16_kernel<1, OutT>; break;
-      case 2: fn = down_bf16_kernel<2, OutT>; break;
-      case 3: fn = down_bf16_kernel<3, OutT>; break;
-      default: fn = down_bf16_kernel<4, OutT>; break;
+      case 1:
+        fn = down_bf16_kernel<1, OutT>;
+        break;
+      case 2:
+        fn = down_bf16_kernel<2, OutT>;
+        break;
+      case 3:
+        fn = down_bf16_kernel<3, OutT>;
+        break;
+      default:
+        fn = down_bf16_kernel<4, OutT>;
+        break;
     }
   }
   launch_kernel(fn, grid, block, 0, stream, pdl, sl, plan, h, out);
@@ -758,11 +790,11 @@ void launch_decode(const SlabView& slab, const DevicePlan& plan, const void* x, 
     const int blocks = q8 ? stream_grid<true>(warps_needed) : stream_grid<false>(warps_needed);
     const std::size_t smem = q8 ? stream_smem_bytes<true>() : stream_smem_bytes<false>();
     if (q8)
-      gate_up_stream_kernel<true><<<blocks, kStreamWarps * 32, smem, stream>>>(sl, plan, xb,
-                                                                             h_workspace);
+      gate_up_stream_kernel<true>
+          <<<blocks, kStreamWarps * 32, smem, stream>>>(sl, plan, xb, h_workspace);
     else
-      gate_up_stream_kernel<false><<<blocks, kStreamWarps * 32, smem, stream>>>(sl, plan, xb,
-                                                                              h_workspace);
+      gate_up_stream_kernel<false>
+          <<<blocks, kStreamWarps * 32, smem, stream>>>(sl, plan, xb, h_workspace);
   } else if (q8) {
     gate_up_q8_kernel<<<grid1, block, 0, stream>>>(sl, plan, xb, h_workspace);
   } else {

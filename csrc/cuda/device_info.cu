@@ -11,8 +11,8 @@ int device_count(std::string* why_none) {
     if (why_none) {
       int driver = 0;
       const bool no_driver = cudaDriverGetVersion(&driver) != cudaSuccess || driver == 0;
-      *why_none = no_driver ? std::string("no NVIDIA driver found (")
-                            : std::string("CUDA refused (");
+      *why_none =
+          no_driver ? std::string("no NVIDIA driver found (") : std::string("CUDA refused (");
       *why_none += std::string(cudaGetErrorName(err)) + ": " + cudaGetErrorString(err) + ")";
     }
     return 0;

@@ -20,7 +20,7 @@ struct DeviceInfo {
 // case `why_none` receives the CUDA error text.
 int device_count(std::string* why_none = nullptr);
 std::vector<DeviceInfo> devices();  // empty when device_count() == 0
-int runtime_version();              // e.g. 13000 for CUDA 13.0 (the static cudart this was built with)
-int driver_version();               // 0 without a driver
+int runtime_version();  // e.g. 13000 for CUDA 13.0 (the static cudart this was built with)
+int driver_version();   // 0 without a driver
 
 }  // namespace hm::cuda

@@ -44,10 +44,10 @@ struct SlabView {
 
 // A decode plan in device-visible memory; pairs are sorted by token.
 struct DevicePlan {
-  const int32_t* token_ptr = nullptr;    // [n_tokens + 1]: pairs of t are [ptr[t], ptr[t + 1])
-  const int32_t* pair_token = nullptr;   // [max_pairs]
-  const int32_t* pair_slot = nullptr;    // [max_pairs], each in [0, n_slots)
-  const float* pair_weight = nullptr;    // [max_pairs]
+  const int32_t* token_ptr = nullptr;   // [n_tokens + 1]: pairs of t are [ptr[t], ptr[t + 1])
+  const int32_t* pair_token = nullptr;  // [max_pairs]
+  const int32_t* pair_slot = nullptr;   // [max_pairs], each in [0, n_slots)
+  const float* pair_weight = nullptr;   // [max_pairs]
   int n_tokens = 0;
   int max_pairs = 0;  // grid size; token_ptr[n_tokens] <= max_pairs pairs are computed
 };

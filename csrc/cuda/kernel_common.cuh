@@ -16,7 +16,9 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-__device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
+__device__ __forceinline__ float silu(float g) {
+  return g / (1.0f + __expf(-g));
+}
 
 // 8 bf16 in a uint4 times 8 bf16 in a uint4, summed in fp32.
 __device__ __forceinline__ float dot8_bf16(const uint4& a, const uint4& b) {
@@ -50,14 +52,17 @@ __device__ __forceinline__ float dot8_bf16_f32(const uint4& a, const float4& b0,
 }
 
 // Streamed weight load: read once, do not keep in L1.
-__device__ __forceinline__ uint4 ld_stream(const uint4* p) { return __ldcs(p); }
+__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+  return __ldcs(p);
+}
 
 // A warp copies nbytes (even) from global src into shared dst: 16-byte loads when src, dst and
 // nbytes allow it (Q8_0 rows of a multiple of 256 values), 2-byte loads otherwise.
 __device__ __forceinline__ void warp_copy_to_shared(uint8_t* dst, const uint8_t* src, int nbytes,
                                                     int lane) {
   if (((reinterpret_cast<uintptr_t>(src) | reinterpret_cast<uintptr_t>(dst) |
-        static_cast<uintptr_t>(nbytes)) & 15u) == 0) {
+        static_cast<uintptr_t>(nbytes)) &
+       15u) == 0) {
     const uint4* s = reinterpret_cast<const uint4*>(src);
     uint4* d = reinterpret_cast<uint4*>(dst);
     for (int c = lane; c < nbytes / 16; c += 32) d[c] = ld_stream(s + c);
@@ -129,8 +134,12 @@ __device__ __forceinline__ void pdl_wait() {
 }
 
 // bf16 pair packed in a word (element 0 in the low half) -> two exact floats.
-__device__ __forceinline__ float bf16_lo(uint32_t w) { return __uint_as_float(w << 16); }
-__device__ __forceinline__ float bf16_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
+__device__ __forceinline__ float bf16_lo(uint32_t w) {
+  return __uint_as_float(w << 16);
+}
+__device__ __forceinline__ float bf16_hi(uint32_t w) {
+  return __uint_as_float(w & 0xffff0000u);
+}
 
 // Four int8 in a word -> four exact floats without I2F (a quarter-rate instruction): flip the sign
 // bits (q + 128 in [0, 255]), put each byte under the exponent of 2^23 (float 2^23 + q + 128) and
@@ -187,7 +196,9 @@ __device__ __forceinline__ float q8_load_block_smem(const uint8_t* blk, uint32_t
   return __half2float(*reinterpret_cast<const __half*>(blk));
 }
 
-__device__ __forceinline__ void add_out(float* out, int64_t i, float v) { out[i] += v; }
+__device__ __forceinline__ void add_out(float* out, int64_t i, float v) {
+  out[i] += v;
+}
 __device__ __forceinline__ void add_out(__nv_bfloat16* out, int64_t i, float v) {
   out[i] = __float2bfloat16(__bfloat162float(out[i]) + v);
 }

@@ -7,8 +7,12 @@
 namespace hm::cuda {
 
 namespace {
-cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
-cudaEvent_t as_event(void* e) { return static_cast<cudaEvent_t>(e); }
+cudaStream_t as_stream(void* s) {
+  return static_cast<cudaStream_t>(s);
+}
+cudaEvent_t as_event(void* e) {
+  return static_cast<cudaEvent_t>(e);
+}
 }  // namespace
 
 Mover::Mover(std::shared_ptr<const PinnedExpertStore> store, std::shared_ptr<DeviceSlab> slab,

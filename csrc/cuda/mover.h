@@ -54,12 +54,12 @@ struct FetchCompletion {
 };
 
 struct MoverStats {
-  uint64_t copies_done = 0;       // experts copied and made resident
-  uint64_t already_resident = 0;  // requests satisfied without a copy
-  uint64_t dropped_stale = 0;     // prefetches older than the current generation
-  uint64_t dropped_overflow = 0;  // prefetches dropped because too many waited
-  uint64_t superseded = 0;        // requests replaced by a newer one for the same slot
-  uint64_t waits_for_release = 0; // times a copy had to wait for plans to release its slot
+  uint64_t copies_done = 0;        // experts copied and made resident
+  uint64_t already_resident = 0;   // requests satisfied without a copy
+  uint64_t dropped_stale = 0;      // prefetches older than the current generation
+  uint64_t dropped_overflow = 0;   // prefetches dropped because too many waited
+  uint64_t superseded = 0;         // requests replaced by a newer one for the same slot
+  uint64_t waits_for_release = 0;  // times a copy had to wait for plans to release its slot
   uint64_t bytes_copied = 0;
 };
 
@@ -83,8 +83,8 @@ class Mover {
   int64_t resident_expert(int slot) const;  // -1 when the slot may not be named by a plan
   std::vector<int64_t> residency() const;   // resident_expert for every slot
   int slot_refs(int slot) const;
-  bool idle() const;                         // nothing queued and nothing in flight
-  void wait_idle();                          // blocks until idle() (pending waits on releases!)
+  bool idle() const;  // nothing queued and nothing in flight
+  void wait_idle();   // blocks until idle() (pending waits on releases!)
   MoverStats stats() const;
   const DeviceSlab& slab() const { return *slab_; }
   const PinnedExpertStore& store() const { return *store_; }

@@ -39,7 +39,8 @@ class PinnedExpertStore {
   // Copies `nbytes` (<= stride) from host memory `src` into expert e's range at byte `offset`.
   void fill_expert(int64_t e, const void* src, std::size_t nbytes, std::size_t offset = 0);
   // Reads `count` experts of exactly `stride` bytes each, stored back to back in `path` starting
-  // at `file_offset`, into experts [first, first + count), with pread() straight into pinned memory.
+  // at `file_offset`, into experts [first, first + count), with pread() straight into pinned
+  // memory.
   void load_file(const std::string& path, std::size_t file_offset, int64_t first, int64_t count);
 
  private:

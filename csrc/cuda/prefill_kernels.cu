@@ -37,11 +37,11 @@ struct GemmArgs {
   const int32_t* tile_slot;
   const int32_t* tile_pos0;
   const int32_t* tile_rows;
-  const int32_t* a_index;  // per sorted position: row of A (token) or nullptr (A row = position)
-  const __nv_bfloat16* A;  // [*, K]
+  const int32_t* a_index;   // per sorted position: row of A (token) or nullptr (A row = position)
+  const __nv_bfloat16* A;   // [*, K]
   const float* pos_weight;  // per sorted position (kernel 2)
-  __nv_bfloat16* h_out;    // kernel 1: [P, N]
-  float* y_out;            // kernel 2: [P, N]
+  __nv_bfloat16* h_out;     // kernel 1: [P, N]
+  float* y_out;             // kernel 2: [P, N]
 };
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
@@ -113,10 +113,11 @@ __global__ void __launch_bounds__(kThreads) grouped_mma_kernel(GemmArgs g) {
   auto load_regs = [&](int kt) {
     const int k0 = kt * kBK;
     for (int j = 0; j < 2; ++j)
-      ra[j] = a_src[j] ? __ldg(reinterpret_cast<const uint4*>(a_src[j] + k0)) : make_uint4(0, 0, 0, 0);
+      ra[j] =
+          a_src[j] ? __ldg(reinterpret_cast<const uint4*>(a_src[j] + k0)) : make_uint4(0, 0, 0, 0);
     if (kQ8) {
-      const uint16_t* q = b_src[0] ? reinterpret_cast<const uint16_t*>(b_src[0] + kt * kQ8BlockBytes)
-                                   : nullptr;
+      const uint16_t* q =
+          b_src[0] ? reinterpret_cast<const uint16_t*>(b_src[0] + kt * kQ8BlockBytes) : nullptr;
 #pragma unroll
       for (int i = 0; i < 17; ++i) rq[i] = q ? __ldcs(q + i) : 0;
     } else {
@@ -182,7 +183,8 @@ __global__ void __launch_bounds__(kThreads) grouped_mma_kernel(GemmArgs g) {
         const int j0 = 2 * q, j1 = 2 * q + 1;
         const int jr = (lane >> 4) ? j1 : j0;
         uint32_t bf[4];
-        ldmatrix_x4(bf, &Bs[cur][b_tile_row<kGateUp>(jr, wn) + (lane & 7)][ks + ((lane >> 3) & 1) * 8]);
+        ldmatrix_x4(bf,
+                    &Bs[cur][b_tile_row<kGateUp>(jr, wn) + (lane & 7)][ks + ((lane >> 3) & 1) * 8]);
 #pragma unroll
         for (int mi = 0; mi < 2; ++mi) {
           mma_bf16(acc[mi][j0], af[mi], bf[0], bf[1]);
@@ -234,7 +236,8 @@ __global__ void reduce_tokens_kernel(const float* __restrict__ y, const int32_t*
   const int n = blockIdx.x * blockDim.x + threadIdx.x;
   if (n >= N) return;
   float s = 0.f;
-  for (int i = tok_ptr[t]; i < tok_ptr[t + 1]; ++i) s += y[static_cast<int64_t>(tok_pos[i]) * N + n];
+  for (int i = tok_ptr[t]; i < tok_ptr[t + 1]; ++i)
+    s += y[static_cast<int64_t>(tok_pos[i]) * N + n];
   dev::add_out(out, static_cast<int64_t>(t) * N + n, s);
 }
 
@@ -305,13 +308,13 @@ void PrefillRunner::run(const SlabView& slab, const int32_t* pair_token, const i
   HM_CHECK(pair_token && pair_slot && pair_weight && x && out, "null pointer argument");
   HM_CHECK((reinterpret_cast<uintptr_t>(x) & 15u) == 0, "x must be 16-byte aligned");
   HM_CHECK(L.hidden % kBK == 0 && L.intermediate % kBK == 0,
-           "prefill needs hidden and intermediate multiples of 32, got H=", L.hidden, " I=",
-           L.intermediate);
+           "prefill needs hidden and intermediate multiples of 32, got H=", L.hidden,
+           " I=", L.intermediate);
   for (int p = 0; p < n_pairs; ++p) {
     HM_CHECK(pair_token[p] >= 0 && pair_token[p] < n_tokens, "pair ", p, ": token must be in [0, ",
              n_tokens, "), got ", pair_token[p]);
-    HM_CHECK(pair_slot[p] >= 0 && pair_slot[p] < slab.n_slots, "pair ", p,
-             ": slot must be in [0, ", slab.n_slots, "), got ", pair_slot[p]);
+    HM_CHECK(pair_slot[p] >= 0 && pair_slot[p] < slab.n_slots, "pair ", p, ": slot must be in [0, ",
+             slab.n_slots, "), got ", pair_slot[p]);
   }
   // Sort by slot; tiles of kBM rows per slot group; token -> positions CSR.
   std::vector<int32_t> order(static_cast<std::size_t>(n_pairs));
@@ -342,8 +345,8 @@ void PrefillRunner::run(const SlabView& slab, const int32_t* pair_token, const i
     for (int i = 0; i < n_pairs; ++i) tok_pos[fill[s_token[i]]++] = i;
   }
   const int n_tiles = static_cast<int>(tile_slot.size());
-  HM_CHECK(n_tiles <= 65535 && n_tokens <= 65535, "prefill plan too large: ", n_tiles,
-           " tiles, ", n_tokens, " tokens (limit 65535 each)");
+  HM_CHECK(n_tiles <= 65535 && n_tokens <= 65535, "prefill plan too large: ", n_tiles, " tiles, ",
+           n_tokens, " tokens (limit 65535 each)");
 
   // Pack [s_token | s_weight | tile_slot | tile_pos0 | tile_rows | tok_ptr | tok_pos].
   const std::size_t n_ints = 3 * static_cast<std::size_t>(n_pairs) + 3 * n_tiles + n_tokens + 1;

@@ -18,7 +18,9 @@ using hm::test::run_sequence;
 
 namespace {
 
-CostModel test_cost() { return CostModel(round_profile(), make_expert_layout(WeightFormat::kBF16, 64, 32)); }
+CostModel test_cost() {
+  return CostModel(round_profile(), make_expert_layout(WeightFormat::kBF16, 64, 32));
+}
 
 std::set<int> resident(const ExpertCache& c) {
   std::set<int> s;
@@ -28,10 +30,12 @@ std::set<int> resident(const ExpertCache& c) {
 }
 
 // Most hits any replacement strategy (with bypass) can get: try every choice at every miss.
-int brute_force_hits(const std::vector<int>& seq, std::size_t t, std::vector<int>& cache, int slots) {
+int brute_force_hits(const std::vector<int>& seq, std::size_t t, std::vector<int>& cache,
+                     int slots) {
   if (t == seq.size()) return 0;
   const int e = seq[t];
-  if (std::find(cache.begin(), cache.end(), e) != cache.end()) return 1 + brute_force_hits(seq, t + 1, cache, slots);
+  if (std::find(cache.begin(), cache.end(), e) != cache.end())
+    return 1 + brute_force_hits(seq, t + 1, cache, slots);
   int best = brute_force_hits(seq, t + 1, cache, slots);  // bypass
   if (static_cast<int>(cache.size()) < slots) {
     cache.push_back(e);
@@ -126,8 +130,10 @@ HM_TEST(cache_heap_random_ops_consistent) {
     const double key = static_cast<double>(rng() % 1000);
     const int s = c.lookup(l, e);
     if (s >= 0) {
-      if (rng() % 3 == 0) c.evict(s);
-      else c.set_key(s, key);
+      if (rng() % 3 == 0)
+        c.evict(s);
+      else
+        c.set_key(s, key);
     } else {
       int slot = c.free_slot();
       if (slot < 0) slot = c.choose_victim(0);
@@ -287,7 +293,8 @@ HM_TEST(value_policy_key_matches_plain_sum) {
       HM_EXPECT_NEAR(p->key(i / 10, i % 10), want, 1e-4);
       // value = S(now) * (1 - 2^(-1/h)) * horizon * saved_per_use, S(now) = sum * 2^(-now/h).
       const double s_now = static_cast<double>(sum[i] * std::exp2(-400.0L / 6.0L));
-      const double want_us = s_now * (1 - std::exp2(-1.0 / 6.0)) * vp.horizon_steps * cost.saved_per_use();
+      const double want_us =
+          s_now * (1 - std::exp2(-1.0 / 6.0)) * vp.horizon_steps * cost.saved_per_use();
       HM_EXPECT_NEAR(value_estimate_us(*p, i / 10, i % 10, 400) / want_us, 1.0, 1e-4);
     }
   }

@@ -14,7 +14,7 @@ HM_TEST(check_throws_value_error_with_location) {
     caught = true;
     const std::string msg = e.what();
     HM_EXPECT(msg.find("budget must be >= 0, got -1") != std::string::npos);
-    HM_EXPECT(msg.find("budget >= 0") != std::string::npos);   // the expression
+    HM_EXPECT(msg.find("budget >= 0") != std::string::npos);      // the expression
     HM_EXPECT(msg.find("test_check.cpp:") != std::string::npos);  // file and line
   }
   HM_EXPECT(caught);

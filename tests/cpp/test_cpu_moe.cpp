@@ -39,7 +39,8 @@ void encode(WeightFormat f, const std::vector<float>& v, int64_t rows, int64_t n
         const float dd = hm::cpu::f16_to_f32(dh);
         std::memcpy(row + b * 34, &dh, 2);
         for (int i = 0; i < 32; ++i) {
-          const float q = std::fmax(-127.f, std::fmin(127.f, std::nearbyint(v[r * n + b * 32 + i] / dd)));
+          const float q =
+              std::fmax(-127.f, std::fmin(127.f, std::nearbyint(v[r * n + b * 32 + i] / dd)));
           row[b * 34 + 2 + i] = static_cast<uint8_t>(static_cast<int8_t>(q));
           deq[r * n + b * 32 + i] = dd * q;
         }
@@ -72,7 +73,8 @@ void check_layer(WeightFormat f, int64_t H, int64_t I, int T, int E, int k, hm::
   const std::vector<float> init = out;
   std::vector<hm::cpu::ExpertAssignment> as;
   for (int t = 0; t < T; ++t)
-    for (int j = 0; j < k; ++j) as.push_back({t, static_cast<int32_t>((t * 5 + j * 3) % E), 0.1f + 0.2f * j});
+    for (int j = 0; j < k; ++j)
+      as.push_back({t, static_cast<int32_t>((t * 5 + j * 3) % E), 0.1f + 0.2f * j});
   for (const auto& a : as) {
     std::vector<double> h(I);
     for (int64_t i = 0; i < I; ++i) {

@@ -46,7 +46,8 @@ HM_TEST(scheduler_split_equals_brute_force) {
       auto b = items;
       for (int i = 0; i < k; ++i) {
         const bool gpu = mask >> i & 1;
-        if ((items[i].choice == Choice::kForceCpu && gpu) || (items[i].choice == Choice::kForceGpu && !gpu))
+        if ((items[i].choice == Choice::kForceCpu && gpu) ||
+            (items[i].choice == Choice::kForceGpu && !gpu))
           ok = false;
         b[i].where = gpu ? (b[i].needs_copy ? Where::kFetch : Where::kGpu) : Where::kCpu;
       }
@@ -97,13 +98,15 @@ HM_TEST(scheduler_decode_placements) {
 }
 
 HM_TEST(scheduler_prefill_uploads_whole_layer) {
-  // Hundreds of tokens per expert: the CPU is FLOP bound, so every expert is uploaded and run on GPU.
+  // Hundreds of tokens per expert: the CPU is FLOP bound, so every expert is uploaded and run on
+  // GPU.
   ExpertCache cache(1, 16, 8);
   auto policy = make_policy("value");
   CostModel cost(hm::test::round_profile(), make_expert_layout(WeightFormat::kBF16, 2048, 768));
   Scheduler s(cache, *policy, cost, 8);
   std::vector<Selected> sel(16);
-  for (int i = 0; i < 16; ++i) sel[i].expert = i, sel[i].n_tokens = 256 + 64 * (i % 3), sel[i].weight = 4.f;
+  for (int i = 0; i < 16; ++i)
+    sel[i].expert = i, sel[i].n_tokens = 256 + 64 * (i % 3), sel[i].weight = 4.f;
   PlanInput in;
   in.selected = sel.data();
   in.n_selected = 16;

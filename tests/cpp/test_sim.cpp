@@ -1,4 +1,5 @@
-// Simulator: conservation of counts and bytes on a random trace, cpu-policy baseline time, bad inputs.
+// Simulator: conservation of counts and bytes on a random trace, cpu-policy baseline time, bad
+// inputs.
 #include <algorithm>
 #include <random>
 
@@ -44,7 +45,8 @@ struct RandomTrace {
     v.n_layer = L, v.n_expert = E, v.top_k = K;
     v.n_steps = static_cast<int64_t>(phase.size());
     v.n_tokens = offsets.back();
-    v.ids = ids.data(), v.weights = weights.data(), v.step_offsets = offsets.data(), v.phase = phase.data();
+    v.ids = ids.data(), v.weights = weights.data(), v.step_offsets = offsets.data(),
+    v.phase = phase.data();
     return v;
   }
 };
@@ -108,8 +110,10 @@ HM_TEST(sim_oracle_bounds_hit_rate_of_online_policies) {
     cfg.n_slots = 20;
     cfg.predictor_accuracy = 0;  // no prefetch: pure replacement
     const double h = simulate(tr.view(), prof, layout, cfg).hit_rate;
-    if (std::string(name) == "oracle") oracle = h;
-    else best_online = std::max(best_online, h);
+    if (std::string(name) == "oracle")
+      oracle = h;
+    else
+      best_online = std::max(best_online, h);
   }
   HM_EXPECT(oracle >= best_online - 1e-12);
 }

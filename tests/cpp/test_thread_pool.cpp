@@ -1,8 +1,8 @@
 // Thread pool: every item runs once, phases are ordered (barrier), exceptions reach wait(),
 // submit is non-blocking and jobs are freed when done.
 #include <atomic>
-#include <cstdlib>
 #include <chrono>
+#include <cstdlib>
 #include <memory>
 #include <stdexcept>
 #include <thread>

@@ -80,9 +80,9 @@ HM_TEST(trace_stats_lru_hand_made) {
 HM_TEST(trace_stats_belady_matches_exhaustive_optimum) {
   std::mt19937 rng(1234);
   for (int trial = 0; trial < 300; ++trial) {
-    const int n_expert = 3 + static_cast<int>(rng() % 4);           // 3..6
-    const int k = 1 + static_cast<int>(rng() % 3);                   // 1..3 experts per step
-    const int cap = 1 + static_cast<int>(rng() % (n_expert - 1));    // 1 .. n_expert-1
+    const int n_expert = 3 + static_cast<int>(rng() % 4);          // 3..6
+    const int k = 1 + static_cast<int>(rng() % 3);                 // 1..3 experts per step
+    const int cap = 1 + static_cast<int>(rng() % (n_expert - 1));  // 1 .. n_expert-1
     const int steps = 4 + static_cast<int>(rng() % 9);
     Seq q;
     for (int s = 0; s < steps; ++s) {
@@ -119,7 +119,7 @@ HM_TEST(trace_stats_bad_input) {
   Seq r;
   r.step({0, 1, 2});
   HM_EXPECT_THROWS(hits(r, 4, 2, CachePolicy::kLru), hm::ValueError);  // capacity < distinct
-  HM_EXPECT(hits(r, 4, 2, CachePolicy::kBeladyBypass) == 0);            // bypass allows it
+  HM_EXPECT(hits(r, 4, 2, CachePolicy::kBeladyBypass) == 0);           // bypass allows it
   HM_EXPECT_THROWS(hits(r, 4, 0, CachePolicy::kLru), hm::ValueError);
   HM_EXPECT_THROWS(hm::traces::parse_policy("fifo"), hm::ValueError);
 }
