@@ -200,7 +200,7 @@ def hbm_gbps():
 
 
 def bench_decode(fmt, n_exp, n_rot, hbm):
-    store, slab, mv, G, U, D = filled(fmt, n_exp)
+    store, slab, _mv, G, U, D = filled(fmt, n_exp)
     lay = store.layout
     gen = torch.Generator().manual_seed(1)
     plans, xs, stacks = [], [], []
@@ -270,7 +270,7 @@ def bench_decode(fmt, n_exp, n_rot, hbm):
 
 
 def bench_prefill(fmt, n_exp, T=512, k=8):
-    store, slab, mv, G, U, D = filled(fmt, n_exp)
+    _store, slab, _mv, G, U, D = filled(fmt, n_exp)
     gen = torch.Generator().manual_seed(2)
     slots = torch.stack([torch.randperm(n_exp, generator=gen)[:k] for _ in range(T)]).reshape(-1)
     tokens = torch.arange(T).repeat_interleave(k)
@@ -332,9 +332,10 @@ def main():
             h = torch.empty(8, I, dtype=torch.float32, device="cuda")
             out = torch.zeros(1, H, device="cuda")
             x = torch.randn(1, H, device="cuda").bfloat16()
-            for r in range(2):
+            for _ in range(2):
                 idx = torch.randperm(16)[:8]
-                plan = gpu.device_plan(torch.zeros(8, dtype=torch.int64), idx, torch.rand(8) + 0.1, 1, "cuda")
+                tok0 = torch.zeros(8, dtype=torch.int64)
+                plan = gpu.device_plan(tok0, idx, torch.rand(8) + 0.1, 1, "cuda")
                 gpu.launch_decode_raw(slab, plan, x, h, out, 8)
             torch.cuda.synchronize()
         return
@@ -359,7 +360,8 @@ def main():
     print(f"\n== GPU side, {res['device']}, {res['date']} ==")
     for c in res["copy"]:
         print(
-            f"copy {c['format']:5s} {c['expert_bytes'] / 1e6:.1f} MB: alone {c['mover_alone_GBps']:.1f} GB/s, "
+            f"copy {c['format']:5s} {c['expert_bytes'] / 1e6:.1f} MB: "
+            f"alone {c['mover_alone_GBps']:.1f} GB/s, "
             f"16 CPU threads {c['mover_with_16_cpu_threads_GBps']:.1f} GB/s = "
             f"{100 * c['mover_with_16_cpu_threads_GBps'] / pk:.0f}% of pinned peak {pk:.1f}"
         )
@@ -367,21 +369,25 @@ def main():
             f"  under load: torch 256 MiB {c['torch_pinned_256MiB_with_16_cpu_threads_GBps']:.1f}, "
             f"mover 16 queued {c['mover16_with_16_cpu_threads_GBps']:.1f}, 15 CPU threads "
             f"{c['mover_with_15_cpu_threads_GBps']:.1f} GB/s; CPU load DRAM alone "
-            f"{c['cpu_load_alone_GBps']:.1f}, during copies {c['cpu_load_during_copies_GBps']:.1f} GB/s"
+            f"{c['cpu_load_alone_GBps']:.1f}, during copies "
+            f"{c['cpu_load_during_copies_GBps']:.1f} GB/s"
         )
     for d in res["decode"]:
         extra = (
             (
-                f", torch bmm graph {d['torch_bmm_graph_us']:.1f} us / eager {d['torch_bmm_eager_us']:.1f} us "
+                f", torch bmm graph {d['torch_bmm_graph_us']:.1f} us / "
+                f"eager {d['torch_bmm_eager_us']:.1f} us "
                 f"-> {d['speedup_vs_bmm_graph']:.1f}x / {d['speedup_vs_bmm_eager']:.1f}x"
             )
             if "torch_bmm_graph_us" in d
             else ""
         )
         print(
-            f"decode {d['format']:5s} 8x1: {d['ours_graph_us']:.1f} us ({d['ours_GBps']:.0f} GB/s = "
+            f"decode {d['format']:5s} 8x1: {d['ours_graph_us']:.1f} us "
+            f"({d['ours_GBps']:.0f} GB/s = "
             f"{100 * d['fraction_of_hbm']:.0f}% of HBM {d['hbm_copy_GBps']:.0f}; PDL off "
-            f"{d['ours_graph_us_pdl_off']:.1f} us, on {d['ours_graph_us_pdl_on']:.1f} us){extra}\n  "
+            f"{d['ours_graph_us_pdl_off']:.1f} us, "
+            f"on {d['ours_graph_us_pdl_on']:.1f} us){extra}\n  "
             + ", ".join(
                 f"{k} {d['ours_graph_us_' + k]:.1f}"
                 for k in ("SA_pdl", "SA_nopdl", "SG_pdl", "SG_nopdl", "RG_pdl", "RG_nopdl")
@@ -396,7 +402,8 @@ def main():
             else p.get("torch_grouped_mm_error", "")
         )
         print(
-            f"prefill {p['format']:5s} T=512: ours {p['ours_us']:.0f} us, torch {gs}, loop {p['torch_loop_us']:.0f} us"
+            f"prefill {p['format']:5s} T=512: ours {p['ours_us']:.0f} us, torch {gs}, "
+            f"loop {p['torch_loop_us']:.0f} us"
         )
 
 
