@@ -125,6 +125,36 @@ def test_config_errors():
         bd.load_source("/no/such/trace.csv", 4)
 
 
+def test_static_placement_from_the_source_or_a_heat_profile(tmp_path):
+    tr = synthetic_trace("qwen3-30b-a3b", 30, seed=4)
+    cfg = bd.DecodeBenchConfig(layers=3, device="cpu", policies=("cpu",))
+    notes: list[str] = []
+    own = bd.static_frequency("synthetic:qwen3-30b-a3b", tr, cfg, 10, notes)
+    # The source's steps after the 10 replayed ones, counted per layer.
+    want = np.zeros((3, tr.n_expert))
+    rows = [int(tr.step_offsets[s]) for s in tr.decode_steps()][10:]
+    for r in rows:
+        for li in range(3):
+            np.add.at(want[li], tr.ids[r, li], 1.0)
+    np.testing.assert_array_equal(own, want)
+    assert "after the 10 replayed" in notes[-1]
+    # A heat profile of other prompts replaces it (first `layers` rows).
+    heat = np.random.default_rng(2).integers(0, 50, size=(5, tr.n_expert))
+    f = tmp_path / "heat.json"
+    f.write_text(json.dumps({"layers": [{"heat": h.tolist()} for h in heat]}))
+    cfg_h = bd.DecodeBenchConfig(layers=3, device="cpu", policies=("cpu",), static_profile=str(f))
+    cfg_h.validate()
+    np.testing.assert_array_equal(
+        bd.static_frequency("synthetic:qwen3-30b-a3b", tr, cfg_h, 10, notes), heat[:3]
+    )
+    assert "heat.json" in notes[-1]
+    too_few = bd.DecodeBenchConfig(layers=6, device="cpu", policies=("cpu",), static_profile=str(f))
+    with pytest.raises(ValueError, match="needs >= 6"):
+        bd.static_frequency("synthetic:qwen3-30b-a3b", tr, too_few, 10, notes)
+    with pytest.raises(ValueError, match="not a file"):
+        bd.DecodeBenchConfig(device="cpu", policies=("cpu",), static_profile="/no/heat").validate()
+
+
 def _runtime_available() -> bool:
     try:
         from hybrid_moe._native import native

@@ -157,6 +157,29 @@ def test_sim_command_writes_json_and_plot(tmp_path):
     assert main(["sim", "--synthetic", "qwen3-30b-a3b", "--tokens", "5", "--policy", "nope"]) == 2
 
 
+def test_sim_command_static_profile_and_warm_start(tmp_path, capsys):
+    from hybrid_moe.cli import main
+
+    heat = np.random.default_rng(3).integers(1, 100, size=(48, 128))
+    f = tmp_path / "heat.json"
+    f.write_text(json.dumps({"layers": [{"heat": h.tolist()} for h in heat]}))
+    out = tmp_path / "r.json"
+    base = ["sim", "--synthetic", "qwen3-30b-a3b", "--tokens", "30", "--budget", "25%"]
+    args = [*base, "--policy", "static,value", "--out", str(out)]
+    assert main([*args, "--static-profile", str(f), "--warm-start"]) == 0
+    data = json.loads(out.read_text())
+    assert "heat.json" in data["placement"] and "start from it" in data["placement"]
+    warm = {r["policy"]: r for r in data["results"]}
+    assert main(args) == 0  # default: static from the trace's own counts, cold caching policies
+    data = json.loads(out.read_text())
+    assert "own counts" in data["placement"]
+    own = {r["policy"]: r for r in data["results"]}
+    # A random heat places static worse than the trace's own counts.
+    assert warm["static"]["hit_rate"] < own["static"]["hit_rate"]
+    assert main([*base, "--warm-start"]) == 2  # needs a profile to start from
+    assert "--warm-start needs --static-profile" in capsys.readouterr().err
+
+
 def test_static_profile_from_other_tokens():
     from hybrid_moe.sim import profile_from_trace
 

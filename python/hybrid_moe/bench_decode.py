@@ -74,6 +74,10 @@ class DecodeBenchConfig:
     # Every caching policy starts from static's placement (a calibration run's profile) instead
     # of an empty cache, as a deployment would; false: lru, lru-fetch and value start cold.
     warm_start: bool = True
+    # static's placement (and the warm start's) from a co-activation profile of OTHER prompts
+    # (layers[].heat JSON, KTransformers-style `frequency`), instead of the source's own later
+    # tokens, which share the replayed prompt's hot set; None: the source's later tokens.
+    static_profile: str | None = None
 
     def validate(self) -> None:
         from hybrid_moe.policies import policy_names
@@ -105,6 +109,8 @@ class DecodeBenchConfig:
             raise ValueError(
                 "device='cpu' runs the runtime's CPU path: only policy 'cpu' is meaningful"
             )
+        if self.static_profile is not None and not Path(self.static_profile).is_file():
+            raise ValueError(f"static_profile {self.static_profile!r} is not a file")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError(
                 "device='cuda' but torch sees no CUDA device (use --device cpu --policies cpu)"
@@ -173,9 +179,23 @@ def static_frequency(
     NOT replay (a profile from a calibration run, as a user would have): the source's one-token
     decode steps after the first n_steps (a trace's later tokens; for a synthetic preset,
     STATIC_EXTRA_STEPS more steps of the same draw, i.e. the same model's hot set). Only when a
-    trace has no other steps are the replayed ones used (optimistic, noted)."""
+    trace has no other steps are the replayed ones used (optimistic, noted). With
+    cfg.static_profile: that profile's heat of the first cfg.layers layers (other prompts)."""
     freq = np.zeros((cfg.layers, trace.n_expert))
     name = source if source.startswith("synthetic:") else Path(source).name
+    if cfg.static_profile is not None:
+        from hybrid_moe.sim import profile_from_heat
+
+        heat = profile_from_heat(cfg.static_profile)
+        if heat.shape[0] < cfg.layers or heat.shape[1] != trace.n_expert:
+            raise ValueError(
+                f"static_profile {cfg.static_profile}: heat is {heat.shape[0]} layers x "
+                f"{heat.shape[1]} experts, the benchmark needs >= {cfg.layers} x {trace.n_expert}"
+            )
+        notes.append(
+            f"{name}: static placed by {Path(cfg.static_profile).name} (other prompts' heat)"
+        )
+        return np.ascontiguousarray(heat[: cfg.layers], dtype=np.float64)
     rows = [
         int(trace.step_offsets[s])
         for s in trace.decode_steps()

@@ -57,6 +57,13 @@ def register(sub) -> None:
         help="lru, lru-fetch and value start from an empty cache (default: from static's "
         "placement)",
     )
+    d.add_argument(
+        "--static-profile",
+        metavar="HEAT_JSON",
+        help="place static (and the warm start) by this co-activation profile of other prompts "
+        "(layers[].heat, e.g. ../shared/traces/qwen3-30b-a3b.coactivation.json), as "
+        "KTransformers' frequency placement is; default: the source's own later tokens",
+    )
     d.add_argument("--quick", action="store_true", help="6 layers, 12 warm-up + 32 measured tokens")
     d.add_argument("--json", help="write every configuration's numbers as JSON")
     d.add_argument("--plot", help="write a plot (PNG) of tokens/s against budget per policy")
@@ -117,6 +124,7 @@ def run_decode_bench(args) -> int:
         graph=not args.no_graph,
         timeline=not args.no_timeline,
         warm_start=not args.cold_start,
+        static_profile=args.static_profile,
     )
     if args.quick:
         cfg = bd.quick_config(cfg)

@@ -27,6 +27,19 @@ def register(sub) -> None:
         default=None,
         help="next-layer prediction accuracy for prefetch (default 0.8)",
     )
+    p.add_argument(
+        "--static-profile",
+        metavar="HEAT_JSON",
+        help="place `static` by this co-activation profile's per-layer heat (other prompts, e.g. "
+        "../shared/traces/qwen3-30b-a3b.coactivation.json) instead of the trace's own counts, "
+        "which know the future and flatter static",
+    )
+    p.add_argument(
+        "--warm-start",
+        action="store_true",
+        help="with --static-profile: lru, lfu, lru-fetch and value start from static's placement "
+        "(as `hybrid-moe bench decode` runs them) instead of an empty cache",
+    )
     p.add_argument("--out", help="write all results as JSON")
     p.add_argument("--plot", help="write a plot of tokens/s against budget per policy (PNG)")
     p.set_defaults(func=run)
@@ -38,7 +51,7 @@ def run(args) -> int:
     from rich.table import Table
 
     from hybrid_moe.policies import parse_policies
-    from hybrid_moe.sim import DEFAULT_PREDICTOR_ACCURACY, simulate
+    from hybrid_moe.sim import DEFAULT_PREDICTOR_ACCURACY, profile_from_heat, simulate
 
     policies = parse_policies(args.policy)
     budgets = [b.strip() for b in args.budget.split(",") if b.strip()]
@@ -56,19 +69,32 @@ def run(args) -> int:
         trace = synthetic_trace(args.synthetic, args.tokens, seed=args.seed)
         source = f"synthetic:{args.synthetic}:{args.tokens}"
     acc = DEFAULT_PREDICTOR_ACCURACY if args.predictor_accuracy is None else args.predictor_accuracy
+    if args.warm_start and not args.static_profile:
+        raise ValueError("--warm-start needs --static-profile (the placement to start from)")
+    static = profile_from_heat(args.static_profile) if args.static_profile else None
+    placement = (
+        f"static placed by {args.static_profile}"
+        + ("; caching policies start from it" if args.warm_start else "")
+        if static is not None
+        else "static placed by this trace's own counts (it knows the future: optimistic); "
+        "caching policies start empty"
+    )
+    place = {"static_profile": static, "warm_start": args.warm_start}
     model = args.model or (args.synthetic if args.synthetic else None)
     # "cpu" ignores the budget: run it once and use it as the baseline of every budget.
     results = []
     with Progress(transient=True) as progress:
         task = progress.add_task("simulating", total=len(budgets) * len(policies))
-        base = simulate(trace, args.profile, "cpu", 0, args.fmt, acc, args.seed, model=model)
+        base = simulate(
+            trace, args.profile, "cpu", 0, args.fmt, acc, args.seed, model=model, **place
+        )
         for b in budgets:
             for pol in policies:
                 r = (
                     base
                     if pol == "cpu"
                     else simulate(
-                        trace, args.profile, pol, b, args.fmt, acc, args.seed, model=model
+                        trace, args.profile, pol, b, args.fmt, acc, args.seed, model=model, **place
                     )
                 )
                 r = dict(r, budget=b, speedup_vs_cpu=r["tokens_per_s"] / base["tokens_per_s"])
@@ -76,7 +102,8 @@ def run(args) -> int:
                 progress.advance(task)
 
     table = Table(
-        title=f"{source} | {args.profile} | {args.fmt} | {trace.decode_steps().size} decode steps"
+        title=f"{source} | {args.profile} | {args.fmt} | {trace.decode_steps().size} decode steps",
+        caption=placement,
     )
     for col in (
         "policy",
@@ -108,6 +135,7 @@ def run(args) -> int:
                     "source": source,
                     "profile": args.profile,
                     "format": args.fmt,
+                    "placement": placement,
                     "results": [
                         {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in r.items()}
                         for r in results
