@@ -94,6 +94,24 @@ def test_reconfigure_before_start_only_changes_options():
     assert rt.native.policy == "cpu"
 
 
+def test_frequency_from_a_heat_profile_file(tmp_path):
+    import json
+
+    heat = torch.randint(1, 50, (L, E), generator=torch.Generator().manual_seed(4))
+    f = tmp_path / "heat.json"
+    f.write_text(json.dumps({"layers": [{"heat": h.tolist()} for h in heat]}))
+    rt, layers, refs = _model("cpu", policy="static")
+    assert rt._frequency_list(str(f)) == rt._frequency_list(heat)  # the path reads the same counts
+    rt.reconfigure(policy="static", frequency=f)
+    _steps(rt, layers, refs, torch.device("cpu"), torch.Generator().manual_seed(5), n=1)
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({"layers": [{"heat": [1] * E}] * (L + 1)}))
+    with pytest.raises(ValueError, match="frequency"):
+        rt.reconfigure(policy="static", frequency=wrong)
+    with pytest.raises(ValueError, match="no co-activation profile"):
+        rt.reconfigure(policy="static", frequency=tmp_path / "missing.json")
+
+
 def test_timeline_parser_on_handmade_events():
     # Two layers, one step, then layer 0 again; times in us. Kinds as in csrc/runtime/timeline.h.
     ev = [

@@ -136,9 +136,11 @@ class Runtime:
     device: 'cpu', 'cuda', 'cuda:N', an int or None (the GPU when usable, else the CPU).
     n_layers: number of MoE layers, when known (layer_idx then lies in [0, n_layers)).
     decode_max_tokens: T above it takes the host-driven prefill path (not graph-capturable).
-    frequency: per (layer, expert) use counts [n_layers, n_expert] of a calibration run: static's
-        fixed GPU set (default: uniform, i.e. an arbitrary set); lru, lfu, lru-fetch and value
-        start from the same placement and adapt (default: an empty cache).
+    frequency: per (layer, expert) use counts [n_layers, n_expert] of a calibration run, or the
+        path of a co-activation profile JSON (layers[].heat, e.g. ../shared/traces/
+        qwen3-30b-a3b.coactivation.json): static's fixed GPU set (default: uniform, i.e. an
+        arbitrary set); lru, lfu, lru-fetch and value start from the same placement and adapt
+        (default: an empty cache).
     """
 
     def __init__(
@@ -208,6 +210,12 @@ class Runtime:
     def _frequency_list(self, frequency) -> list[float]:
         if frequency is None:
             return []
+        if isinstance(frequency, (str, Path)):  # a co-activation profile JSON: its per-layer heat
+            from hybrid_moe.sim import profile_from_heat
+
+            if not Path(frequency).is_file():
+                raise ValueError(f"frequency: no co-activation profile file at {frequency}")
+            frequency = profile_from_heat(frequency)
         f = torch.as_tensor(frequency, dtype=torch.float64)
         if f.dim() != 2 or (self._n_layers is not None and f.shape[0] != self._n_layers):
             raise ValueError(f"frequency must be [n_layers, n_expert], got {list(f.shape)}")
