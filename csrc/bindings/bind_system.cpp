@@ -27,6 +27,11 @@ HM_BINDINGS(system) {
 #else
   m.attr("cuda_built") = false;
 #endif
+#if HYBRID_MOE_HAVE_AVX2
+  m.attr("avx2_built") = true;
+#else
+  m.attr("avx2_built") = false;
+#endif
 #if HYBRID_MOE_HAVE_AVX512
   m.attr("avx512_built") = true;
 #else
@@ -43,6 +48,10 @@ HM_BINDINGS(system) {
     py::dict d;
     d["vendor"] = f.vendor;
     d["brand"] = f.brand;
+    d["avx2"] = f.avx2;
+    d["fma"] = f.fma;
+    d["f16c"] = f.f16c;
+    d["os_avx"] = f.os_avx;
     d["avx512f"] = f.avx512f;
     d["avx512bw"] = f.avx512bw;
     d["avx512vl"] = f.avx512vl;
@@ -63,8 +72,19 @@ HM_BINDINGS(system) {
   m.def(
       "set_cpu_isa", [](const std::string& name) { return isa_dict(hm::cpu::set_isa(name)); },
       py::arg("name"),
-      "Cap the CPU kernel variant: 'generic', 'avx512', 'amx' or 'auto'. Raises ValueError for "
-      "an unknown name or one this machine cannot run.");
+      "Cap the CPU kernel variant: 'generic', 'avx2', 'avx512', 'amx' or 'auto'. Raises "
+      "ValueError for an unknown name or one this machine cannot run.");
+  m.def(
+      "runnable_cpu_isas",
+      [] {
+        py::list out;
+        out.append("generic");
+        if (hm::cpu::avx2_usable()) out.append("avx2");
+        if (hm::cpu::avx512_usable()) out.append("avx512");
+        if (hm::cpu::amx_usable()) out.append("amx");  // asks Linux for tile permission once
+        return out;
+      },
+      "The CPU kernel variants this machine, its OS and this build can run, in ascending order.");
   m.def("physical_cores", &hm::cpu::physical_cores,
         "Physical cores this process may run on (the default thread count).");
 

@@ -48,13 +48,17 @@ CpuFeatures detect() {
   f.vendor = vendor;
   cpuid(1, 0, r);
   const bool osxsave = (r[2] >> 27) & 1;
+  f.fma = (r[2] >> 12) & 1;
+  f.f16c = (r[2] >> 29) & 1;
   if (osxsave) {
     const auto xcr0 = xgetbv0();
+    f.os_avx = (xcr0 & 0x6) == 0x6;                    // SSE, AVX
     f.os_avx512 = (xcr0 & 0xE6) == 0xE6;               // SSE, AVX, opmask, ZMM_Hi256, Hi16_ZMM
     f.os_amx = (xcr0 & (3ull << 17)) == (3ull << 17);  // XTILECFG, XTILEDATA
   }
   if (max_leaf >= 7) {
     cpuid(7, 0, r);
+    f.avx2 = (r[1] >> 5) & 1;
     f.avx512f = (r[1] >> 16) & 1;
     f.avx512dq = (r[1] >> 17) & 1;
     f.avx512bw = (r[1] >> 30) & 1;
@@ -112,14 +116,22 @@ IsaChoice g_choice;
 // Best variant at or below `cap` that the machine runs, with the reason for the choice.
 IsaChoice choose(Isa cap, const std::string& cap_source) {
   IsaChoice c;
-  std::string amx_why, avx_why;
+  std::string amx_why, avx_why, avx2_why;
   const bool amx = amx_usable(&amx_why);
   const bool avx = avx512_usable();
+  const bool avx2 = avx2_usable();
   if (!avx) {
 #if HYBRID_MOE_HAVE_AVX512
     avx_why = "CPU or OS lacks AVX512-F/BW/VL/BF16/VNNI";
 #else
     avx_why = "this build has no AVX512 variant (compiler lacks -mavx512bf16)";
+#endif
+  }
+  if (!avx2) {
+#if HYBRID_MOE_HAVE_AVX2
+    avx2_why = "CPU or OS lacks AVX2/FMA/F16C";
+#else
+    avx2_why = "this build has no AVX2 variant (compiler lacks -mavx2)";
 #endif
   }
   if (cap >= Isa::kAmx && amx) {
@@ -129,10 +141,14 @@ IsaChoice choose(Isa cap, const std::string& cap_source) {
     c.isa = Isa::kAvx512;
     c.reason = cap < Isa::kAmx ? "capped at avx512 by " + cap_source
                                : "AVX512-BF16/VNNI available; no AMX: " + amx_why;
+  } else if (cap >= Isa::kAvx2 && avx2) {
+    c.isa = Isa::kAvx2;
+    c.reason = cap < Isa::kAvx512 ? "capped at avx2 by " + cap_source
+                                  : "AVX2/FMA/F16C available; no AVX512 variant: " + avx_why;
   } else {
     c.isa = Isa::kGeneric;
     c.reason =
-        cap < Isa::kAvx512 ? "capped at generic by " + cap_source : "portable C++: " + avx_why;
+        cap < Isa::kAvx2 ? "capped at generic by " + cap_source : "portable C++: " + avx2_why;
   }
   return c;
 }
@@ -143,6 +159,8 @@ const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::kGeneric:
       return "generic";
+    case Isa::kAvx2:
+      return "avx2";
     case Isa::kAvx512:
       return "avx512";
     case Isa::kAmx:
@@ -153,14 +171,24 @@ const char* isa_name(Isa isa) {
 
 Isa parse_isa(const std::string& name) {
   if (name == "generic") return Isa::kGeneric;
+  if (name == "avx2") return Isa::kAvx2;
   if (name == "avx512") return Isa::kAvx512;
   if (name == "amx") return Isa::kAmx;
-  HM_CHECK(false, "unknown CPU ISA '", name, "': expected one of generic, avx512, amx, auto");
+  HM_CHECK(false, "unknown CPU ISA '", name, "': expected one of generic, avx2, avx512, amx, auto");
 }
 
 const CpuFeatures& cpu_features() {
   static const CpuFeatures features = detect();
   return features;
+}
+
+bool avx2_usable() {
+#if HYBRID_MOE_HAVE_AVX2
+  const auto& f = cpu_features();
+  return f.os_avx && f.avx2 && f.fma && f.f16c;
+#else
+  return false;
+#endif
 }
 
 bool avx512_usable() {
@@ -209,7 +237,7 @@ const IsaChoice& current_isa() {
         cap = parse_isa(env);
       } catch (const ValueError&) {
         throw ValueError(std::string("environment variable HYBRID_MOE_CPU_ISA='") + env +
-                         "' is not one of generic, avx512, amx, auto");
+                         "' is not one of generic, avx2, avx512, amx, auto");
       }
       source = std::string("HYBRID_MOE_CPU_ISA=") + env;
     }

@@ -4,6 +4,8 @@
 // are packed once into a variant-specific buffer, then every weight row is dotted with all n_tok
 // packed activations. Packed encodings (all padded so that a block never straddles tokens):
 //   generic bf16: fp32 values, token-major [n_tok][n]                      (exact)
+//   avx2    bf16: fp32 values, token-major [n_tok][n], each full 16-chunk permuted for the
+//                 unpacklo/hi widening of the weights (kernels_avx2.cpp)         (exact)
 //   avx512  bf16: bf16 values, token-major [n_tok][n rounded up to 32], zero padding (vdpbf16ps)
 //   amx     bf16: the avx512 buffer, then (n % 32 == 0 and n_tok >= kAmxMinTokens) a copy in AMX
 //                 VNNI order [n/2][n_tok rounded up to 16][2] for TDPBF16PS
@@ -97,6 +99,9 @@ struct KernelOps {
 };
 
 const KernelOps& generic_ops();
+#if HYBRID_MOE_HAVE_AVX2
+const KernelOps& avx2_ops();
+#endif
 #if HYBRID_MOE_HAVE_AVX512
 const KernelOps& avx512_ops();
 #endif

@@ -161,6 +161,12 @@ const KernelOps& kernel_ops(Isa isa) {
     return avx512_ops();
   }
 #endif
+#if HYBRID_MOE_HAVE_AVX2
+  if (isa == Isa::kAvx2) {
+    HM_CHECK(avx2_usable(), "CPU ISA avx2 requested but this machine cannot run it");
+    return avx2_ops();
+  }
+#endif
   HM_CHECK(isa == Isa::kGeneric, "CPU ISA ", isa_name(isa), " is not built into this library");
   return generic_ops();
 }

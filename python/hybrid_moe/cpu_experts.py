@@ -4,8 +4,8 @@ CPU, and aliases of the Q8_0 helpers (hybrid_moe.formats) and float32 reference 
     store = CpuExpertStore.from_tensors(gate[E, I, H], up[E, I, H], down[E, H, I], fmt="q8_0")
     out = run_layer(store, x[T, H], topk_ids[T, k], topk_weights[T, k])   # -> fp32 [T, H]
 
-x is float32 on the CPU (bf16 is converted). The ISA (generic | avx512 | amx) is chosen at run time
-by CPUID; HYBRID_MOE_CPU_ISA or hybrid_moe.set_cpu_isa caps it, `isa=` picks one per call.
+x is float32 on the CPU (bf16 is converted). The ISA (generic | avx2 | avx512 | amx) is chosen at
+run time by CPUID; HYBRID_MOE_CPU_ISA or hybrid_moe.set_cpu_isa caps it, `isa=` picks one per call.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from hybrid_moe._native import native
 from hybrid_moe.formats import FORMATS
 from hybrid_moe.reference import reference_moe
 
-ISAS = ("generic", "avx512", "amx")
+ISAS = ("generic", "avx2", "avx512", "amx")
 # Thin aliases kept for callers of cpu_experts.*: the one implementation is in hybrid_moe.formats.
 quantize_q8_0 = formats.quantize_q8_0  # [..., n] float -> uint8 torch [..., n / 32 * 34]
 dequantize_q8_0 = formats.dequantize_q8_0  # uint8 [..., n / 32 * 34] -> float32 [..., n]
@@ -127,7 +127,7 @@ def run_layer(
 
     x: [T, H] float32 or bf16 (CPU); topk_ids: int [T, k]; topk_weights: float [T, k].
     threads: pool size (None: HYBRID_MOE_THREADS or the physical cores). isa: None (the run-time
-    choice) or 'generic' | 'avx512' | 'amx'. out: optional fp32 [T, H] to accumulate into;
+    choice) or 'generic' | 'avx2' | 'avx512' | 'amx'. out: optional fp32 [T, H] to accumulate into;
     otherwise a new zero tensor. Returns out (fp32 [T, H]).
     """
     if not isinstance(store, CpuExpertStore):
@@ -176,31 +176,5 @@ def reference_layer(gate, up, down, x, topk_ids, topk_weights) -> torch.Tensor:
 
 
 def available_isas() -> list[str]:
-    """The variants this machine and build can run (each test runs all of them)."""
-    out = ["generic"]
-    feats = dict(native.cpu_features())
-    if native.avx512_built and all(
-        feats[f]
-        for f in (
-            "avx512f",
-            "avx512bw",
-            "avx512vl",
-            "avx512dq",
-            "avx512_bf16",
-            "avx512_vnni",
-            "os_avx512",
-        )
-    ):
-        out.append("avx512")
-        if native.amx_built and all(
-            feats[f] for f in ("amx_tile", "amx_bf16", "amx_int8", "os_amx")
-        ):
-            cur = dict(native.cpu_isa())
-            try:
-                native.set_cpu_isa("amx")
-                out.append("amx")
-            except ValueError:
-                pass
-            finally:
-                native.set_cpu_isa(cur["isa"])
-    return out
+    """The variants this machine and build can run, ascending (each test runs all of them)."""
+    return [str(name) for name in native.runnable_cpu_isas()]

@@ -14,7 +14,7 @@ def cuda_available() -> bool:
 
 
 def set_cpu_isa(name: str) -> dict[str, str]:
-    """Cap the CPU kernel variant ('generic', 'avx512', 'amx' or 'auto').
+    """Cap the CPU kernel variant ('generic', 'avx2', 'avx512', 'amx' or 'auto').
 
     Raises ValueError for an unknown name or a variant this machine or build cannot run.
     Returns {'isa': chosen variant, 'reason': why}.
@@ -56,6 +56,7 @@ def info() -> dict[str, Any]:
         "cpu_vendor": feats.pop("vendor"),
         "cpu_features": feats,
         "cpu_variants_built": ["generic"]
+        + (["avx2"] if native.avx2_built else [])
         + (["avx512"] if native.avx512_built else [])
         + (["amx"] if native.amx_built else []),
         "cpu_isa": isa["isa"],

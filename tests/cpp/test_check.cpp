@@ -35,5 +35,7 @@ HM_TEST(isa_parse_and_choice) {
   HM_EXPECT(!c.reason.empty());
   if (c.isa == hm::cpu::Isa::kAmx) HM_EXPECT(hm::cpu::amx_usable());
   if (c.isa >= hm::cpu::Isa::kAvx512) HM_EXPECT(hm::cpu::avx512_usable());
+  if (c.isa == hm::cpu::Isa::kAvx2) HM_EXPECT(hm::cpu::avx2_usable() && !hm::cpu::avx512_usable());
+  HM_EXPECT(hm::cpu::parse_isa("avx2") == hm::cpu::Isa::kAvx2);
   HM_EXPECT(hm::cpu::physical_cores() >= 1);
 }

@@ -22,6 +22,7 @@ using hm::cpu::Isa;
 
 std::vector<Isa> runnable_isas() {
   std::vector<Isa> v{Isa::kGeneric};
+  if (hm::cpu::avx2_usable()) v.push_back(Isa::kAvx2);
   if (hm::cpu::avx512_usable()) v.push_back(Isa::kAvx512);
   if (hm::cpu::amx_usable()) v.push_back(Isa::kAmx);
   return v;
@@ -61,14 +62,14 @@ void random_rows(WeightFormat f, int64_t rows, int64_t n, std::mt19937& rng,
   }
 }
 
-// The activations as the kernels see them: bf16-rounded (SIMD bf16), fp32 (generic bf16) or
-// Q8-quantised per 32-block (every Q8 variant).
+// The activations as the kernels see them: bf16-rounded (AVX512/AMX bf16), fp32 (generic and
+// AVX2 bf16) or Q8-quantised per 32-block (every Q8 variant).
 std::vector<double> effective_acts(WeightFormat f, Isa isa, const std::vector<float>& x,
                                    int64_t n) {
   std::vector<double> v(x.size());
   if (f == WeightFormat::kBF16) {
     for (std::size_t i = 0; i < x.size(); ++i)
-      v[i] = isa == Isa::kGeneric ? x[i] : hm::cpu::bf16_to_f32(hm::cpu::f32_to_bf16(x[i]));
+      v[i] = isa <= Isa::kAvx2 ? x[i] : hm::cpu::bf16_to_f32(hm::cpu::f32_to_bf16(x[i]));
     return v;
   }
   for (std::size_t b = 0; b < x.size() / 32; ++b) {

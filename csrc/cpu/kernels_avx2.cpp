@@ -1,0 +1,197 @@
+// [NOTE] AVX2 variant (built with -mavx2 -mfma -mf16c; run when CPUID and the OS allow AVX2, FMA
+// and F16C). It exists for the CPUs without AVX512-BF16/VNNI that sit in most consumer-GPU hosts
+// (AMD Zen 2/3, Intel desktop parts since Alder Lake), which would otherwise run the generic code.
+// Same blocking as the AVX512 variant: 4 weight rows per pass (4 load streams), tokens in chunks
+// of up to 2 that share each weight load, software prefetch prefetch_bytes() ahead in every row.
+// BF16: a weight is widened to fp32 exactly (16-bit shift into the high half) and multiplied with
+//   fp32 activations, so results equal the generic variant's up to summation order. 16 weights
+//   per 256-bit load: unpacklo/hi_epi16(zero, w) give the fp32 values {0-3, 8-11} and {4-7, 12-15}
+//   of the 16 (per 128-bit lane); the packed activations are stored in that order (pack()), so no
+//   shuffle runs per weight load. A row tail of n % 16 values is summed in scalar code.
+//   Packed: fp32 [n_tok][n]; each full 16-chunk permuted as above, the tail in natural order.
+// Q8_0: GGUF blocks read in place. vpmaddubsw multiplies u8 x s8, so per block the weights become
+//   |q_w| (vpsignb q_w, q_w) and each token's activations take the weights' signs (vpsignb q_x,
+//   q_w): |q_w| * sign(q_w) q_x = q_w q_x. |q_w| <= 128 and |q_x| <= 127 (activation quantisation,
+//   numeric.h), so a pair sum is at most 32512 and the int16 saturation of vpmaddubsw never
+//   applies. vpmaddwd with ones sums to 8 int32 lanes (exact), converted once per block and scaled
+//   by d_w * d_x with one multiply + one fma. Packed: QuantBlockQ8 [n_tok][n / 32] (generic's).
+#include <immintrin.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "core/check.h"
+#include "cpu/kernel_ops.h"
+#include "cpu/numeric.h"
+
+namespace hm::cpu {
+namespace {
+
+constexpr int kRows = 4;        // weight rows per pass
+constexpr int kTokChunk = 2;    // tokens per register block (16 ymm registers)
+constexpr int kChunkBf16 = 16;  // bf16 values per 256-bit weight load
+
+// Index in a packed bf16 activation row of value k (full 16-chunks permuted, see [NOTE]).
+inline int64_t bf16_slot(int64_t k, int64_t n) {
+  const int64_t c = k / kChunkBf16 * kChunkBf16;
+  if (c + kChunkBf16 > n) return k;  // tail: natural order
+  static constexpr int kInv[16] = {0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15};
+  return c + kInv[k - c];
+}
+
+std::size_t avx2_packed_bytes(WeightFormat f, int n_tok, int64_t n) {
+  if (f == WeightFormat::kBF16) return static_cast<std::size_t>(n_tok) * n * sizeof(float);
+  return static_cast<std::size_t>(n_tok) * (n / kQ8BlockSize) * sizeof(QuantBlockQ8);
+}
+
+void avx2_pack(WeightFormat f, int n_tok, int64_t n, int64_t k0, int64_t k1,
+               const float* const* src, uint8_t* packed) {
+  for (int t = 0; t < n_tok; ++t) {
+    if (f == WeightFormat::kBF16) {
+      float* dst = reinterpret_cast<float*>(packed) + t * n;
+      for (int64_t k = k0; k < k1; ++k) dst[bf16_slot(k, n)] = src[t][k - k0];
+    } else {
+      auto* blocks = reinterpret_cast<QuantBlockQ8*>(packed) + t * (n / kQ8BlockSize);
+      for (int64_t k = k0; k < k1; k += kQ8BlockSize)
+        quantize_block_q8(src[t] + (k - k0), &blocks[k / kQ8BlockSize]);
+    }
+  }
+}
+
+inline float hsum(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 h = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+}
+
+inline void prefetch(const uint8_t* p) {
+  _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0);
+}
+
+// y[t * ldy + r] for R rows (row r at w + r * stride) x NT tokens (token t's packed fp32 at
+// act + t * n).
+template <int R, int NT>
+void bf16_block(const uint8_t* w, std::size_t stride, int64_t n, const float* act, float* y,
+                int64_t ldy, int64_t pf) {
+  __m256 acc[R][NT];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < NT; ++t) acc[r][t] = _mm256_setzero_ps();
+  const __m256i zero = _mm256_setzero_si256();
+  const int64_t n16 = n / kChunkBf16 * kChunkBf16;
+  for (int64_t k = 0; k < n16; k += kChunkBf16) {
+    __m256 xlo[NT], xhi[NT];
+    for (int t = 0; t < NT; ++t) {
+      xlo[t] = _mm256_loadu_ps(act + t * n + k);
+      xhi[t] = _mm256_loadu_ps(act + t * n + k + 8);
+    }
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* p = w + r * stride + k * 2;
+      if (pf > 0 && (k & 31) == 0) prefetch(p + pf);  // one line per 32 values
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+      const __m256 wlo = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, wv));
+      const __m256 whi = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, wv));
+      for (int t = 0; t < NT; ++t) {
+        acc[r][t] = _mm256_fmadd_ps(wlo, xlo[t], acc[r][t]);
+        acc[r][t] = _mm256_fmadd_ps(whi, xhi[t], acc[r][t]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    const auto* wr = reinterpret_cast<const uint16_t*>(w + r * stride);
+    for (int t = 0; t < NT; ++t) {
+      float s = hsum(acc[r][t]);
+      for (int64_t k = n16; k < n; ++k) s += bf16_to_f32(wr[k]) * act[t * n + k];
+      y[t * ldy + r] = s;
+    }
+  }
+}
+
+template <int R, int NT>
+void q8_block(const uint8_t* w, std::size_t stride, int64_t nb, const QuantBlockQ8* act, float* y,
+              int64_t ldy, int64_t pf) {
+  __m256 acc[R][NT];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < NT; ++t) acc[r][t] = _mm256_setzero_ps();
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t b = 0; b < nb; ++b) {
+    __m256i xq[NT];
+    __m256 dx[NT];
+    for (int t = 0; t < NT; ++t) {
+      const QuantBlockQ8& a = act[t * nb + b];
+      xq[t] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q));
+      dx[t] = _mm256_broadcast_ss(&a.d);
+    }
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* blk = w + r * stride + b * kQ8BlockBytes;
+      if (pf > 0 && (b & 1) == 0) prefetch(blk + pf);  // ~one line per 2 blocks (68 bytes)
+      const auto* bq = reinterpret_cast<const BlockQ8_0*>(blk);
+      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bq->qs));
+      const __m256i aq = _mm256_sign_epi8(q, q);  // |q_w| as u8 (-128 -> 128)
+      const __m256 dw = _mm256_set1_ps(_cvtsh_ss(bq->d));
+      for (int t = 0; t < NT; ++t) {
+        const __m256i p16 = _mm256_maddubs_epi16(aq, _mm256_sign_epi8(xq[t], q));
+        const __m256 s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+        acc[r][t] = _mm256_fmadd_ps(s, _mm256_mul_ps(dw, dx[t]), acc[r][t]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < NT; ++t) y[t * ldy + r] = hsum(acc[r][t]);
+}
+
+// The R rows at w, all n_tok tokens in chunks of kTokChunk (weights are prefetched on the first
+// chunk only; the later chunks find the R rows in L1/L2).
+template <int R>
+void rows_pass(WeightFormat f, const uint8_t* w, std::size_t stride, int64_t n_in,
+               const uint8_t* packed, int n_tok, float* y, int64_t ldy, int64_t pf) {
+  for (int t = 0; t < n_tok; t += kTokChunk) {
+    const bool pair = n_tok - t >= 2;
+    const int64_t p = t == 0 ? pf : 0;
+    float* yt = y + t * ldy;
+    if (f == WeightFormat::kBF16) {
+      const float* a = reinterpret_cast<const float*>(packed) + t * n_in;
+      if (pair)
+        bf16_block<R, 2>(w, stride, n_in, a, yt, ldy, p);
+      else
+        bf16_block<R, 1>(w, stride, n_in, a, yt, ldy, p);
+    } else {
+      const int64_t nb = n_in / kQ8BlockSize;
+      const auto* a = reinterpret_cast<const QuantBlockQ8*>(packed) + t * nb;
+      if (pair)
+        q8_block<R, 2>(w, stride, nb, a, yt, ldy, p);
+      else
+        q8_block<R, 1>(w, stride, nb, a, yt, ldy, p);
+    }
+  }
+}
+
+void avx2_dot_rows(WeightFormat f, const uint8_t* w, std::size_t row_stride, int64_t rows,
+                   int64_t n_in, const uint8_t* packed, int n_tok, float* y, int64_t ldy) {
+  const int64_t pf = prefetch_bytes();
+  int64_t r = 0;
+  for (; r + kRows <= rows; r += kRows)
+    rows_pass<kRows>(f, w + r * row_stride, row_stride, n_in, packed, n_tok, y + r, ldy, pf);
+  const uint8_t* wt = w + r * row_stride;
+  switch (rows - r) {
+    case 3:
+      rows_pass<3>(f, wt, row_stride, n_in, packed, n_tok, y + r, ldy, pf);
+      break;
+    case 2:
+      rows_pass<2>(f, wt, row_stride, n_in, packed, n_tok, y + r, ldy, pf);
+      break;
+    case 1:
+      rows_pass<1>(f, wt, row_stride, n_in, packed, n_tok, y + r, ldy, pf);
+      break;
+    default:
+      break;
+  }
+}
+
+}  // namespace
+
+const KernelOps& avx2_ops() {
+  static const KernelOps ops{Isa::kAvx2, avx2_packed_bytes, avx2_pack, avx2_dot_rows};
+  return ops;
+}
+
+}  // namespace hm::cpu
