@@ -1,13 +1,12 @@
 // [NOTE] Run-time choice of the CPU kernel variant.
 //
 // Variants are compiled with explicit per-file flags (CMakeLists.txt: *_avx2.cpp, *_avx512.cpp,
-// *_amx.cpp) and
-// chosen here, once, by CPUID + XGETBV (the OS must save the wider register state) and, for AMX,
-// Linux's permission to use tile data (arch_prctl ARCH_REQ_XCOMP_PERM, asked once). The environment
-// variable HYBRID_MOE_CPU_ISA=generic|avx2|avx512|amx caps the choice (it can lower, never raise,
-// what the CPU and the build allow); set_isa() does the same from code. Order: generic < avx2 <
-// avx512 < amx (avx2 is for CPUs without AVX512-BF16/VNNI, e.g. AMD Zen 2/3 and Intel desktop
-// parts).
+// *_amx.cpp) and chosen here, once, by CPUID + XGETBV (the OS must save the wider register state)
+// and, for AMX, Linux's permission to use tile data (arch_prctl ARCH_REQ_XCOMP_PERM, asked once).
+// The environment variable HYBRID_MOE_CPU_ISA=generic|avx2|avx512|amx caps the choice (it can
+// lower, never raise, what the CPU and the build allow); set_isa() does the same from code.
+// Order: generic < avx2 < avx512 < amx (avx2 is for CPUs without AVX512-BF16/VNNI, e.g. AMD Zen
+// 2/3 and Intel desktop parts).
 #pragma once
 
 #include <string>
