@@ -315,7 +315,11 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--intermediate", type=int, default=768)
     ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--isas", default="", help="comma list; default: avx512 and amx where runnable")
+    ap.add_argument(
+        "--isas",
+        default="",
+        help="comma list; default: the SIMD variants this machine runs (avx2, avx512, amx)",
+    )
     ap.add_argument(
         "--dram-gib", type=float, default=2.0, help="DRAM reader buffer (GiB, far above the L3)"
     )
@@ -351,7 +355,7 @@ def main() -> None:
     if a.isas == "none":  # kt / torch only
         isas = []
     else:
-        asked = a.isas.split(",") if a.isas else ["avx512", "amx"]
+        asked = a.isas.split(",") if a.isas else ["avx2", "avx512", "amx"]
         isas = [s for s in asked if s in runnable] or ["generic"]
     kt_threads = a.kt_threads or max(1, a.threads - 2)
     res = {
