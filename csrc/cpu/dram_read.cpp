@@ -80,6 +80,13 @@ std::vector<Method> methods() {
     return m;
   }
 #endif
+#if HYBRID_MOE_HAVE_AVX2
+  if (avx2_usable()) {
+    m.push_back({"avx2-linear", dram::read_avx2_linear, false});
+    m.push_back({"avx2-chunks", dram::read_avx2_linear, true});
+    return m;
+  }
+#endif
   m.push_back({"scalar-chunks", dram::read_scalar_linear, true});
   return m;
 }

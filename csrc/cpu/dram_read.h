@@ -9,9 +9,12 @@
 //   avx512-linear, avx512-linear-pf, avx512-streams: 512-bit aligned loads, 4 lines per iteration
 //     into 4 accumulators; no software prefetch / prefetch 1 KiB ahead / 4 streams 2 KiB ahead
 //     (AVX512 machines only)
-//   avx512-chunks (scalar-chunks without AVX512): the linear loop over 4 MiB chunks handed out
-//     dynamically instead of one contiguous slab per worker, so a slow or shared core (the caller
-//     is unpinned) does not set the time of the whole pass.
+//   avx2-linear: 256-bit aligned loads, 4 lines per iteration into 8 accumulators (machines with
+//     AVX2 but no AVX512)
+//   avx512-chunks (avx2-chunks without AVX512, scalar-chunks without either): the linear loop
+//     of the widest ISA over 4 MiB chunks handed out dynamically instead of one contiguous slab
+//     per worker, so a slow or shared core (the caller is unpinned) does not set the time of the
+//     whole pass.
 // HYBRID_MOE_DRAM_READ_LOG=1 prints every method's figure to stderr. Used as the denominator of
 // "fraction of DRAM bandwidth" in the CPU benchmark and by `hybrid-moe calibrate`.
 #pragma once

@@ -1,7 +1,7 @@
 // [NOTE] The read loops of the DRAM reader (dram_read.cpp), one per method. Each reads n_words
 // 64-bit words at p (p 64-byte aligned) and returns a value that depends on every word, so the
-// loads cannot be optimised away. The AVX512 loops live in dram_read_avx512.cpp (built with the
-// AVX512 flags, run only when avx512_usable()).
+// loads cannot be optimised away. The AVX512 loops live in dram_read_avx512.cpp and the AVX2 loop
+// in dram_read_avx2.cpp (each built with its ISA's flags, run only when that ISA is usable).
 #pragma once
 
 #include <cstddef>
@@ -15,6 +15,11 @@ using ReadFn = uint64_t (*)(const uint64_t* p, std::size_t n_words);
 uint64_t read_scalar_linear(const uint64_t* p, std::size_t n_words);
 // Scalar: the range cut in 4 parts read as interleaved streams, software prefetch 2 KiB ahead.
 uint64_t read_scalar_streams(const uint64_t* p, std::size_t n_words);
+
+#if HYBRID_MOE_HAVE_AVX2
+// AVX2: 4 cache lines per iteration into 8 independent ymm accumulators.
+uint64_t read_avx2_linear(const uint64_t* p, std::size_t n_words);
+#endif
 
 #if HYBRID_MOE_HAVE_AVX512
 // AVX512: 4 cache lines per iteration into 4 independent zmm accumulators.

@@ -20,6 +20,9 @@ HM_TEST(cpu_dram_read_loops_sum_every_word) {
   std::vector<std::pair<const char*, hm::cpu::dram::ReadFn>> fns{
       {"scalar-linear", hm::cpu::dram::read_scalar_linear},
       {"scalar-streams", hm::cpu::dram::read_scalar_streams}};
+#if HYBRID_MOE_HAVE_AVX2
+  if (hm::cpu::avx2_usable()) fns.push_back({"avx2-linear", hm::cpu::dram::read_avx2_linear});
+#endif
 #if HYBRID_MOE_HAVE_AVX512
   if (hm::cpu::avx512_usable()) {
     fns.push_back({"avx512-linear", hm::cpu::dram::read_avx512_linear});
