@@ -18,6 +18,10 @@ T=1). So `--kt-threads` defaults to threads - 2. `kt_<m>_batched`: `reps` layer 
 back to back, one sync, time / reps (its throughput). `x_vs_kt_int8` uses the fastest kt AMXINT8
 number of the row (per call or batched).
 
+Memory: our stores (and torch's tensors) are torch allocations advised to transparent huge pages
+(THP_MEM_ALLOC_ENABLE=1, set here before torch allocates) like the runtime's expert store and the
+DRAM reader (csrc/cpu/stream_buffer.h); HYBRID_MOE_HUGEPAGES=0 turns both off (4 KiB pages).
+
 `--fixed-cost 8,16,32,64` also times ours at T=1 with that many experts per call and fits
 time = fixed + n * per_expert (intercept: per-call fixed cost; slope: streaming GB/s), plus an
 empty call and a pool round trip (see fixed_cost_sweep).
@@ -35,6 +39,9 @@ import statistics
 import sys
 import tempfile
 import time
+
+# Before torch's first large allocation: torch reads THP_MEM_ALLOC_ENABLE once.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", os.environ.get("HYBRID_MOE_HUGEPAGES", "1"))
 
 import numpy as np
 import torch

@@ -317,6 +317,46 @@ def test_gpu_bad_inputs(cuda_device):
         l2[0](x, ids, wt)
 
 
+_HUGEPAGES_CHILD = """
+import torch
+from test_runtime import _build, _err, _route
+try:
+    rt, layers, refs = _build("value", "30%", "bf16", torch.device("cpu"))
+except ValueError as e:
+    print("ValueError:", e)
+    raise SystemExit(0)
+g = torch.Generator().manual_seed(5)
+for _ in range(3):
+    x = torch.randn(3, 64, generator=g)
+    ids, w = _route(3, g)
+    assert _err(layers[0](x, ids, w), refs[0](x, ids, w)) <= 3e-2
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("value,expect", [("0", "ok"), ("1", "ok"), ("yes", "ValueError:")])
+def test_hugepages_setting(value, expect):
+    """HYBRID_MOE_HUGEPAGES (read once per process, hence a child): 0 and 1 give the same results,
+    anything else is a ValueError naming the variable when the runtime builds its store."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    r = subprocess.run(
+        [sys.executable, "-c", _HUGEPAGES_CHILD],
+        env={**os.environ, "HYBRID_MOE_HUGEPAGES": value},
+        cwd=Path(__file__).parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().startswith(expect), r.stdout
+    if expect.startswith("ValueError"):
+        assert "HYBRID_MOE_HUGEPAGES" in r.stdout
+
+
 def test_exports():
     assert hybrid_moe.Runtime is Runtime and hybrid_moe.HybridMoELayer is HybridMoELayer
     assert callable(hybrid_moe.patch)

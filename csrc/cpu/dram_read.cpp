@@ -1,7 +1,5 @@
 #include "cpu/dram_read.h"
 
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -15,6 +13,7 @@
 #include "core/check.h"
 #include "cpu/dram_read_kernels.h"
 #include "cpu/isa.h"
+#include "cpu/stream_buffer.h"
 
 namespace hm::cpu {
 namespace dram {
@@ -58,10 +57,6 @@ uint64_t read_scalar_streams(const uint64_t* p, std::size_t n) {
 
 namespace {
 
-struct FreeDeleter {
-  void operator()(uint64_t* p) const { std::free(p); }
-};
-
 struct Method {
   const char* name;
   dram::ReadFn fn;
@@ -102,14 +97,10 @@ DramRead measure_dram_read(ThreadPool& pool, std::size_t bytes, int reps) {
   HM_CHECK(bytes >= (std::size_t(64) << 20),
            "bytes must be >= 64 MiB (far larger than caches), got ", bytes);
   HM_CHECK(reps >= 1, "reps must be >= 1, got ", reps);
-  constexpr std::size_t kAlign = 2 << 20;  // 2 MiB: lets the OS use huge pages
-  bytes = (bytes + kAlign - 1) / kAlign * kAlign;
-  std::unique_ptr<uint64_t, FreeDeleter> buf(
-      static_cast<uint64_t*>(std::aligned_alloc(kAlign, bytes)));
-  HM_CHECK_RT(buf != nullptr, "out of memory allocating ", bytes, " bytes for the DRAM reader");
-#ifdef MADV_HUGEPAGE
-  madvise(buf.get(), bytes, MADV_HUGEPAGE);  // a hint: without THP the reader still works
-#endif
+  bytes = (bytes + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
+  // Huge-page advised like the expert stores (cpu/stream_buffer.h).
+  const StreamBuffer buf = alloc_stream_buffer(bytes);
+  uint64_t* data = reinterpret_cast<uint64_t*>(buf.get());
   const std::size_t words = bytes / sizeof(uint64_t);
   // Slabs: one per worker, each a multiple of 8 words. Chunks: 4 MiB each.
   const int64_t slabs = pool.size();
@@ -126,7 +117,7 @@ DramRead measure_dram_read(ThreadPool& pool, std::size_t bytes, int reps) {
   };
   pool.parallel_for(slabs, [&](int64_t c) {  // first touch by the readers
     const auto [b, e] = slab(c);
-    for (std::size_t i = b; i < e; ++i) buf.get()[i] = i;
+    for (std::size_t i = b; i < e; ++i) data[i] = i;
   });
   std::atomic<uint64_t> sink{0};
   DramRead res;
@@ -134,7 +125,7 @@ DramRead measure_dram_read(ThreadPool& pool, std::size_t bytes, int reps) {
     auto read_all = [&] {
       pool.parallel_for(m.chunked ? chunks : slabs, [&](int64_t c) {
         const auto [b, e] = m.chunked ? chunk(c) : slab(c);
-        sink.fetch_add(m.fn(buf.get() + b, e - b), std::memory_order_relaxed);
+        sink.fetch_add(m.fn(data + b, e - b), std::memory_order_relaxed);
       });
     };
     read_all();  // warm: page tables, worker wake-up

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "cpu/isa.h"
+#include "cpu/stream_buffer.h"
 #include "runtime/runtime_internal.h"
 
 namespace hm::runtime {
@@ -125,10 +126,14 @@ void Runtime::fill_host_store(int layer, const uint8_t* packed) {
   LayerCtx& c = *layers_[layer];
   if (device_ >= 0 && gpu_fill(layer, packed)) return;  // straight into the pinned store
   const std::size_t bytes = static_cast<std::size_t>(n_expert_) * layout_.stride;
-  auto* p = static_cast<uint8_t*>(std::aligned_alloc(kAlign, align_up(bytes)));
-  HM_CHECK_RT(p != nullptr, "out of host memory for layer ", layer, "'s experts (", bytes,
-              " bytes)");
-  std::memcpy(p, packed, bytes);
+  // Huge-page advised (cpu/stream_buffer.h): the CPU kernels stream these experts every step.
+  uint8_t* p = nullptr;
+  try {
+    p = cpu::alloc_stream_buffer(bytes).release();
+  } catch (const RuntimeError&) {
+    HM_CHECK_RT(false, "out of host memory for layer ", layer, "'s experts (", bytes, " bytes)");
+  }
+  std::memcpy(p, packed, bytes);  // first touch, after the advice
   c.host.reset(p);
   c.expert_ptrs.resize(static_cast<std::size_t>(n_expert_));
   for (int e = 0; e < n_expert_; ++e)
