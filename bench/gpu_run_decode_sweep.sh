@@ -7,7 +7,8 @@
 # Env: TRACE (.carry/traces/qwen3-30b-a3b.top6.route.csv), HEAT (.carry/traces/
 # qwen3-30b-a3b.coactivation.json; the shared traces are not on the GPU machine: carry them in the
 # ignored .carry/ folder, never commit them), FORMATS (bf16; "bf16 q8_0" for both), SRC_TAR (a
-# `git archive` tarball to build instead of the working tree). Logs and JSON go to $OUT.
+# `git archive` tarball to build instead of the working tree), SKIP_BUILD=1 (use the package an
+# earlier call installed). Logs and JSON go to $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
@@ -26,10 +27,12 @@ if [ -n "${SRC_TAR:-}" ]; then
   cd /tmp/sweep_src
 fi
 
-stage build
-HYBRID_MOE_CUDA=ON HYBRID_MOE_CUDA_ARCHS=90 CMAKE_BUILD_PARALLEL_LEVEL=16 timeout 200 \
-  python3 -m pip install --no-build-isolation --no-deps -C build-dir=build/sweep . > "$OUT/build.log" 2>&1 \
-  || { tail -30 "$OUT/build.log" | tee -a "$L"; exit 1; }
+if [ "${SKIP_BUILD:-0}" != 1 ]; then  # SKIP_BUILD=1: the package installed by an earlier call
+  stage build
+  HYBRID_MOE_CUDA=ON HYBRID_MOE_CUDA_ARCHS=90 CMAKE_BUILD_PARALLEL_LEVEL=16 timeout 200 \
+    python3 -m pip install --no-build-isolation --no-deps -C build-dir=build/sweep . > "$OUT/build.log" 2>&1 \
+    || { tail -30 "$OUT/build.log" | tee -a "$L"; exit 1; }
+fi
 HM="python3 -m hybrid_moe.cli"
 
 stage calibrate
