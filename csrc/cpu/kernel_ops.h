@@ -98,6 +98,12 @@ struct KernelOps {
                    int64_t n_in, const uint8_t* packed, int n_tok, float* y, int64_t ldy);
 };
 
+// Packing shared by the generic and AVX2 variants: bytes of fp32 [n_tok][n] (bf16 weights) or
+// QuantBlockQ8 [n_tok][n / 32] (Q8_0), and the Q8_0 pack of values [k0, k1) of n_tok tokens.
+std::size_t fp32_q8_packed_bytes(WeightFormat f, int n_tok, int64_t n);
+void pack_q8_blocks(int n_tok, int64_t n, int64_t k0, int64_t k1, const float* const* src,
+                    uint8_t* packed);
+
 const KernelOps& generic_ops();
 #if HYBRID_MOE_HAVE_AVX2
 const KernelOps& avx2_ops();

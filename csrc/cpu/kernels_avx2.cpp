@@ -20,7 +20,6 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "core/check.h"
 #include "cpu/kernel_ops.h"
 #include "cpu/numeric.h"
 
@@ -39,22 +38,12 @@ inline int64_t bf16_slot(int64_t k, int64_t n) {
   return c + kInv[k - c];
 }
 
-std::size_t avx2_packed_bytes(WeightFormat f, int n_tok, int64_t n) {
-  if (f == WeightFormat::kBF16) return static_cast<std::size_t>(n_tok) * n * sizeof(float);
-  return static_cast<std::size_t>(n_tok) * (n / kQ8BlockSize) * sizeof(QuantBlockQ8);
-}
-
 void avx2_pack(WeightFormat f, int n_tok, int64_t n, int64_t k0, int64_t k1,
                const float* const* src, uint8_t* packed) {
+  if (f == WeightFormat::kQ8_0) return pack_q8_blocks(n_tok, n, k0, k1, src, packed);
   for (int t = 0; t < n_tok; ++t) {
-    if (f == WeightFormat::kBF16) {
-      float* dst = reinterpret_cast<float*>(packed) + t * n;
-      for (int64_t k = k0; k < k1; ++k) dst[bf16_slot(k, n)] = src[t][k - k0];
-    } else {
-      auto* blocks = reinterpret_cast<QuantBlockQ8*>(packed) + t * (n / kQ8BlockSize);
-      for (int64_t k = k0; k < k1; k += kQ8BlockSize)
-        quantize_block_q8(src[t] + (k - k0), &blocks[k / kQ8BlockSize]);
-    }
+    float* dst = reinterpret_cast<float*>(packed) + t * n;
+    for (int64_t k = k0; k < k1; ++k) dst[bf16_slot(k, n)] = src[t][k - k0];
   }
 }
 
@@ -190,7 +179,7 @@ void avx2_dot_rows(WeightFormat f, const uint8_t* w, std::size_t row_stride, int
 }  // namespace
 
 const KernelOps& avx2_ops() {
-  static const KernelOps ops{Isa::kAvx2, avx2_packed_bytes, avx2_pack, avx2_dot_rows};
+  static const KernelOps ops{Isa::kAvx2, fp32_q8_packed_bytes, avx2_pack, avx2_dot_rows};
   return ops;
 }
 

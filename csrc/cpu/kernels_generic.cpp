@@ -12,24 +12,28 @@
 #include "cpu/numeric.h"
 
 namespace hm::cpu {
-namespace {
-
-std::size_t generic_packed_bytes(WeightFormat f, int n_tok, int64_t n) {
+std::size_t fp32_q8_packed_bytes(WeightFormat f, int n_tok, int64_t n) {
   if (f == WeightFormat::kBF16) return static_cast<std::size_t>(n_tok) * n * sizeof(float);
   return static_cast<std::size_t>(n_tok) * (n / kQ8BlockSize) * sizeof(QuantBlockQ8);
 }
 
+void pack_q8_blocks(int n_tok, int64_t n, int64_t k0, int64_t k1, const float* const* src,
+                    uint8_t* packed) {
+  for (int t = 0; t < n_tok; ++t) {
+    auto* blocks = reinterpret_cast<QuantBlockQ8*>(packed) + t * (n / kQ8BlockSize);
+    for (int64_t k = k0; k < k1; k += kQ8BlockSize)
+      quantize_block_q8(src[t] + (k - k0), &blocks[k / kQ8BlockSize]);
+  }
+}
+
+namespace {
+
 void generic_pack(WeightFormat f, int n_tok, int64_t n, int64_t k0, int64_t k1,
                   const float* const* src, uint8_t* packed) {
+  if (f == WeightFormat::kQ8_0) return pack_q8_blocks(n_tok, n, k0, k1, src, packed);
   for (int t = 0; t < n_tok; ++t) {
-    if (f == WeightFormat::kBF16) {
-      float* dst = reinterpret_cast<float*>(packed) + t * n + k0;
-      for (int64_t k = k0; k < k1; ++k) dst[k - k0] = src[t][k - k0];
-    } else {
-      auto* blocks = reinterpret_cast<QuantBlockQ8*>(packed) + t * (n / kQ8BlockSize);
-      for (int64_t k = k0; k < k1; k += kQ8BlockSize)
-        quantize_block_q8(src[t] + (k - k0), &blocks[k / kQ8BlockSize]);
-    }
+    float* dst = reinterpret_cast<float*>(packed) + t * n + k0;
+    for (int64_t k = k0; k < k1; ++k) dst[k - k0] = src[t][k - k0];
   }
 }
 
@@ -144,7 +148,7 @@ AmxKernel amx_kernel() {
 }
 
 const KernelOps& generic_ops() {
-  static const KernelOps ops{Isa::kGeneric, generic_packed_bytes, generic_pack, generic_dot_rows};
+  static const KernelOps ops{Isa::kGeneric, fp32_q8_packed_bytes, generic_pack, generic_dot_rows};
   return ops;
 }
 
