@@ -1,4 +1,5 @@
-// [NOTE] Per-thread weight streaming rate of the AVX512 dot_rows kernel, Q8_0 against bf16.
+// [NOTE] Per-thread weight streaming rate of the AVX512 (or, --isa avx2, AVX2) dot_rows kernel,
+// Q8_0 against bf16.
 //
 // What it measures: weight bytes per second and thread of KernelOps::dot_rows at one token (the
 // decode case, T = 1), rows of n_in = 2048 values (Qwen3-30B-A3B gate/up rows), in three regimes:
@@ -10,8 +11,9 @@
 // (the variant is read once per process), rounds alternate the variants, every number is the
 // median over rounds; ratios are against the first variant listed (the named baseline) and
 // q8_0 / bf16 within the same child. Output: a table on stdout and, with --json, a JSON file.
-// Usage: bench_q8_rows [--variants pair,quad] [--rounds 7] [--l2-kib 512] [--dram-mib 1024]
-//                      [--json out.json]
+// Usage: bench_q8_rows [--isa avx512|avx2] [--variants pair,quad] [--rounds 7] [--l2-kib 512]
+//                      [--dram-mib 1024] [--json out.json]
+// (the variants are the AVX512 Q8_0 codes; with --isa avx2 name one, e.g. --variants pair)
 #include <pthread.h>
 #include <sched.h>
 #include <sys/wait.h>
@@ -114,8 +116,10 @@ double walk(const hm::cpu::KernelOps& ops, WeightFormat f, const std::vector<uin
   return median(rates);
 }
 
+hm::cpu::Isa g_isa = hm::cpu::Isa::kAvx512;  // --isa
+
 Regimes measure(WeightFormat f, int64_t l2_bytes, int64_t dram_bytes) {
-  const auto& ops = hm::cpu::kernel_ops(hm::cpu::Isa::kAvx512);
+  const auto& ops = hm::cpu::kernel_ops(g_isa);
   const std::size_t rb = hm::row_bytes(f, kNIn);
   Regimes out;
   pin(0);
@@ -180,6 +184,8 @@ int main(int argc, char** argv) {
     const std::string a = argv[i], v = argv[i + 1];
     if (a == "--variants")
       variants = v;
+    else if (a == "--isa" && (v == "avx512" || v == "avx2"))
+      g_isa = hm::cpu::parse_isa(v);
     else if (a == "--rounds")
       rounds = std::atoi(v.c_str());
     else if (a == "--l2-kib")
@@ -193,8 +199,12 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (!hm::cpu::avx512_usable()) {
-    std::fprintf(stderr, "this machine cannot run the avx512 variant\n");
+  const bool runnable = g_isa == hm::cpu::Isa::kAvx2
+                            ? hm::cpu::avx2_usable()
+                            : g_isa == hm::cpu::Isa::kAvx512 && hm::cpu::avx512_usable();
+  if (!runnable) {
+    std::fprintf(stderr, "this machine cannot run the %s variant (or it is not avx512/avx2)\n",
+                 hm::cpu::isa_name(g_isa));
     return 1;
   }
   const auto names = split(variants);
@@ -242,8 +252,8 @@ int main(int argc, char** argv) {
   };
   double Regimes::*ms[3] = {&Regimes::l2, &Regimes::dram1, &Regimes::dram2};
   const char* mn[3] = {"l2", "dram1", "dram2"};
-  std::printf("GB/s per thread, median of %d rounds, n_in %lld, T = 1, avx512\n", rounds,
-              static_cast<long long>(kNIn));
+  std::printf("GB/s per thread, median of %d rounds, n_in %lld, T = 1, %s\n", rounds,
+              static_cast<long long>(kNIn), hm::cpu::isa_name(g_isa));
   std::printf("%-8s %-6s %9s %9s %10s %12s\n", "variant", "regime", "bf16", "q8_0", "q8_0/bf16",
               "q8_0/base");
   std::string js = "{\"rounds\": " + std::to_string(rounds) + ", \"baseline\": \"" + names[0] +
