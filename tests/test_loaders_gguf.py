@@ -181,6 +181,42 @@ def test_not_moe_and_bad_layer(tmp_path):
         ok.layer(5)
 
 
+def test_layers_argument_forms(tmp_path):
+    path = write_gguf(tmp_path / "l.gguf", _source(10, 2), QT.BF16)
+    assert list(load_gguf_experts(path, 1)) == [1]  # one block index
+    assert list(load_gguf_experts(path, [1, 0])) == [1, 0]
+    assert list(load_gguf_experts(path)) == [0, 1]
+    with pytest.raises(TypeError, match="block index, a list of them or None"):
+        load_gguf_experts(path, 1.5)
+    with pytest.raises(TypeError, match="must hold block indices"):
+        load_gguf_experts(path, ["0"])
+
+
+def test_corrupted_bytes_give_value_errors_or_load(tmp_path):
+    """Random byte flips and cuts: a clear ValueError or (damage inside tensor data, which GGUF
+    cannot detect) a normal load; never another exception."""
+    import random
+
+    data = write_gguf(tmp_path / "f.gguf", _source(11, 1), QT.Q8_0).read_bytes()
+    rng = random.Random(0)
+    bad = tmp_path / "bad.gguf"
+    outcomes = set()
+    for _ in range(60):
+        b = bytearray(data)
+        span = min(len(b), rng.choice([64, 512, len(b)]))
+        for _ in range(rng.choice([1, 4, 8])):
+            b[rng.randrange(span)] = rng.randrange(256)
+        if rng.random() < 0.2:
+            b = b[: rng.randrange(len(b))]
+        bad.write_bytes(bytes(b))
+        try:
+            load_gguf_experts(bad)
+            outcomes.add("loaded")
+        except ValueError:
+            outcomes.add("ValueError")
+    assert "ValueError" in outcomes
+
+
 @pytest.mark.parametrize("where", [0.02, 0.5, 0.97])
 def test_truncated_file_is_a_clear_error(tmp_path, where):
     full = write_gguf(tmp_path / "t.gguf", _source(9, 1), QT.Q8_0).read_bytes()

@@ -187,13 +187,30 @@ class GGUFExperts:
         fmt = {"BF16": "bf16", "Q8_0": "q8_0"}.get(kind, "f32")
         return ExpertWeights(fmt, mats["gate"], mats["up"], mats["down"])
 
-    def layers(self, which: list[int] | None = None) -> dict[int, ExpertWeights]:
-        """{block: ExpertWeights} for `which` (default: every MoE block)."""
-        return {n: self.layer(n) for n in (self.info.moe_layers if which is None else which)}
+    def layers(self, which: int | list[int] | None = None) -> dict[int, ExpertWeights]:
+        """{block: ExpertWeights} for `which`: one block index, a list of them, or None (every
+        MoE block)."""
+        if which is None:
+            which = self.info.moe_layers
+        elif isinstance(which, int) and not isinstance(which, bool):
+            which = [which]
+        else:
+            try:
+                which = list(which)
+            except TypeError:
+                raise TypeError(
+                    f"layers must be a block index, a list of them or None, got "
+                    f"{type(which).__name__}"
+                ) from None
+        for n in which:
+            if not isinstance(n, int) or isinstance(n, bool):
+                raise TypeError(f"layers must hold block indices (int), got {n!r}")
+        return {n: self.layer(n) for n in which}
 
 
 def load_gguf_experts(
-    path: str | os.PathLike[str], layers: list[int] | None = None
+    path: str | os.PathLike[str], layers: int | list[int] | None = None
 ) -> dict[int, ExpertWeights]:
-    """{block index: ExpertWeights} of a GGUF file's MoE blocks (all, or those in `layers`)."""
+    """{block index: ExpertWeights} of a GGUF file's MoE blocks (all, one block index, or those in
+    `layers`)."""
     return GGUFExperts(path).layers(layers)
