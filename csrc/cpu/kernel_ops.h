@@ -4,7 +4,7 @@
 // are packed once into a variant-specific buffer, then every weight row is dotted with all n_tok
 // packed activations. Packed encodings (all padded so that a block never straddles tokens):
 //   generic bf16: fp32 values, token-major [n_tok][n]                      (exact)
-//   avx2    bf16: fp32 values, token-major [n_tok][n], each full 16-chunk permuted for the
+//   avx2    bf16: fp32 values, token-major [n_tok][n + 16], each full 16-chunk permuted for the
 //                 unpacklo/hi widening of the weights (kernels_avx2.cpp)         (exact)
 //   avx512  bf16: bf16 values, token-major [n_tok][n rounded up to 32], zero padding (vdpbf16ps)
 //   amx     bf16: the avx512 buffer, then (n % 32 == 0 and n_tok >= kAmxMinTokens) a copy in AMX

@@ -8,7 +8,8 @@
 //   per 256-bit load: unpacklo/hi_epi16(zero, w) give the fp32 values {0-3, 8-11} and {4-7, 12-15}
 //   of the 16 (per 128-bit lane); the packed activations are stored in that order (pack()), so no
 //   shuffle runs per weight load. A row tail of n % 16 values is summed in scalar code.
-//   Packed: fp32 [n_tok][n]; each full 16-chunk permuted as above, the tail in natural order.
+//   Packed: fp32 [n_tok][n + 16] (the pad: act_stride); each full 16-chunk permuted as above, the
+//   tail in natural order.
 // Q8_0: GGUF blocks read in place. vpmaddubsw multiplies u8 x s8, so per block the weights become
 //   |q_w| (vpsignb q_w, q_w) and each token's activations take the weights' signs (vpsignb q_x,
 //   q_w): |q_w| * sign(q_w) q_x = q_w q_x. |q_w| <= 128 and |q_x| <= 127 (activation quantisation,
@@ -29,6 +30,12 @@ namespace {
 constexpr int kRows = 4;        // weight rows per pass
 constexpr int kTokChunk = 2;    // tokens per register block (16 ymm registers)
 constexpr int kChunkBf16 = 16;  // bf16 values per 256-bit weight load
+// Packed bf16 activations: token t at t * act_stride(n) floats. The 64-byte pad keeps rows of
+// power-of-two length (2048 values: 8 KiB) off the same L1 sets (with 4 weight rows 4 KiB apart,
+// every stream of a pass mapped to one 8-way set).
+inline int64_t act_stride(int64_t n) {
+  return n + 16;
+}
 
 // Index in a packed bf16 activation row of value k (full 16-chunks permuted, see [NOTE]).
 inline int64_t bf16_slot(int64_t k, int64_t n) {
@@ -38,11 +45,16 @@ inline int64_t bf16_slot(int64_t k, int64_t n) {
   return c + kInv[k - c];
 }
 
+std::size_t avx2_packed_bytes(WeightFormat f, int n_tok, int64_t n) {
+  if (f == WeightFormat::kBF16) return static_cast<std::size_t>(n_tok) * act_stride(n) * 4;
+  return fp32_q8_packed_bytes(f, n_tok, n);
+}
+
 void avx2_pack(WeightFormat f, int n_tok, int64_t n, int64_t k0, int64_t k1,
                const float* const* src, uint8_t* packed) {
   if (f == WeightFormat::kQ8_0) return pack_q8_blocks(n_tok, n, k0, k1, src, packed);
   for (int t = 0; t < n_tok; ++t) {
-    float* dst = reinterpret_cast<float*>(packed) + t * n;
+    float* dst = reinterpret_cast<float*>(packed) + t * act_stride(n);
     for (int64_t k = k0; k < k1; ++k) dst[bf16_slot(k, n)] = src[t][k - k0];
   }
 }
@@ -58,7 +70,7 @@ inline void prefetch(const uint8_t* p) {
 }
 
 // y[t * ldy + r] for R rows (row r at w + r * stride) x NT tokens (token t's packed fp32 at
-// act + t * n).
+// act + t * act_stride(n)).
 template <int R, int NT>
 void bf16_block(const uint8_t* w, std::size_t stride, int64_t n, const float* act, float* y,
                 int64_t ldy, int64_t pf) {
@@ -66,12 +78,12 @@ void bf16_block(const uint8_t* w, std::size_t stride, int64_t n, const float* ac
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < NT; ++t) acc[r][t] = _mm256_setzero_ps();
   const __m256i zero = _mm256_setzero_si256();
-  const int64_t n16 = n / kChunkBf16 * kChunkBf16;
+  const int64_t n16 = n / kChunkBf16 * kChunkBf16, ld = act_stride(n);
   for (int64_t k = 0; k < n16; k += kChunkBf16) {
     __m256 xlo[NT], xhi[NT];
     for (int t = 0; t < NT; ++t) {
-      xlo[t] = _mm256_loadu_ps(act + t * n + k);
-      xhi[t] = _mm256_loadu_ps(act + t * n + k + 8);
+      xlo[t] = _mm256_loadu_ps(act + t * ld + k);
+      xhi[t] = _mm256_loadu_ps(act + t * ld + k + 8);
     }
     for (int r = 0; r < R; ++r) {
       const uint8_t* p = w + r * stride + k * 2;
@@ -89,7 +101,7 @@ void bf16_block(const uint8_t* w, std::size_t stride, int64_t n, const float* ac
     const auto* wr = reinterpret_cast<const uint16_t*>(w + r * stride);
     for (int t = 0; t < NT; ++t) {
       float s = hsum(acc[r][t]);
-      for (int64_t k = n16; k < n; ++k) s += bf16_to_f32(wr[k]) * act[t * n + k];
+      for (int64_t k = n16; k < n; ++k) s += bf16_to_f32(wr[k]) * act[t * ld + k];
       y[t * ldy + r] = s;
     }
   }
@@ -138,7 +150,7 @@ void rows_pass(WeightFormat f, const uint8_t* w, std::size_t stride, int64_t n_i
     const int64_t p = t == 0 ? pf : 0;
     float* yt = y + t * ldy;
     if (f == WeightFormat::kBF16) {
-      const float* a = reinterpret_cast<const float*>(packed) + t * n_in;
+      const float* a = reinterpret_cast<const float*>(packed) + t * act_stride(n_in);
       if (pair)
         bf16_block<R, 2>(w, stride, n_in, a, yt, ldy, p);
       else
@@ -179,7 +191,7 @@ void avx2_dot_rows(WeightFormat f, const uint8_t* w, std::size_t row_stride, int
 }  // namespace
 
 const KernelOps& avx2_ops() {
-  static const KernelOps ops{Isa::kAvx2, fp32_q8_packed_bytes, avx2_pack, avx2_dot_rows};
+  static const KernelOps ops{Isa::kAvx2, avx2_packed_bytes, avx2_pack, avx2_dot_rows};
   return ops;
 }
 
