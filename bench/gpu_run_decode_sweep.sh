@@ -8,7 +8,9 @@
 # qwen3-30b-a3b.coactivation.json; the shared traces are not on the GPU machine: carry them in the
 # ignored .carry/ folder, never commit them), FORMATS (bf16; "bf16 q8_0" for both), SRC_TAR (a
 # `git archive` tarball to build instead of the working tree), SKIP_BUILD=1 (use the package an
-# earlier call installed). Logs and JSON go to $OUT.
+# earlier call installed), PROFILE (a calibrated profile JSON: skips `calibrate`), EXTRA (more
+# `bench decode` arguments, e.g. "--value-variant value-s1:stall_weight=1"), PLACEMENTS ("self
+# heat": which static placements to sweep). Logs and JSON go to $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
@@ -35,18 +37,26 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then  # SKIP_BUILD=1: the package installed by a
 fi
 HM="python3 -m hybrid_moe.cli"
 
-stage calibrate
-timeout 90 $HM calibrate --base h200-lent --name h200-calibrated --out "$OUT/profile.json" 2>&1 \
-  | tail -4 | tee -a "$L"
-P=$OUT/profile.json
-[ -f "$P" ] || P=h200-lent
-B="$HM bench decode --trace $TRACE --synthetic qwen3-30b-a3b --budgets 10%,25%,50% --profile $P --warmup 16 --tokens 32 --layers 48"
+if [ -n "${PROFILE:-}" ]; then
+  P=$(realpath "$PROFILE")
+else
+  stage calibrate
+  timeout 90 $HM calibrate --base h200-lent --name h200-calibrated --out "$OUT/profile.json" 2>&1 \
+    | tail -4 | tee -a "$L"
+  P=$OUT/profile.json
+  [ -f "$P" ] || P=h200-lent
+fi
+B="$HM bench decode --trace $TRACE --synthetic qwen3-30b-a3b --budgets 10%,25%,50% --profile $P --warmup 16 --tokens 32 --layers 48 ${EXTRA:-}"
 F="tok/s|timeline|runtime with|Error|error|Traceback|note"
 for fmt in $FORMATS; do
-  stage "sweep $fmt, static placed by the sources' later tokens"
-  timeout 240 $B --formats "$fmt" --json "$OUT/decode_$fmt.json" 2>&1 | grep -E "$F" | tee -a "$L"
-  stage "sweep $fmt, static placed by $(basename "$HEAT")"
-  timeout 240 $B --formats "$fmt" --static-profile "$HEAT" --json "$OUT/decode_${fmt}_heat.json" 2>&1 \
-    | grep -E "$F" | tee -a "$L"
+  if [[ " ${PLACEMENTS:-self heat} " == *" heat "* ]]; then
+    stage "sweep $fmt, static placed by $(basename "$HEAT")"
+    timeout 300 $B --formats "$fmt" --static-profile "$HEAT" --json "$OUT/decode_${fmt}_heat.json" 2>&1 \
+      | grep -E "$F" | tee -a "$L"
+  fi
+  if [[ " ${PLACEMENTS:-self heat} " == *" self "* ]]; then
+    stage "sweep $fmt, static placed by the sources' later tokens"
+    timeout 300 $B --formats "$fmt" --json "$OUT/decode_$fmt.json" 2>&1 | grep -E "$F" | tee -a "$L"
+  fi
 done
 stage done

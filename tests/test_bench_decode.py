@@ -123,6 +123,26 @@ def test_config_errors():
         bd.DecodeBenchConfig(formats=("fp8",), device="cpu", policies=("cpu",)).validate()
     with pytest.raises(ValueError, match="does not exist"):
         bd.load_source("/no/such/trace.csv", 4)
+    with pytest.raises(ValueError, match="unknown value-policy parameter"):
+        bd.DecodeBenchConfig(device="cpu", policies=("cpu",), value_params={"x": 1}).validate()
+    with pytest.raises(ValueError, match="start with 'value-'"):
+        bd.DecodeBenchConfig(
+            device="cpu", policies=("cpu",), value_variants={"lru": {"stall_weight": 1}}
+        ).validate()
+
+
+def test_value_variants_resolve_to_the_value_policy():
+    from hybrid_moe.commands.bench import parse_value_variants
+
+    v = parse_value_variants(["value-s1:stall_weight=1,halflife_steps=12", "value-x:"])
+    assert v == {"value-s1": {"stall_weight": 1.0, "halflife_steps": 12.0}, "value-x": {}}
+    cfg = bd.DecodeBenchConfig(value_params={"stall_weight": 2.0}, value_variants=v)
+    assert cfg.resolve("value-s1") == ("value", {"stall_weight": 1.0, "halflife_steps": 12.0})
+    assert cfg.resolve("value") == ("value", {"stall_weight": 2.0})
+    assert cfg.resolve("lru") == ("lru", {})
+    for bad in (["s1:stall_weight=1"], ["value-a:x=1"], ["value-a:stall_weight=1", "value-a:"]):
+        with pytest.raises(ValueError):
+            parse_value_variants(bad)
 
 
 def test_static_placement_from_the_source_or_a_heat_profile(tmp_path):

@@ -86,6 +86,26 @@ def test_reconfigure_rejects_bad_options_and_keeps_working(device):
     _steps(rt, layers, refs, device, g, n=2)  # still correct with the old configuration
 
 
+def test_value_params_are_validated_and_reconfigurable(device):
+    with pytest.raises(ValueError, match="unknown value-policy parameter 'halflife'"):
+        Runtime(policy="value", device="cpu", value_params={"halflife": 4})
+    with pytest.raises(ValueError, match="halflife_steps must be > 0"):
+        Runtime(policy="value", device="cpu", value_params={"halflife_steps": -1})
+    rt, layers, refs = _model(device, policy="value", budget="50%")
+    g = torch.Generator().manual_seed(6)
+    rt.reconfigure(value_params={"stall_weight": 1.0, "halflife_steps": 4})
+    assert rt.value_params == {"stall_weight": 1.0, "halflife_steps": 4.0}
+    _steps(rt, layers, refs, device, g, n=2)  # still the reference's output
+    with pytest.raises(ValueError, match="stall_aware"):
+        rt.reconfigure(value_params={"stall_aware": "no"})
+    assert rt.value_params == {"stall_weight": 1.0, "halflife_steps": 4.0}  # kept
+    rt.reconfigure(policy="lru")
+    assert rt.value_params == {"stall_weight": 1.0, "halflife_steps": 4.0}  # None keeps them
+    rt.reconfigure(policy="value", value_params={})
+    assert rt.value_params == {}
+    _steps(rt, layers, refs, device, g, n=1)
+
+
 def test_reconfigure_before_start_only_changes_options():
     rt, layers, refs = _model("cpu", policy="lru")
     rt.reconfigure(policy="cpu", budget=0)

@@ -116,6 +116,54 @@ def test_simulate_bad_inputs():
     assert parse_policies("all") == policy_names()
 
 
+def test_value_params_change_the_value_policy_and_are_validated():
+    tr = make_trace(decode=80)
+    base = simulate(tr, "h200-lent", "value", "30%", **SHAPE)
+    same = simulate(tr, "h200-lent", "value", "30%", value_params={}, **SHAPE)
+    np.testing.assert_array_equal(same["step_latency_us"], base["step_latency_us"])  # defaults
+    # No stall charge and a long memory admit more: more copies than the defaults make.
+    eager = simulate(
+        tr, "h200-lent", "value", "30%", value_params={"stall_aware": False}, **SHAPE
+    )
+    assert eager["admit_copies"] + eager["prefetch_copies"] > (
+        base["admit_copies"] + base["prefetch_copies"]
+    )
+    lru = simulate(tr, "h200-lent", "lru", "30%", value_params={"stall_weight": 0.5}, **SHAPE)
+    lru0 = simulate(tr, "h200-lent", "lru", "30%", **SHAPE)
+    np.testing.assert_array_equal(lru["step_latency_us"], lru0["step_latency_us"])  # value only
+    for bad, msg in [
+        ({"stall_wieght": 1}, "unknown value-policy parameter 'stall_wieght'"),
+        ({"halflife_steps": 0}, "halflife_steps must be > 0"),
+        ({"stall_weight": -1}, "stall_weight must be >= 0"),
+        ({"weight_mix": 2}, "weight_mix must be in"),
+        ({"stall_weight": "1"}, "must be a finite number"),
+        ({"horizon_steps": float("nan")}, "must be a finite number"),
+        ({"stall_aware": 1}, "must be a bool"),
+        ([("stall_weight", 1)], "must be a dict"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            simulate(tr, "h200-lent", "value", "30%", value_params=bad, **SHAPE)
+
+
+def test_parse_value_params_cli_form():
+    from hybrid_moe.policies import parse_value_params
+
+    assert parse_value_params(["stall_weight=1", "stall_aware=false"]) == {
+        "stall_weight": 1.0,
+        "stall_aware": False,
+    }
+    assert parse_value_params(None) == {}
+    for bad, msg in [
+        (["stall_weight"], "KEY=VALUE"),
+        (["=1"], "KEY=VALUE"),
+        (["stall_weight=fast"], "expects a number"),
+        (["stall_aware=maybe"], "true or false"),
+        (["nope=1"], "unknown value-policy parameter"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            parse_value_params(bad)
+
+
 def test_dev_trace_value_beats_lru(traces_dir):
     from hybrid_moe.traces import load_trace
 

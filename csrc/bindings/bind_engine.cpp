@@ -71,6 +71,10 @@ py::dict result_dict(const hm::SimResult& r) {
 
 HM_BINDINGS(engine) {
   m.def(
+      "engine_check_value_params",
+      [](const py::dict& d) { hm::bindings::value_params_from_dict(d); }, py::arg("params"),
+      "ValueError when the value policy would reject these tunables");
+  m.def(
       "engine_policy_names", [] { return hm::policy_names(); },
       "Names of the cache policies, in the order the sim command reports them.");
 
@@ -130,20 +134,7 @@ HM_BINDINGS(engine) {
         cfg.n_slots = n_slots;
         cfg.predictor_accuracy = predictor_accuracy;
         cfg.seed = seed;
-        if (value_params.contains("halflife_steps"))
-          cfg.value.halflife_steps = value_params["halflife_steps"].cast<double>();
-        if (value_params.contains("horizon_steps"))
-          cfg.value.horizon_steps = value_params["horizon_steps"].cast<double>();
-        if (value_params.contains("weight_mix"))
-          cfg.value.weight_mix = value_params["weight_mix"].cast<double>();
-        if (value_params.contains("copy_factor"))
-          cfg.value.copy_factor = value_params["copy_factor"].cast<double>();
-        if (value_params.contains("horizon_lifetimes"))
-          cfg.value.horizon_lifetimes = value_params["horizon_lifetimes"].cast<double>();
-        if (value_params.contains("stall_aware"))
-          cfg.value.stall_aware = value_params["stall_aware"].cast<bool>();
-        if (value_params.contains("stall_weight"))
-          cfg.value.stall_weight = value_params["stall_weight"].cast<double>();
+        cfg.value = hm::bindings::value_params_from_dict(value_params);
         cfg.static_profile.assign(static_profile.data(),
                                   static_profile.data() + static_profile.size());
         cfg.warm_start = warm_start;

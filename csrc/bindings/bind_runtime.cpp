@@ -43,7 +43,8 @@ py::dict stats_dict(const LayerStats& s) {
 // The options reconfigure() may change (shared by the constructor and reconfigure).
 void set_engine_options(RuntimeOptions& o, const py::dict& profile, const std::string& policy,
                         double budget_fraction, int64_t budget_bytes, int64_t budget_slots,
-                        double hint_probability, std::vector<double> frequency) {
+                        double hint_probability, std::vector<double> frequency,
+                        const py::dict& value_params) {
   o.profile = hm::bindings::profile_from_dict(profile);
   o.policy = policy;
   o.budget_fraction = budget_fraction;
@@ -51,6 +52,7 @@ void set_engine_options(RuntimeOptions& o, const py::dict& profile, const std::s
   o.budget_slots = budget_slots;
   o.hint_probability = hint_probability;
   o.frequency = std::move(frequency);
+  o.value = hm::bindings::value_params_from_dict(value_params);
 }
 
 template <typename T>
@@ -66,10 +68,10 @@ HM_BINDINGS(runtime) {
       .def(py::init([](const py::dict& profile, const std::string& policy, int threads, int device,
                        double budget_fraction, int64_t budget_bytes, int64_t budget_slots,
                        int n_layers, int decode_max_tokens, double hint_probability,
-                       std::vector<double> frequency) {
+                       std::vector<double> frequency, const py::dict& value_params) {
              RuntimeOptions o;
              set_engine_options(o, profile, policy, budget_fraction, budget_bytes, budget_slots,
-                                hint_probability, std::move(frequency));
+                                hint_probability, std::move(frequency), value_params);
              o.threads = threads;
              o.device = device;
              o.n_layers = n_layers;
@@ -79,7 +81,7 @@ HM_BINDINGS(runtime) {
            py::arg("profile"), py::arg("policy"), py::arg("threads"), py::arg("device"),
            py::arg("budget_fraction"), py::arg("budget_bytes"), py::arg("budget_slots"),
            py::arg("n_layers"), py::arg("decode_max_tokens"), py::arg("hint_probability"),
-           py::arg("frequency"))
+           py::arg("frequency"), py::arg("value_params"))
       .def(
           "register_layer",
           [](Runtime& r, int layer, const std::string& fmt, int64_t hidden, int64_t inter,
@@ -115,16 +117,16 @@ HM_BINDINGS(runtime) {
           "reconfigure",
           [](Runtime& r, const py::dict& profile, const std::string& policy, double budget_fraction,
              int64_t budget_bytes, int64_t budget_slots, double hint_probability,
-             std::vector<double> frequency) {
+             std::vector<double> frequency, const py::dict& value_params) {
             RuntimeOptions o = r.options();
             set_engine_options(o, profile, policy, budget_fraction, budget_bytes, budget_slots,
-                               hint_probability, std::move(frequency));
+                               hint_probability, std::move(frequency), value_params);
             py::gil_scoped_release nogil;
             r.reconfigure(o);
           },
           py::arg("profile"), py::arg("policy"), py::arg("budget_fraction"),
           py::arg("budget_bytes"), py::arg("budget_slots"), py::arg("hint_probability"),
-          py::arg("frequency"))
+          py::arg("frequency"), py::arg("value_params"))
       .def("enable_timeline", &Runtime::enable_timeline, py::arg("capacity"),
            "Record up to `capacity` decode-path events from now on (0: off); see timeline.h")
       .def(

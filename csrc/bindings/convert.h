@@ -7,6 +7,7 @@
 
 #include "core/check.h"
 #include "core/cost_model.h"
+#include "core/policy.h"
 #include "core/weight_format.h"
 
 namespace hm::bindings {
@@ -34,6 +35,36 @@ inline HardwareProfile profile_from_dict(const pybind11::dict& d) {
   p.q8_0 = {get("q8_0_cpu_efficiency"), get("q8_0_cpu_tflops"), get("q8_0_gpu_tflops")};
   p.validate();
   return p;
+}
+
+// {name: number} -> ValueParams (keys as the struct's fields; absent keys keep the defaults). An
+// unknown key or an out-of-range value is a ValueError now, not when a policy is built later.
+inline ValueParams value_params_from_dict(const pybind11::dict& d) {
+  ValueParams vp;
+  for (const auto& item : d) {
+    const auto key = item.first.cast<std::string>();
+    const auto& v = item.second;
+    if (key == "halflife_steps")
+      vp.halflife_steps = v.cast<double>();
+    else if (key == "horizon_steps")
+      vp.horizon_steps = v.cast<double>();
+    else if (key == "weight_mix")
+      vp.weight_mix = v.cast<double>();
+    else if (key == "copy_factor")
+      vp.copy_factor = v.cast<double>();
+    else if (key == "horizon_lifetimes")
+      vp.horizon_lifetimes = v.cast<double>();
+    else if (key == "stall_aware")
+      vp.stall_aware = v.cast<bool>();
+    else if (key == "stall_weight")
+      vp.stall_weight = v.cast<double>();
+    else
+      HM_CHECK(false, "unknown value-policy parameter '", key,
+               "': expected halflife_steps, horizon_steps, weight_mix, copy_factor, "
+               "horizon_lifetimes, stall_aware or stall_weight");
+  }
+  make_policy("value", vp);  // range checks (the policy's constructor)
+  return vp;
 }
 
 // ExpertLayout -> {format, hidden, intermediate, *_offset, *_bytes, stride, weight_bytes}.

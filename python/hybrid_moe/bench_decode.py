@@ -37,7 +37,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +78,19 @@ class DecodeBenchConfig:
     # (layers[].heat JSON, KTransformers-style `frequency`), instead of the source's own later
     # tokens, which share the replayed prompt's hot set; None: the source's later tokens.
     static_profile: str | None = None
+    # The value policy's tunables (hybrid_moe.policies.VALUE_PARAMS; {}: the defaults), and named
+    # variants of it {row name: params} run as extra policies (an A/B in the same runtime).
+    value_params: dict = field(default_factory=dict)
+    value_variants: dict = field(default_factory=dict)
+
+    def resolve(self, policy: str) -> tuple[str, dict]:
+        """A row's policy -> (the runtime's policy name, its value parameters)."""
+        if policy in self.value_variants:
+            return "value", self.value_variants[policy]
+        return policy, (self.value_params if policy == "value" else {})
 
     def validate(self) -> None:
-        from hybrid_moe.policies import policy_names
+        from hybrid_moe.policies import check_value_params, policy_names
 
         if not self.sources:
             raise ValueError("sources must name at least one trace file or 'synthetic:<preset>'")
@@ -91,7 +101,17 @@ class DecodeBenchConfig:
             if not 0 < float(b) <= 1:
                 raise ValueError(f"budgets must be fractions in (0, 1], got {b!r}")
         names = policy_names()
+        check_value_params(self.value_params)
+        for name, params in self.value_variants.items():
+            if not isinstance(name, str) or name in names or not name.startswith("value-"):
+                raise ValueError(
+                    f"a value variant's name must start with 'value-' and differ from the "
+                    f"policy names, got {name!r}"
+                )
+            check_value_params(params)
         for p in self.policies:
+            if p in self.value_variants:
+                continue
             if p not in names or p == "oracle":
                 raise ValueError(
                     f"unknown policy {p!r}: expected one of {[n for n in names if n != 'oracle']}"
@@ -366,6 +386,7 @@ def make_model(
     frequency: np.ndarray | None,
     hint_accuracy: float,
     hint_fn: Callable[[int], Callable] | None,
+    value_params: dict | None = None,
 ):
     """(runtime, [HybridMoELayer] * n_layers): hybrid_moe.Runtime and HybridMoELayer; every layer
     registers the same weights. hint_fn(layer) gives layer l's next_router (None: no hints)."""
@@ -381,6 +402,7 @@ def make_model(
         n_layers=n_layers,
         frequency=frequency if policy == "static" else None,
         hint_probability=hint_accuracy,
+        value_params=value_params,
     )
     with _PackOnce():
         layers = [
@@ -531,6 +553,7 @@ def simulate_same(
     hint_accuracy: float,
     static_profile: np.ndarray | None = None,
     warm_start: bool = False,
+    value_params: dict | None = None,
 ) -> dict[str, float]:
     """The simulator on exactly the replayed routing; statistics over the measured steps only.
     static_profile: the use counts the live `static` was placed by (the same placement)."""
@@ -547,6 +570,7 @@ def simulate_same(
         intermediate=intermediate,
         static_profile=static_profile,
         warm_start=warm_start,
+        value_params=value_params,
     )
     steps = np.asarray(r["step_latency_us"], dtype=np.float64)[warmup:]
     return {
@@ -618,7 +642,7 @@ def run_benchmark(
             weights = random_layer_weights(
                 fmt, n_expert, cfg.hidden, cfg.intermediate, seed=cfg.seed
             )
-            first = cfg.policies[0]
+            first, first_vp = cfg.resolve(cfg.policies[0])
             model = make_model(
                 weights,
                 cfg.layers,
@@ -631,6 +655,7 @@ def run_benchmark(
                 group[0].freq if first == "static" else None,
                 cfg.hint_accuracy,
                 None,
+                first_vp,
             )
             del weights
             log(
@@ -683,13 +708,15 @@ def _one_config(
 ) -> dict:
     rt, layers = model
     t0 = time.perf_counter()
+    native_policy, value_params = cfg.resolve(policy)
     rt.reconfigure(
-        policy=policy,
+        policy=native_policy,
         budget=float(budget) if policy != "cpu" else 0,
         frequency=src.freq if policy == "static" or (cfg.warm_start and policy != "cpu") else None,
+        value_params=value_params,
     )
     for li, layer in enumerate(layers):  # next-layer hints: only value prefetches from them
-        hint = policy == "value" and cfg.hint_accuracy > 0 and li + 1 < len(layers)
+        hint = native_policy == "value" and cfg.hint_accuracy > 0 and li + 1 < len(layers)
         layer.set_next_router(src.router.next_router(li) if hint else None)
     t_build = time.perf_counter() - t0
     src.router.ctr.zero_()
@@ -743,7 +770,7 @@ def _one_config(
         simulate_same(
             src.trace,
             profile,
-            policy,
+            native_policy,
             budget,
             fmt,
             cfg.hidden,
@@ -752,6 +779,7 @@ def _one_config(
             cfg.hint_accuracy,
             src.freq,
             cfg.warm_start,
+            value_params,
         )
     )
     n = cfg.tokens

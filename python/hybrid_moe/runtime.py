@@ -37,7 +37,7 @@ import torch
 
 from hybrid_moe._native import native
 from hybrid_moe.cost_model import load_profile, to_native
-from hybrid_moe.policies import policy_names
+from hybrid_moe.policies import check_value_params, policy_names
 
 _UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 LIVE_POLICIES = ("cpu", "static", "lru", "lfu", "lru-fetch", "value")
@@ -141,6 +141,9 @@ class Runtime:
         qwen3-30b-a3b.coactivation.json): static's fixed GPU set (default: uniform, i.e. an
         arbitrary set); lru, lfu, lru-fetch and value start from the same placement and adapt
         (default: an empty cache).
+    hint_probability: the next-layer predictor's assumed accuracy until it is measured.
+    value_params: the value policy's tunables, {name: number} (hybrid_moe.policies.VALUE_PARAMS;
+        defaults and their reasons in csrc/core/policy.h, ValueParams); None: the defaults.
     """
 
     def __init__(
@@ -154,8 +157,10 @@ class Runtime:
         decode_max_tokens: int = 64,
         frequency: Any = None,
         hint_probability: float = 0.8,
+        value_params: dict | None = None,
     ):
         self._check_policy(policy)
+        self.value_params = check_value_params(value_params)
         if threads is not None and (
             isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
         ):
@@ -244,6 +249,7 @@ class Runtime:
                 self.decode_max_tokens,
                 self.hint_probability,
                 freq,
+                self.value_params,
             )
         return self._native
 
@@ -285,9 +291,11 @@ class Runtime:
         profile: str | Path | dict | None = None,
         frequency: Any = None,
         hint_probability: float | None = None,
+        value_params: dict | None = None,
     ) -> None:
-        """Switch policy / budget / profile / frequency / hint_probability, keeping the registered
-        experts (no second copy of the host store). Arguments left None keep their value, except
+        """Switch policy / budget / profile / frequency / hint_probability / value_params, keeping
+        the registered experts (no second copy of the host store). Arguments left None keep their
+        value ({} restores the value policy's defaults), except
         frequency, which only the static policy reads: None clears it. Waits for every queued
         step, rebuilds the VRAM cache (CUDA graphs captured before must be captured again) and
         zeroes the stats. On a bad argument it raises and the runtime keeps its configuration."""
@@ -298,6 +306,7 @@ class Runtime:
         hp = self.hint_probability if hint_probability is None else hint_probability
         if not isinstance(hp, (int, float)) or not 0 <= hp <= 1:
             raise ValueError(f"hint_probability must be in [0, 1], got {hp!r}")
+        vp = self.value_params if value_params is None else check_value_params(value_params)
         if self._native is not None:
             frac, nbytes, slots = parsed
             self._native.reconfigure(
@@ -308,8 +317,10 @@ class Runtime:
                 slots,
                 float(hp),
                 self._frequency_list(frequency),
+                vp,
             )
         self.policy, self.profile, self.hint_probability = policy, prof, float(hp)
+        self.value_params = vp
         if budget is not None:
             self.budget, self._budget = budget, parsed
         self._frequency = frequency

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from hybrid_moe.cost_model import FORMATS, load_profile, to_native
-from hybrid_moe.policies import policy_names
+from hybrid_moe.policies import check_value_params, policy_names
 from hybrid_moe.trace_model import RouteTrace
 
 DEFAULT_PREDICTOR_ACCURACY = 0.8
@@ -169,7 +169,7 @@ def simulate(
         int(slots),
         float(predictor_accuracy),
         int(seed),
-        dict(value_params or {}),
+        check_value_params(value_params),
         prof_arr,
         bool(warm_start),
     )

@@ -64,6 +64,22 @@ def register(sub) -> None:
         "(layers[].heat, e.g. ../shared/traces/qwen3-30b-a3b.coactivation.json), as "
         "KTransformers' frequency placement is; default: the source's own later tokens",
     )
+    d.add_argument(
+        "--value-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a value-policy tunable (repeatable), e.g. stall_weight=1 (names: "
+        "hybrid_moe.policies.VALUE_PARAMS; defaults in csrc/core/policy.h)",
+    )
+    d.add_argument(
+        "--value-variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+        help="also run the value policy with these tunables as policy NAME (must start with "
+        "'value-'), e.g. value-s1:stall_weight=1: an A/B in the same runtime (repeatable)",
+    )
     d.add_argument("--quick", action="store_true", help="6 layers, 12 warm-up + 32 measured tokens")
     d.add_argument("--json", help="write every configuration's numbers as JSON")
     d.add_argument("--plot", help="write a plot (PNG) of tokens/s against budget per policy")
@@ -83,6 +99,23 @@ def parse_budgets(spec: str) -> tuple[float, ...]:
     if not out:
         raise ValueError("--budgets needs at least one value, e.g. 25%")
     return tuple(out)
+
+
+def parse_value_variants(items: list[str]) -> dict[str, dict]:
+    """['value-s1:stall_weight=1,halflife_steps=12'] -> {'value-s1': {...}} (validated)."""
+    from hybrid_moe.policies import parse_value_params
+
+    out: dict[str, dict] = {}
+    for item in items:
+        name, sep, spec = item.partition(":")
+        name = name.strip()
+        if not sep or not name.startswith("value-") or name in out:
+            raise ValueError(
+                f"--value-variant expects NAME:KEY=VALUE[,KEY=VALUE] with a new NAME starting "
+                f"with 'value-', got {item!r}"
+            )
+        out[name] = parse_value_params([p for p in spec.split(",") if p.strip()])
+    return out
 
 
 def run_decode_bench(args) -> int:
@@ -107,11 +140,15 @@ def run_decode_bench(args) -> int:
     sources = list(args.trace) + [f"synthetic:{s}" for s in args.synthetic]
     if not sources:
         sources = ["synthetic:qwen3-30b-a3b"]
+    from hybrid_moe.policies import parse_value_params
+
+    variants = parse_value_variants(args.value_variant)
+    policies = tuple(p.strip() for p in args.policies.split(",") if p.strip())
     cfg = bd.DecodeBenchConfig(
         sources=tuple(sources),
         formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
         budgets=parse_budgets(args.budgets),
-        policies=tuple(p.strip() for p in args.policies.split(",") if p.strip()),
+        policies=policies + tuple(v for v in variants if v not in policies),
         layers=args.layers,
         tokens=args.tokens,
         warmup=args.warmup,
@@ -125,6 +162,8 @@ def run_decode_bench(args) -> int:
         timeline=not args.no_timeline,
         warm_start=not args.cold_start,
         static_profile=args.static_profile,
+        value_params=parse_value_params(args.value_param),
+        value_variants=variants,
     )
     if args.quick:
         cfg = bd.quick_config(cfg)

@@ -35,6 +35,13 @@ def register(sub) -> None:
         "which know the future and flatter static",
     )
     p.add_argument(
+        "--value-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a value-policy tunable (repeatable), e.g. stall_weight=1",
+    )
+    p.add_argument(
         "--warm-start",
         action="store_true",
         help="with --static-profile: lru, lfu, lru-fetch and value start from static's placement "
@@ -50,7 +57,7 @@ def run(args) -> int:
     from rich.progress import Progress
     from rich.table import Table
 
-    from hybrid_moe.policies import parse_policies
+    from hybrid_moe.policies import parse_policies, parse_value_params
     from hybrid_moe.sim import DEFAULT_PREDICTOR_ACCURACY, profile_from_heat, simulate
 
     policies = parse_policies(args.policy)
@@ -80,6 +87,9 @@ def run(args) -> int:
         "caching policies start empty"
     )
     place = {"static_profile": static, "warm_start": args.warm_start}
+    vp = parse_value_params(args.value_param)
+    if vp:
+        placement += "; value with " + ", ".join(f"{k}={v}" for k, v in vp.items())
     model = args.model or (args.synthetic if args.synthetic else None)
     # "cpu" ignores the budget: run it once and use it as the baseline of every budget.
     results = []
@@ -94,7 +104,16 @@ def run(args) -> int:
                     base
                     if pol == "cpu"
                     else simulate(
-                        trace, args.profile, pol, b, args.fmt, acc, args.seed, model=model, **place
+                        trace,
+                        args.profile,
+                        pol,
+                        b,
+                        args.fmt,
+                        acc,
+                        args.seed,
+                        model=model,
+                        value_params=vp if pol == "value" else None,
+                        **place,
                     )
                 )
                 r = dict(r, budget=b, speedup_vs_cpu=r["tokens_per_s"] / base["tokens_per_s"])
