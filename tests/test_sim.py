@@ -122,9 +122,7 @@ def test_value_params_change_the_value_policy_and_are_validated():
     same = simulate(tr, "h200-lent", "value", "30%", value_params={}, **SHAPE)
     np.testing.assert_array_equal(same["step_latency_us"], base["step_latency_us"])  # defaults
     # No stall charge and a long memory admit more: more copies than the defaults make.
-    eager = simulate(
-        tr, "h200-lent", "value", "30%", value_params={"stall_aware": False}, **SHAPE
-    )
+    eager = simulate(tr, "h200-lent", "value", "30%", value_params={"stall_aware": False}, **SHAPE)
     assert eager["admit_copies"] + eager["prefetch_copies"] > (
         base["admit_copies"] + base["prefetch_copies"]
     )

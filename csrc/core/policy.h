@@ -101,19 +101,26 @@ struct ValueParams {
   // short memories win (reuse is mostly within a few steps), and charging the copy on top of the
   // victim's value (copy_factor > 0) admitted too little, since copies only use idle PCIe time.
   double halflife_steps = 8.0;  // decay of the per-(layer, expert) score, in steps
-  double horizon_steps = 8.0;   // uses are predicted over this many future steps
-  double weight_mix = 0.0;      // 0: every use counts 1; 1: counts weight * top_k (0.5 before
-                                // 2026-11-28: 0 is as good on both traces and skips a log2)
-  double copy_factor = 0.0;     // admission needs value > victim's value + copy_factor * t_copy
+  // Uses are predicted over this many future steps (the horizon while copies stall decode steps;
+  // see horizon_lifetimes). 4 since 2026-11-29 (8 before): with stall_weight 0.75 it won a live
+  // A/B on the H200 (bench/RESULTS.md, "Value policy retuned"), chosen on the dev trace and the
+  // synthetic preset with the cache warm-started from other prompts' heat.
+  double horizon_steps = 4.0;
+  double weight_mix = 0.0;   // 0: every use counts 1; 1: counts weight * top_k (0.5 before
+                             // 2026-11-28: 0 is as good on both traces and skips a log2)
+  double copy_factor = 0.0;  // admission needs value > victim's value + copy_factor * t_copy
   // Admission also charges the copy's stall on the decode path (CostModel::t_copy_stall, from the
   // profile's copy_stall_fraction; 0 in profiles without it): a copy that delays the step by
   // more than the uses it buys is not worth making. false: ignore it (the policy before).
   bool stall_aware = true;
-  // The stall charged per admission is stall_weight * the profile's (physical) stall. 2: with the
-  // physical stall alone (1) value over-admitted live on the H200 (bf16 25%, dev trace, one run:
-  // 113.7 tok/s at 1x vs 141.0 at 2x, static 155.6 / 147.1; bench/RESULTS.md, session 3): its
-  // predicted uses of a newcomer are optimistic, so a copy must buy more than it stalls.
-  double stall_weight = 2.0;
+  // The stall charged per admission is stall_weight * the profile's (physical) stall. 0.75 with
+  // horizon_steps 4 since 2026-11-29: a live A/B on the H200 (48 layers, bf16, real trace and
+  // synthetic preset, 10/25/50%, static and the warm start placed by other prompts' heat) beat
+  // the earlier 2 / 8 in 6 of 6 configurations (1.04-1.21x; value / best baseline at 25% real
+  // 1.10 -> 1.28) and was even (0.98-1.20x) with the warm start from the trace itself. 2 had been
+  // chosen live in session 3, before the pool hand-off and next-layer logit hints made a copy's
+  // stall cheaper than the profile's figure says (bench/RESULTS.md, sessions 3 and 6).
+  double stall_weight = 0.75;
   // > 0: the horizon follows the cache instead: horizon_lifetimes * the measured mean time an
   // expert stays cached (n_slots / evictions per step, a moving average over ~8 steps;
   // horizon_steps until measured). The horizon weighs a resident's predicted uses against a

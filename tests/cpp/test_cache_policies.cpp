@@ -309,7 +309,7 @@ HM_TEST(value_policy_adaptive_horizon_follows_slot_lifetime) {
   for (int t = 0; t < 400; ++t) seq.push_back(t % 30);
   for (double f : {0.5, 1.0, 2.0}) {
     ValueParams adaptive, fixed;
-    adaptive.horizon_lifetimes = f;  // starts from horizon_steps = 8
+    adaptive.horizon_lifetimes = f;  // starts from horizon_steps
     fixed.horizon_steps = 4.0 * f;
     fixed.horizon_lifetimes = 0;  // fixed horizon
     auto pa = make_policy("value", adaptive), pf = make_policy("value", fixed);
