@@ -103,7 +103,7 @@ struct ValueParams {
   double halflife_steps = 8.0;  // decay of the per-(layer, expert) score, in steps
   // Uses are predicted over this many future steps (the horizon while copies stall decode steps;
   // see horizon_lifetimes). 4 since 2026-11-29 (8 before): with stall_weight 0.75 it won a live
-  // A/B on the H200 (bench/RESULTS.md, "Value policy retuned"), chosen on the dev trace and the
+  // A/B on the H200 (bench/RESULTS.md, session 6, runs Q-S), chosen on the dev trace and the
   // synthetic preset with the cache warm-started from other prompts' heat.
   double horizon_steps = 4.0;
   double weight_mix = 0.0;   // 0: every use counts 1; 1: counts weight * top_k (0.5 before
@@ -114,12 +114,11 @@ struct ValueParams {
   // more than the uses it buys is not worth making. false: ignore it (the policy before).
   bool stall_aware = true;
   // The stall charged per admission is stall_weight * the profile's (physical) stall. 0.75 with
-  // horizon_steps 4 since 2026-11-29: a live A/B on the H200 (48 layers, bf16, real trace and
-  // synthetic preset, 10/25/50%, static and the warm start placed by other prompts' heat) beat
-  // the earlier 2 / 8 in 6 of 6 configurations (1.04-1.21x; value / best baseline at 25% real
-  // 1.10 -> 1.28) and was even (0.98-1.20x) with the warm start from the trace itself. 2 had been
-  // chosen live in session 3, before the pool hand-off and next-layer logit hints made a copy's
-  // stall cheaper than the profile's figure says (bench/RESULTS.md, sessions 3 and 6).
+  // horizon_steps 4 since 2026-11-29: live on the H200 (48 layers, real trace and synthetic
+  // preset, 10/25/50%, static and the warm start placed by other prompts' heat) it beat the
+  // earlier 2 / 8 in 22 of 23 same-run pairs (median 1.12x; bf16 25% real, value / best baseline
+  // median 1.32 vs 1.20) and was even with the warm start from the trace itself. 2 had been chosen
+  // live in session 3, before the pool hand-off and next-layer logit hints shortened the step.
   double stall_weight = 0.75;
   // > 0: the horizon follows the cache instead: horizon_lifetimes * the measured mean time an
   // expert stays cached (n_slots / evictions per step, a moving average over ~8 steps;
