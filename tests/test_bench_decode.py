@@ -90,7 +90,8 @@ def test_bandwidth_bound_and_targets():
             "budget": 0.25,
             "policy": p,
             "tokens_per_s": tps,
-            "measured_over_sim_fit": 1.1,
+            "measured_over_sim": 1.1,
+            "measured_over_sim_fit": 0.7,  # a diagnostic: the target reads the plain prediction
             "measured_over_bound": 1.2,
         }
         for p, tps in (
@@ -107,9 +108,11 @@ def test_bandwidth_bound_and_targets():
     )
     assert t["value_over_cpu"] == pytest.approx(3.0) and t["value_over_cpu_ok"]
     assert t["value_within_sim_ok"] and t["value_within_bound_ok"]
-    rows[-1]["tokens_per_s"] = 20.0
+    assert t["value_measured_over_sim_fit"] == 0.7
+    rows[-1].update(tokens_per_s=20.0, measured_over_sim=1.3, measured_over_bound=1.4)
     (t,) = bd.evaluate_targets(rows)
     assert not t["value_over_best_baseline_ok"] and not t["value_over_cpu_ok"]
+    assert not t["value_within_sim_ok"] and not t["value_within_bound_ok"]
 
 
 def test_config_errors():

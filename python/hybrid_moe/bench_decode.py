@@ -837,8 +837,13 @@ def _fit_layer_fixed(rows: list[dict], profile: dict, cfg: DecodeBenchConfig, lo
 def evaluate_targets(rows: list[dict]) -> list[dict]:
     """The issue's targets, checked for every (source, format, budget) that has the policies:
     value >= 1.3x the best of static/lru/lru-fetch and >= 2.5x cpu (tokens/s); value's measured
-    latency within 1.25x of the simulator (sim_fit) and within 1.3x of the bandwidth bound. The
-    issue's headline case is bf16, budget 25%, real trace; all are reported."""
+    latency within 1.25x of the simulator and within 1.3x of the bandwidth bound. The issue's
+    headline case is bf16, budget 25%, real trace; all are reported.
+    The simulator's prediction is the calibrated profile's (what `hybrid-moe sim` tells a user
+    planning a rig); sim_fit (layer_fixed refitted from the same run's cpu row) is reported beside
+    it as a diagnostic. Since the decode-path model (session 3) the plain prediction is the closer
+    one: 214 of 222 rows of session 6's runs within 1.25x against 170 for sim_fit, whose shift,
+    taken from a cpu row that ran slow, overcorrects every other row (bench/RESULTS.md)."""
     out = []
     keys = sorted({(r["source"], r["format"], r["budget"]) for r in rows})
     for source, fmt, budget in keys:
@@ -858,9 +863,10 @@ def evaluate_targets(rows: list[dict]) -> list[dict]:
         if "cpu" in g:
             t["value_over_cpu"] = v["tokens_per_s"] / g["cpu"]["tokens_per_s"]
             t["value_over_cpu_ok"] = t["value_over_cpu"] >= 2.5
-        sim_key = "measured_over_sim_fit" if "measured_over_sim_fit" in v else "measured_over_sim"
-        t["value_measured_over_sim"] = v[sim_key]
-        t["value_within_sim_ok"] = 1 / 1.25 <= v[sim_key] <= 1.25
+        t["value_measured_over_sim"] = v["measured_over_sim"]
+        t["value_within_sim_ok"] = 1 / 1.25 <= v["measured_over_sim"] <= 1.25
+        if "measured_over_sim_fit" in v:
+            t["value_measured_over_sim_fit"] = v["measured_over_sim_fit"]
         t["value_measured_over_bound"] = v["measured_over_bound"]
         t["value_within_bound_ok"] = v["measured_over_bound"] <= 1.3
         out.append(t)
@@ -885,8 +891,8 @@ def table(result: dict):
         "p99 ms",
         "tok/s",
         "sim tok/s",
+        "meas/sim",
         "sim_fit tok/s",
-        "meas/sim_fit",
         "bound ms",
         "meas/bound",
         "vs cpu",
@@ -909,8 +915,8 @@ def table(result: dict):
             f"{r['p99_us'] / 1e3:.2f}",
             f"{r['tokens_per_s']:.2f}",
             f"{r['sim_tokens_per_s']:.2f}",
+            f"{r['measured_over_sim']:.2f}",
             f"{r.get('sim_fit_tokens_per_s', float('nan')):.2f}",
-            f"{r.get('measured_over_sim_fit', float('nan')):.2f}",
             f"{r['bound_us'] / 1e3:.2f}",
             f"{r['measured_over_bound']:.2f}",
             f"{r['tokens_per_s'] / base:.2f}x" if base else "-",
@@ -923,7 +929,7 @@ def targets_table(result: dict):
 
     tab = Table(
         title="targets (value policy): >=1.3x best of static/lru/lru-fetch, >=2.5x cpu, "
-        "measured within 1.25x of sim_fit and 1.3x of the bandwidth bound"
+        "measured within 1.25x of the simulator and 1.3x of the bandwidth bound"
     )
     for c in (
         "source",
@@ -931,7 +937,7 @@ def targets_table(result: dict):
         "budget",
         "vs best baseline",
         "vs cpu",
-        "meas/sim_fit",
+        "meas/sim",
         "meas/bound",
     ):
         tab.add_column(c)
