@@ -148,9 +148,10 @@ def run(args) -> int:
             "a frequency profile of other tokens, which the caching policies start from). Run on "
             "a machine with a CUDA GPU to measure them, or `hybrid-moe calibrate` to describe "
             "your rig. The simulator charges the live decode path's GPU hand-off and copy stalls "
-            "measured on the lent H200; there it predicted 40 of 46 measured configurations "
-            "(not used to fit it) within 1.25x, median measured / predicted 0.97 "
-            "(bench/RESULTS.md, session 4). It models the MoE layers alone (no attention)."
+            "measured on the lent H200; there it predicted 214 of 222 later measured "
+            "configurations (none used to fit it) within 1.25x, medians measured / predicted "
+            "0.95-1.10 per run (bench/RESULTS.md, session 6). It models the MoE layers alone (no "
+            "attention)."
             if not gpu
             else "`hybrid-moe bench decode` runs the full sweep (formats, budgets, traces)."
         )
