@@ -170,6 +170,7 @@ print("ok")
         {"HYBRID_MOE_AMX_KERNEL": "pipelined"},
         {"HYBRID_MOE_Q8_KERNEL": "pair", "HYBRID_MOE_PREFETCH_HINT": "l1"},
         {"HYBRID_MOE_Q8_KERNEL": "quad", "HYBRID_MOE_ROW_ORDER": "streams"},
+        {"HYBRID_MOE_ROW_ORDER": "interleaved"},  # AVX2's default is streams
         {},  # the defaults, on shapes and group sizes that use the AMX tiles
     ],
 )

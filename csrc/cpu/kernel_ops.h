@@ -49,15 +49,16 @@ PrefetchHint prefetch_hint(WeightFormat f);
 // skipped one line in 17). Read once; a malformed value raises hm::ValueError on first use.
 bool prefetch_every_line();
 // Order in which the SIMD variants walk a call's weight rows, 4 at a time (HYBRID_MOE_ROW_ORDER):
-// interleaved (default): a pass takes 4 adjacent rows (rows 0-3, then 4-7, ...);
+// interleaved: a pass takes 4 adjacent rows (rows 0-3, then 4-7, ...);
 // streams: the rows are cut into 4 contiguous runs and a pass takes one row of each, so each of
 //   the 4 concurrent load streams is one long sequential range (Q8_0 rows are 2176 or 816 bytes,
-//   so with interleaved order 2-4 streams share a 4 KiB page). 10-15% faster on the 2-core AMD
-//   development machine, but equal at T=1 and 1-14% slower at T=4 on the lent Xeon (2026-11-28),
-//   the machine that matters, hence not the default.
-// Read once; a malformed value raises hm::ValueError on first use.
+//   so with interleaved order 2-4 streams share a 4 KiB page).
+// Defaults per variant: AVX512 interleaved (streams was equal at T=1 and 1-14% slower at T=4 on
+// the lent Xeon, 2026-11-28; its prefetcher already follows each stream into its next row);
+// AVX2 streams (its prefetch stays within a row: 1.17x at T=1, 1.36x at T=4 bf16 on the Zen 3
+// development VM, 2026-11-29).
 enum class RowOrder { kInterleaved, kStreams };
-RowOrder row_order();
+RowOrder row_order(RowOrder when_unset = RowOrder::kInterleaved);
 
 // Tile code of the AMX variant (HYBRID_MOE_AMX_KERNEL):
 //   auto (default): simple for bf16, pipelined for Q8_0 (the faster of the two per format in the

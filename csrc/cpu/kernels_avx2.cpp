@@ -2,7 +2,8 @@
 // and F16C). It exists for the CPUs without AVX512-BF16/VNNI that sit in most consumer-GPU hosts
 // (AMD Zen 2/3, Intel desktop parts since Alder Lake), which would otherwise run the generic code.
 // Same blocking as the AVX512 variant: 4 weight rows per pass (4 load streams), tokens in chunks
-// of up to 2 that share each weight load, software prefetch prefetch_bytes() ahead in every row.
+// of up to 2 that share each weight load, software prefetch prefetch_bytes() ahead in every row;
+// by default each stream walks its own run of rows (row order "streams", kernel_ops.h).
 // BF16: a weight is widened to fp32 exactly (16-bit shift into the high half) and multiplied with
 //   fp32 activations, so results equal the generic variant's up to summation order. 16 weights
 //   per 256-bit load: unpacklo/hi_epi16(zero, w) give the fp32 values {0-3, 8-11} and {4-7, 12-15}
@@ -30,6 +31,11 @@ namespace {
 constexpr int kRows = 4;        // weight rows per pass
 constexpr int kTokChunk = 2;    // tokens per register block (16 ymm registers)
 constexpr int kChunkBf16 = 16;  // bf16 values per 256-bit weight load
+// Row order when HYBRID_MOE_ROW_ORDER is unset (kernel_ops.h): streams. This variant prefetches
+// within a row only, so each stream must run on into the row it reads next. Zen 3 VM, 2 threads,
+// 8 experts, alternating: T=1 bf16 median 3.02 vs 3.54 ms, Q8_0 2.03 vs 2.40 ms (5 of 7 pairs
+// each), T=4 bf16 10.1 vs 13.7 ms (3 of 3) against interleaved (bench/RESULTS.md, session 6).
+constexpr RowOrder kAvx2RowOrder = RowOrder::kStreams;
 // Packed bf16 activations: token t at t * act_stride(n) floats. The 64-byte pad keeps rows of
 // power-of-two length (2048 values: 8 KiB) off the same L1 sets (with 4 weight rows 4 KiB apart,
 // every stream of a pass mapped to one 8-way set).
@@ -69,11 +75,11 @@ inline void prefetch(const uint8_t* p) {
   _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0);
 }
 
-// y[t * ldy + r] for R rows (row r at w + r * stride) x NT tokens (token t's packed fp32 at
+// y[t * ldy + r * yr] for R rows (row r at w + r * stride) x NT tokens (token t's packed fp32 at
 // act + t * act_stride(n)).
 template <int R, int NT>
 void bf16_block(const uint8_t* w, std::size_t stride, int64_t n, const float* act, float* y,
-                int64_t ldy, int64_t pf) {
+                int64_t ldy, int64_t yr, int64_t pf) {
   __m256 acc[R][NT];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < NT; ++t) acc[r][t] = _mm256_setzero_ps();
@@ -102,14 +108,14 @@ void bf16_block(const uint8_t* w, std::size_t stride, int64_t n, const float* ac
     for (int t = 0; t < NT; ++t) {
       float s = hsum(acc[r][t]);
       for (int64_t k = n16; k < n; ++k) s += bf16_to_f32(wr[k]) * act[t * ld + k];
-      y[t * ldy + r] = s;
+      y[t * ldy + r * yr] = s;
     }
   }
 }
 
 template <int R, int NT>
 void q8_block(const uint8_t* w, std::size_t stride, int64_t nb, const QuantBlockQ8* act, float* y,
-              int64_t ldy, int64_t pf) {
+              int64_t ldy, int64_t yr, int64_t pf) {
   __m256 acc[R][NT];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < NT; ++t) acc[r][t] = _mm256_setzero_ps();
@@ -137,14 +143,15 @@ void q8_block(const uint8_t* w, std::size_t stride, int64_t nb, const QuantBlock
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int t = 0; t < NT; ++t) y[t * ldy + r] = hsum(acc[r][t]);
+    for (int t = 0; t < NT; ++t) y[t * ldy + r * yr] = hsum(acc[r][t]);
 }
 
-// The R rows at w, all n_tok tokens in chunks of kTokChunk (weights are prefetched on the first
-// chunk only; the later chunks find the R rows in L1/L2).
+// The R rows at w, w + stride, ... (y of row r at y + r * yr), all n_tok tokens in chunks of
+// kTokChunk (weights are prefetched on the first chunk only; the later chunks find the R rows in
+// L1/L2).
 template <int R>
 void rows_pass(WeightFormat f, const uint8_t* w, std::size_t stride, int64_t n_in,
-               const uint8_t* packed, int n_tok, float* y, int64_t ldy, int64_t pf) {
+               const uint8_t* packed, int n_tok, float* y, int64_t ldy, int64_t yr, int64_t pf) {
   for (int t = 0; t < n_tok; t += kTokChunk) {
     const bool pair = n_tok - t >= 2;
     const int64_t p = t == 0 ? pf : 0;
@@ -152,16 +159,16 @@ void rows_pass(WeightFormat f, const uint8_t* w, std::size_t stride, int64_t n_i
     if (f == WeightFormat::kBF16) {
       const float* a = reinterpret_cast<const float*>(packed) + t * act_stride(n_in);
       if (pair)
-        bf16_block<R, 2>(w, stride, n_in, a, yt, ldy, p);
+        bf16_block<R, 2>(w, stride, n_in, a, yt, ldy, yr, p);
       else
-        bf16_block<R, 1>(w, stride, n_in, a, yt, ldy, p);
+        bf16_block<R, 1>(w, stride, n_in, a, yt, ldy, yr, p);
     } else {
       const int64_t nb = n_in / kQ8BlockSize;
       const auto* a = reinterpret_cast<const QuantBlockQ8*>(packed) + t * nb;
       if (pair)
-        q8_block<R, 2>(w, stride, nb, a, yt, ldy, p);
+        q8_block<R, 2>(w, stride, nb, a, yt, ldy, yr, p);
       else
-        q8_block<R, 1>(w, stride, nb, a, yt, ldy, p);
+        q8_block<R, 1>(w, stride, nb, a, yt, ldy, yr, p);
     }
   }
 }
@@ -169,19 +176,30 @@ void rows_pass(WeightFormat f, const uint8_t* w, std::size_t stride, int64_t n_i
 void avx2_dot_rows(WeightFormat f, const uint8_t* w, std::size_t row_stride, int64_t rows,
                    int64_t n_in, const uint8_t* packed, int n_tok, float* y, int64_t ldy) {
   const int64_t pf = prefetch_bytes();
-  int64_t r = 0;
-  for (; r + kRows <= rows; r += kRows)
-    rows_pass<kRows>(f, w + r * row_stride, row_stride, n_in, packed, n_tok, y + r, ldy, pf);
+  const int64_t n_pass = rows / kRows;
+  if (row_order(kAvx2RowOrder) == RowOrder::kStreams) {
+    // Pass p takes row p of each of the kRows runs of n_pass rows: each stream walks one run
+    // front to back, and the in-row prefetch runs on from a row's end into the row that the
+    // same stream reads in the next pass.
+    const std::size_t step = static_cast<std::size_t>(n_pass) * row_stride;
+    for (int64_t p = 0; p < n_pass; ++p)
+      rows_pass<kRows>(f, w + p * row_stride, step, n_in, packed, n_tok, y + p, ldy, n_pass, pf);
+  } else {
+    for (int64_t p = 0; p < n_pass; ++p)
+      rows_pass<kRows>(f, w + p * kRows * row_stride, row_stride, n_in, packed, n_tok,
+                       y + p * kRows, ldy, 1, pf);
+  }
+  const int64_t r = n_pass * kRows;
   const uint8_t* wt = w + r * row_stride;
   switch (rows - r) {
     case 3:
-      rows_pass<3>(f, wt, row_stride, n_in, packed, n_tok, y + r, ldy, pf);
+      rows_pass<3>(f, wt, row_stride, n_in, packed, n_tok, y + r, ldy, 1, pf);
       break;
     case 2:
-      rows_pass<2>(f, wt, row_stride, n_in, packed, n_tok, y + r, ldy, pf);
+      rows_pass<2>(f, wt, row_stride, n_in, packed, n_tok, y + r, ldy, 1, pf);
       break;
     case 1:
-      rows_pass<1>(f, wt, row_stride, n_in, packed, n_tok, y + r, ldy, pf);
+      rows_pass<1>(f, wt, row_stride, n_in, packed, n_tok, y + r, ldy, 1, pf);
       break;
     default:
       break;

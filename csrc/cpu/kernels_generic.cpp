@@ -122,16 +122,18 @@ bool prefetch_every_line() {
   return every;
 }
 
-RowOrder row_order() {
-  static const RowOrder order = [] {
+RowOrder row_order(RowOrder when_unset) {
+  // 0: unset, 1: interleaved, 2: streams (read once).
+  static const int order = [] {
     const char* v = std::getenv("HYBRID_MOE_ROW_ORDER");
     const std::string s = v ? v : "";
-    if (s.empty() || s == "interleaved") return RowOrder::kInterleaved;
+    if (s.empty()) return 0;
+    if (s == "interleaved") return 1;
     HM_CHECK(s == "streams", "environment variable HYBRID_MOE_ROW_ORDER='", s,
              "': expected interleaved or streams");
-    return RowOrder::kStreams;
+    return 2;
   }();
-  return order;
+  return order == 0 ? when_unset : order == 1 ? RowOrder::kInterleaved : RowOrder::kStreams;
 }
 
 AmxKernel amx_kernel() {
