@@ -146,6 +146,8 @@ def test_value_variants_resolve_to_the_value_policy():
     for bad in (["s1:stall_weight=1"], ["value-a:x=1"], ["value-a:stall_weight=1", "value-a:"]):
         with pytest.raises(ValueError):
             parse_value_variants(bad)
+    with pytest.raises(ValueError, match="--value-variant value-a expects KEY=VALUE"):
+        parse_value_variants(["value-a:stall_weight"])
 
 
 def test_static_placement_from_the_source_or_a_heat_profile(tmp_path):

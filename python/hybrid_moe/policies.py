@@ -76,22 +76,22 @@ def check_value_params(params) -> dict:
     return out
 
 
-def parse_value_params(items: list[str] | None) -> dict:
-    """CLI form: ['stall_weight=1', 'stall_aware=false'] -> a validated dict."""
+def parse_value_params(items: list[str] | None, flag: str = "--value-param") -> dict:
+    """CLI form: ['stall_weight=1', 'stall_aware=false'] -> a validated dict; errors name flag."""
     out: dict = {}
     for item in items or []:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ValueError(f"--value-param expects KEY=VALUE, got {item!r}")
+            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
         if key == "stall_aware":
             low = text.strip().lower()
             if low not in ("true", "false", "1", "0"):
-                raise ValueError(f"--value-param stall_aware expects true or false, got {text!r}")
+                raise ValueError(f"{flag} stall_aware expects true or false, got {text!r}")
             out[key] = low in ("true", "1")
         else:
             try:
                 out[key] = float(text)
             except ValueError:
-                raise ValueError(f"--value-param {key} expects a number, got {text!r}") from None
+                raise ValueError(f"{flag} {key} expects a number, got {text!r}") from None
     return check_value_params(out)

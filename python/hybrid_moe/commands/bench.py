@@ -114,7 +114,9 @@ def parse_value_variants(items: list[str]) -> dict[str, dict]:
                 f"--value-variant expects NAME:KEY=VALUE[,KEY=VALUE] with a new NAME starting "
                 f"with 'value-', got {item!r}"
             )
-        out[name] = parse_value_params([p for p in spec.split(",") if p.strip()])
+        out[name] = parse_value_params(
+            [p for p in spec.split(",") if p.strip()], flag=f"--value-variant {name}"
+        )
     return out
 
 
