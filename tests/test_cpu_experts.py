@@ -171,6 +171,8 @@ print("ok")
         {"HYBRID_MOE_Q8_KERNEL": "pair", "HYBRID_MOE_PREFETCH_HINT": "l1"},
         {"HYBRID_MOE_Q8_KERNEL": "quad", "HYBRID_MOE_ROW_ORDER": "streams"},
         {"HYBRID_MOE_ROW_ORDER": "interleaved"},  # AVX2's default is streams
+        {"HYBRID_MOE_ITEM_ROWS": "56,148"},  # one item per worker (session 7's A/B)
+        {"HYBRID_MOE_ITEM_ROWS": "4,4"},  # Q8_0 phase 1 rounds up to whole 32-value blocks
         {},  # the defaults, on shapes and group sizes that use the AMX tiles
     ],
 )
@@ -195,6 +197,7 @@ def test_tuning_settings_keep_results_exact(env):
         ("HYBRID_MOE_ROW_ORDER", "diagonal", "bf16"),
         ("HYBRID_MOE_AMX_KERNEL", "fast", "bf16"),
         ("HYBRID_MOE_PREFETCH_LINES", "some", "bf16"),
+        ("HYBRID_MOE_ITEM_ROWS", "32", "bf16"),
         ("HYBRID_MOE_Q8_KERNEL", "octo", "q8_0"),  # read by the Q8_0 code only
     ],
 )

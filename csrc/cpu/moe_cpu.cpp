@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <mutex>
@@ -16,9 +17,44 @@
 namespace hm::cpu {
 namespace {
 
-constexpr int64_t kRowsPhase1 = 32;  // rows of I per item (multiple of 32: Q8 blocks of h)
-constexpr int64_t kRowsPhase2 = 16;  // rows of H per item (one AMX tile of rows)
 constexpr std::size_t kScratchAlign = 64;
+
+// Rows per work item: phase 1 (rows of I, gate + up; packs h in its own range, so a multiple of
+// 32 for Q8_0's blocks) and phase 2 (rows of H, one AMX tile). HYBRID_MOE_ITEM_ROWS=R1,R2 sets
+// them for measurements (rounded up to the granularity: Q8_0 32, AMX-sized groups 16, else one
+// 4-row SIMD pass). Fewer, even items per worker were measured and dropped (bench/RESULTS.md,
+// session 7): with one expert per call, one round of 14 equal items lost 5-8% of decode tok/s to
+// the slowest core; 8-row items were no better than these.
+struct ItemRows {
+  int64_t phase1 = 32, phase2 = 16;
+};
+
+ItemRows item_rows_setting() {
+  static const ItemRows v = [] {
+    ItemRows r;
+    const char* e = std::getenv("HYBRID_MOE_ITEM_ROWS");
+    const std::string s = e ? e : "";
+    if (s.empty()) return r;
+    long long r1 = 0, r2 = 0;
+    char tail = 0;
+    const int n = std::sscanf(s.c_str(), "%lld,%lld%c", &r1, &r2, &tail);
+    HM_CHECK(n == 2 && r1 > 0 && r2 > 0 && r1 <= 1 << 20 && r2 <= 1 << 20,
+             "environment variable HYBRID_MOE_ITEM_ROWS='", s,
+             "': expected two positive row counts R1,R2 (the default is 32,16)");
+    r.phase1 = r1;
+    r.phase2 = r2;
+    return r;
+  }();
+  return v;
+}
+
+ItemRows item_rows(WeightFormat f, bool any_tile_group) {
+  const ItemRows set = item_rows_setting();
+  const int64_t gran1 = f == WeightFormat::kQ8_0 ? kQ8BlockSize : any_tile_group ? 16 : 4;
+  const int64_t gran2 = any_tile_group ? 16 : 4;
+  const auto round_up = [](int64_t r, int64_t g) { return (r + g - 1) / g * g; };
+  return {round_up(set.phase1, gran1), round_up(set.phase2, gran2)};
+}
 
 // Reused scratch buffers: fresh multi-MB allocations would page-fault on every layer.
 class ScratchCache {
@@ -134,10 +170,13 @@ class MoeJob final : public Job {
       off += align_up(ops.packed_bytes(L.format, g.n_tok, L.intermediate), kScratchAlign);
       groups_.push_back(g);
     }
-    const int64_t blocks1 = (L.intermediate + kRowsPhase1 - 1) / kRowsPhase1;
+    bool any_tile_group = false;
+    for (const Group& g : groups_) any_tile_group |= g.n_tok >= kAmxMinTokens;
+    rows_ = item_rows(L.format, any_tile_group);
+    const int64_t blocks1 = (L.intermediate + rows_.phase1 - 1) / rows_.phase1;
     n_items1_ = static_cast<int64_t>(groups_.size()) * blocks1;
     blocks1_ = blocks1;
-    n_items2_ = groups_.empty() ? 0 : (L.hidden + kRowsPhase2 - 1) / kRowsPhase2;
+    n_items2_ = groups_.empty() ? 0 : (L.hidden + rows_.phase2 - 1) / rows_.phase2;
     if (!groups_.empty()) scratch_ = ScratchCache::instance().acquire(off);
   }
   ~MoeJob() override {
@@ -166,14 +205,14 @@ class MoeJob final : public Job {
     std::size_t len = 0;
     if (p == 1) {
       const Group& g = groups_[item / blocks1_];
-      const int64_t r0 = (item % blocks1_) * kRowsPhase1;
-      const int64_t rows = std::min(kRowsPhase1, L.intermediate - r0);
+      const int64_t r0 = (item % blocks1_) * rows_.phase1;
+      const int64_t rows = std::min(rows_.phase1, L.intermediate - r0);
       if (step >= 2 * rows) return false;
       len = row_bytes(L.format, L.hidden);
       row = args_.experts[g.expert] + (step < rows ? L.gate_offset : L.up_offset) +
             (r0 + step % rows) * len;
     } else if (p == 2) {
-      const int64_t r0 = item * kRowsPhase2, rows = std::min(kRowsPhase2, L.hidden - r0);
+      const int64_t r0 = item * rows_.phase2, rows = std::min(rows_.phase2, L.hidden - r0);
       if (step >= rows * static_cast<int64_t>(groups_.size())) return false;
       len = row_bytes(L.format, L.intermediate);
       row = args_.experts[groups_[step / rows].expert] + L.down_offset + (r0 + step % rows) * len;
@@ -198,7 +237,7 @@ class MoeJob final : public Job {
 
   void gate_up(const Group& g, int64_t block) {
     const auto& L = args_.layout;
-    const int64_t r0 = block * kRowsPhase1, rows = std::min(kRowsPhase1, L.intermediate - r0);
+    const int64_t r0 = block * rows_.phase1, rows = std::min(rows_.phase1, L.intermediate - r0);
     const std::size_t stride = row_bytes(L.format, L.hidden);
     const uint8_t* base = args_.experts[g.expert];
     thread_local std::vector<float> yg, yu;
@@ -224,7 +263,7 @@ class MoeJob final : public Job {
 
   void down(int64_t item) {
     const auto& L = args_.layout;
-    const int64_t r0 = item * kRowsPhase2, rows = std::min(kRowsPhase2, L.hidden - r0);
+    const int64_t r0 = item * rows_.phase2, rows = std::min(rows_.phase2, L.hidden - r0);
     const std::size_t stride = row_bytes(L.format, L.intermediate);
     thread_local std::vector<float> y;
     const std::size_t pf = std::min<std::size_t>(prefetch_bytes(), stride);
@@ -261,6 +300,7 @@ class MoeJob final : public Job {
   std::vector<float> slot_weight_;
   std::vector<Group> groups_;
   std::vector<int32_t> pack_groups_;  // groups whose input phase 0 packs (the others share one)
+  ItemRows rows_;
   int64_t blocks1_ = 1, n_items1_ = 0, n_items2_ = 0;
   std::pair<ScratchCache::Buffer, std::size_t> scratch_;
 };
@@ -304,6 +344,7 @@ JobHandle submit_moe_layer(ThreadPool& pool, const MoeLayerArgs& args, Isa isa) 
   prefetch_every_line();
   row_order();
   amx_kernel();
+  item_rows_setting();
   return pool.submit(std::make_shared<MoeJob>(args, kernel_ops(isa)));
 }
 

@@ -11,6 +11,7 @@
 //            h = silu(gate) * up, packed for the down projection;  [barrier]
 //   phase 2: items = 16 rows of H: the down rows of every expert for those output rows, scaled by
 //            the router weight and added to out; each item owns its rows of out, so no atomics.
+//   (HYBRID_MOE_ITEM_ROWS=R1,R2 changes the 32 / 16 for measurements.)
 // A worker that takes an item of phase 1 or 2 before the previous phase has ended prefetches the
 // item's weight rows into L2 while it waits (Job::warm), so the barriers' idle time streams DRAM.
 // Scratch (packed activations, 2 x T x k x (H + I) bytes for bf16) comes from a small reused cache.

@@ -92,6 +92,12 @@ void JobHandle::wait() {
   if (job_->error_) std::rethrow_exception(job_->error_);
 }
 
+void JobHandle::help() {
+  // pool_ is null for a job that had no items (finished at submit).
+  if (!job_ || job_->pool_ == nullptr || job_->finished_.load(std::memory_order_acquire)) return;
+  job_->pool_->work_on(*job_);  // catches the items' exceptions into the job
+}
+
 ThreadPool::ThreadPool(int threads, bool pin) {
   if (threads <= 0) threads = default_threads();
   HM_CHECK(threads >= 1 && threads <= 1024, "threads must be in [1, 1024], got ", threads);
@@ -164,6 +170,7 @@ JobHandle ThreadPool::submit(std::shared_ptr<Job> job) {
     return JobHandle(std::move(job));
   }
   HM_CHECK_RT(!stop_.load(std::memory_order_acquire), "ThreadPool::submit after shutdown");
+  job->pool_ = this;
   {
     std::lock_guard<QueueLock> lk(queue_lock_);
     job->id_ = next_id_++;

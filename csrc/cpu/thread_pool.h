@@ -12,7 +12,8 @@
 //   first exception any item threw (later items of a failed job are skipped, not run).
 // - Jobs are owned by shared_ptr: the pool holds one until its last item ends, the handle holds
 //   one until it is dropped, so no per-call state outlives both (no leaks, no dangling callbacks).
-// - Jobs run one after another in submission order (FIFO); the caller's thread never computes.
+// - Jobs run one after another in submission order (FIFO). The caller's thread computes only when
+//   it asks to: JobHandle::help() (the runtime's planner thread, idle until the job ends anyway).
 #pragma once
 
 #include <atomic>
@@ -49,6 +50,7 @@ class Job {
   std::vector<int64_t> phase_end_;  // cumulative item counts: phase p owns [end[p-1], end[p])
   int64_t total_ = 0;
   uint64_t id_ = 0;
+  class ThreadPool* pool_ = nullptr;  // the pool it was submitted to (help() finishes it there)
   std::atomic<int64_t> next_{0}, done_{0};
   std::atomic<bool> failed_{false};
   std::exception_ptr error_;
@@ -65,6 +67,10 @@ class JobHandle {
   bool valid() const { return job_ != nullptr; }
   bool done() const { return !job_ || job_->finished_.load(std::memory_order_acquire); }
   void wait();  // joins; rethrows; the handle stays valid (a second wait() rethrows again)
+  // Runs items of the job on the calling thread, beside the pool's workers, until no item is left
+  // to take (items other threads hold may still run: wait() joins them). Never throws: an item's
+  // exception is rethrown by wait(). For a thread that would otherwise idle until the job ends.
+  void help();
   Job* job() const { return job_.get(); }
 
  private:
@@ -105,6 +111,8 @@ class ThreadPool {
    private:
     std::atomic<bool> busy_{false};
   };
+
+  friend class JobHandle;  // help() runs work_on on the caller's thread
 
   void worker_loop(int index);
   void work_on(Job& job);

@@ -180,6 +180,10 @@ void Runtime::start_gpu() {
     c.ev_start = a;
     c.ev_stop = b;
   }
+  const char* ph = std::getenv("HYBRID_MOE_PLANNER_HELPS");
+  HM_CHECK(!ph || std::string(ph) == "0" || std::string(ph) == "1",
+           "environment variable HYBRID_MOE_PLANNER_HELPS='", ph, "': expected 0 or 1");
+  g.planner_helps = !(ph && std::string(ph) == "0");  // set before the planner thread starts
   init_doorbells();
   const char* fz = std::getenv("HM_DECODE_FUSED");  // "0": memory operations and copies (A/B)
   g.fused = g.doorbell && !g.partials_by_copy && !(fz && std::string(fz) == "0");

@@ -140,6 +140,9 @@ struct Runtime::Gpu {
 
   // Doorbell decode (runtime_planner.cpp).
   bool doorbell = false;
+  // The planner computes CPU items itself between submitting a layer's CPU job and its end (it
+  // would only poll meanwhile): HYBRID_MOE_PLANNER_HELPS=0 turns this off (A/B runs).
+  bool planner_helps = true;
   std::string decode_sync_why;        // why host functions are used instead (empty: doorbell)
   void* bells = nullptr;              // mapped block: 4 words per layer, 64 bytes apart
   std::vector<Launch*> launch_by_id;  // [id - 1]; fixed capacity (no reallocation while read)

@@ -52,7 +52,9 @@ inline void store_word(volatile uint32_t* p, uint32_t v) {
 
 std::string Runtime::decode_sync() const {
   if (!gpu_) return "none (CPU only)";
-  if (gpu_->doorbell) return gpu_->fused ? "doorbell, fused hand-off" : "doorbell";
+  if (gpu_->doorbell)
+    return std::string(gpu_->fused ? "doorbell, fused hand-off" : "doorbell") +
+           (gpu_->planner_helps ? ", planner computes" : "");
   return "host functions (" + gpu_->decode_sync_why + ")";
 }
 
@@ -213,6 +215,9 @@ bool Runtime::planner_step() {
     }
     if (c.job.valid()) {
       c.cpu_pending = true;
+      // Nothing else can arrive before this job ends (the next layer waits for its done word),
+      // so the planner's core computes items beside the pool's instead of polling.
+      if (g.planner_helps) c.job.help();
     } else {
       try {
         release_plan(c, false, 0);

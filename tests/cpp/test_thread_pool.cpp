@@ -17,6 +17,9 @@ namespace {
 struct PhasedJob final : hm::cpu::Job {
   std::vector<int64_t> n;
   std::vector<std::atomic<int>> hits;
+  std::thread::id helper;  // items run on this thread are counted in by_helper
+  std::atomic<int> by_helper{0};
+  std::chrono::microseconds item_time{0};
   std::atomic<int> phase1_started_early{0};
   std::atomic<int64_t> phase0_done{0};
   int64_t throw_at = -1;
@@ -24,6 +27,8 @@ struct PhasedJob final : hm::cpu::Job {
   int phases() const override { return 2; }
   int64_t items(int p) const override { return n[p]; }
   void run(int p, int64_t i) override {
+    if (std::this_thread::get_id() == helper) by_helper++;
+    if (item_time.count() > 0) std::this_thread::sleep_for(item_time);
     if (p == 0) {
       if (i == throw_at) throw std::runtime_error("item failed");
       hits[i]++;
@@ -79,6 +84,36 @@ HM_TEST(thread_pool_submit_is_non_blocking_and_frees_jobs) {
   auto h = pool.submit(empty);
   HM_EXPECT(h.done());
   h.wait();
+}
+
+HM_TEST(thread_pool_helper_thread_computes_items) {
+  hm::cpu::ThreadPool pool(2, false);
+  int helped = 0;
+  for (int rep = 0; rep < 5; ++rep) {
+    auto job = std::make_shared<PhasedJob>(std::vector<int64_t>{12, 12});
+    job->helper = std::this_thread::get_id();
+    job->item_time = std::chrono::microseconds(200);  // long enough that the helper gets items
+    auto h = pool.submit(job);
+    h.help();  // returns once no item is left to take
+    h.wait();
+    for (auto& x : job->hits) HM_EXPECT(x.load() == 1);
+    HM_EXPECT(job->phase1_started_early.load() == 0);
+    helped += job->by_helper.load();
+  }
+  HM_EXPECT(helped > 0);
+  // An item that throws on the helper's thread reaches wait(), not help().
+  auto bad = std::make_shared<PhasedJob>(std::vector<int64_t>{40, 4});
+  bad->throw_at = 39;
+  auto hb = pool.submit(bad);
+  hb.help();
+  HM_EXPECT_THROWS(hb.wait(), std::runtime_error);
+  // Finished, empty and default handles: help() returns at once.
+  hb.help();
+  hm::cpu::JobHandle none;
+  none.help();
+  auto empty = pool.submit(std::make_shared<PhasedJob>(std::vector<int64_t>{0, 0}));
+  empty.help();
+  HM_EXPECT(empty.done());
 }
 
 HM_TEST(thread_pool_rejects_bad_sizes) {
