@@ -143,6 +143,40 @@ def test_next_router_hints_prefetch(device):
     assert rt.stats()["hint_accuracy"] > 0.9
 
 
+@pytest.mark.parametrize(
+    "helps,prewarm,policy",
+    [("0", "0", "value"), ("1", "0", "value"), ("0", "1", "cpu"), ("1", "1", "value")],
+)
+def test_planner_settings_keep_results(cuda_device, monkeypatch, helps, prewarm, policy):
+    """HYBRID_MOE_PLANNER_HELPS (the planner computes CPU items) and HYBRID_MOE_CPU_PREWARM (the
+    next layer's hinted CPU experts prefetched between layers), each on and off, with next-layer
+    hints so the prewarm has experts to warm: outputs match the reference; the setting shows in
+    decode_sync; a bad value is a ValueError naming the variable."""
+    monkeypatch.setenv("HYBRID_MOE_PLANNER_HELPS", helps)
+    monkeypatch.setenv("HYBRID_MOE_CPU_PREWARM", prewarm)
+    dev = torch.device("cuda")
+    rt, layers, refs = _build(policy, "30%", "bf16", dev)
+    router = torch.randn(E, H)
+    layers[0].set_next_router(router.to(dev))
+    g = torch.Generator().manual_seed(9)
+    for _ in range(12):
+        x = torch.randn(1, H, generator=g).to(dev)
+        ids0, w0 = _route(1, g)
+        y = layers[0](x, ids0.to(dev), w0.to(dev))
+        assert _err(y, refs[0](x, ids0.to(dev), w0.to(dev))) <= TOL
+        w1, ids1 = torch.topk(torch.softmax(x.float() @ router.to(dev).T, -1), K)
+        assert _err(layers[1](y, ids1, w1), refs[1](y, ids1, w1)) <= TOL
+    rt.synchronize()
+    sync = rt.stats()["decode_sync"]
+    if sync.startswith("doorbell"):
+        assert ("planner computes" in sync) == (helps == "1"), sync
+    for var in ("HYBRID_MOE_PLANNER_HELPS", "HYBRID_MOE_CPU_PREWARM"):
+        with monkeypatch.context() as m:
+            m.setenv(var, "maybe")
+            with pytest.raises(ValueError, match=var):
+                _build(policy, "30%", "bf16", dev)[0].start()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_next_router_logit_hints_under_graph_replay(cuda_device, dtype):
     """Decode on a GPU hands layer 1's router logits (fp32 / bf16) to the planner, which takes

@@ -305,6 +305,60 @@ class MoeJob final : public Job {
   std::pair<ScratchCache::Buffer, std::size_t> scratch_;
 };
 
+// Prefetches experts' bytes into L2, 64 KiB per item (see ExpertWarm in moe_cpu.h). Item order:
+// for each expert, its phase-1 bytes (gate rows then up rows, 8 rows of each per item, as phase 1
+// walks them), then every expert's down matrix.
+class WarmJob final : public Job {
+ public:
+  static constexpr std::size_t kItemBytes = 64 * 1024, kCheckBytes = 4096;
+  WarmJob(const ExpertLayout& L, const uint8_t* const* experts, int64_t n,
+          std::shared_ptr<std::atomic<bool>> stop)
+      : L_(L), experts_(experts, experts + n), stop_(std::move(stop)) {
+    row_ = row_bytes(L.format, L.hidden);
+    rows_per_item_ = std::max<int64_t>(1, static_cast<int64_t>(kItemBytes / (2 * row_)));
+    up_items_ = (L.intermediate + rows_per_item_ - 1) / rows_per_item_;
+    down_items_ = static_cast<int64_t>((L.down_bytes + kItemBytes - 1) / kItemBytes);
+  }
+  int phases() const override { return 1; }
+  int64_t items(int) const override {
+    return static_cast<int64_t>(experts_.size()) * (up_items_ + down_items_);
+  }
+  void run(int, int64_t item) override {
+    const int64_t n_up = static_cast<int64_t>(experts_.size()) * up_items_;
+    if (item < n_up) {
+      const uint8_t* base = experts_[item / up_items_];
+      const int64_t r0 = (item % up_items_) * rows_per_item_;
+      const int64_t rows = std::min(rows_per_item_, L_.intermediate - r0);
+      const std::size_t off = static_cast<std::size_t>(r0) * row_,
+                        len = static_cast<std::size_t>(rows) * row_;
+      if (fetch(base + L_.gate_offset + off, len)) fetch(base + L_.up_offset + off, len);
+      return;
+    }
+    item -= n_up;
+    const std::size_t off = static_cast<std::size_t>(item % down_items_) * kItemBytes;
+    fetch(experts_[item / down_items_] + L_.down_offset + off,
+          std::min(kItemBytes, L_.down_bytes - off));
+  }
+
+ private:
+  // false once cancelled (checked every kCheckBytes)
+  bool fetch(const uint8_t* p, std::size_t len) {
+    for (std::size_t done = 0; done < len; done += kCheckBytes) {
+      if (stop_->load(std::memory_order_relaxed)) return false;
+      const std::size_t end = std::min(len, done + kCheckBytes);
+      for (std::size_t o = done; o < end; o += 64) __builtin_prefetch(p + o, 0, 2);
+    }
+    __builtin_prefetch(p + len - 1, 0, 2);  // the last line when len is not line-aligned
+    return true;
+  }
+
+  ExpertLayout L_;
+  std::vector<const uint8_t*> experts_;
+  std::shared_ptr<std::atomic<bool>> stop_;
+  std::size_t row_ = 0;
+  int64_t rows_per_item_ = 1, up_items_ = 0, down_items_ = 0;
+};
+
 void validate(const MoeLayerArgs& a) {
   const auto& L = a.layout;
   HM_CHECK(L.hidden > 0 && L.intermediate > 0,
@@ -346,6 +400,20 @@ JobHandle submit_moe_layer(ThreadPool& pool, const MoeLayerArgs& args, Isa isa) 
   amx_kernel();
   item_rows_setting();
   return pool.submit(std::make_shared<MoeJob>(args, kernel_ops(isa)));
+}
+
+ExpertWarm submit_expert_warm(ThreadPool& pool, const ExpertLayout& layout,
+                              const uint8_t* const* experts, int64_t n_experts) {
+  const ExpertLayout ref = make_expert_layout(layout.format, layout.hidden, layout.intermediate);
+  HM_CHECK(
+      layout.hidden > 0 && ref.stride == layout.stride && ref.down_offset == layout.down_offset,
+      "layout must come from make_expert_layout");
+  HM_CHECK(n_experts >= 0, "n_experts must be >= 0, got ", n_experts);
+  HM_CHECK(n_experts == 0 || experts != nullptr, "experts must not be null");
+  for (int64_t i = 0; i < n_experts; ++i)
+    HM_CHECK(experts[i] != nullptr, "experts[", i, "] is null");
+  auto stop = std::make_shared<std::atomic<bool>>(false);
+  return {pool.submit(std::make_shared<WarmJob>(layout, experts, n_experts, stop)), stop};
 }
 
 JobHandle submit_moe_layer(ThreadPool& pool, const MoeLayerArgs& args) {

@@ -21,7 +21,9 @@
 // the assignment list and the expert pointer array are copied at submit.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <memory>
 
 #include "core/weight_format.h"
 #include "cpu/isa.h"
@@ -49,6 +51,33 @@ struct MoeLayerArgs {
 // Validates args (hm::ValueError naming the bad field), then queues the layer on the pool.
 JobHandle submit_moe_layer(ThreadPool& pool, const MoeLayerArgs& args);
 JobHandle submit_moe_layer(ThreadPool& pool, const MoeLayerArgs& args, Isa isa);
+// Warming: pulls experts' weight bytes into the L2 of the workers (software prefetch, 64 KiB
+// items: gate and up rows of each expert in the order phase 1 reads them, then down) while the
+// pool would idle, ahead of a call expected to compute them: the GPU runtime warms the next
+// layer's predicted CPU experts between layers. Jobs run in order, so a warm job queued ahead of
+// a real one delays it: cancel() first; the items then stop within 4 KiB of prefetching.
+class ExpertWarm {
+ public:
+  ExpertWarm() = default;
+  ExpertWarm(JobHandle job, std::shared_ptr<std::atomic<bool>> stop)
+      : job_(std::move(job)), stop_(std::move(stop)) {}
+  bool valid() const { return job_.valid(); }
+  bool done() const { return job_.done(); }
+  void cancel() {
+    if (stop_) stop_->store(true, std::memory_order_relaxed);
+  }
+  void wait() {
+    if (job_.valid()) job_.wait();
+  }
+
+ private:
+  JobHandle job_;
+  std::shared_ptr<std::atomic<bool>> stop_;
+};
+// experts: [n_experts] expert bases (layout's byte ranges), each non-null; n_experts >= 0.
+ExpertWarm submit_expert_warm(ThreadPool& pool, const ExpertLayout& layout,
+                              const uint8_t* const* experts, int64_t n_experts);
+
 // Blocking form: submit + wait.
 void run_moe_layer(ThreadPool& pool, const MoeLayerArgs& args);
 void run_moe_layer(ThreadPool& pool, const MoeLayerArgs& args, Isa isa);

@@ -199,7 +199,9 @@ class Runtime {
   void init_doorbells();  // mapped words, probe of the stream memory operations
   void enqueue_doorbell_waits(LayerCtx& c, Launch* la, void* stream, bool before_kernel);
   void planner_loop();
-  bool planner_step();   // one pass over every layer's doorbells; true: did work
+  bool planner_step();  // one pass over every layer's doorbells; true: did work
+  // Between layers: warm layer `layer`'s predicted CPU experts into the pool's caches (below).
+  void start_prewarm(int layer);
   void pause_planner();  // returns once the planner is parked (quiesced runtime)
   void resume_planner();
   void stop_planner();

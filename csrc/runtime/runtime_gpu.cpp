@@ -82,6 +82,16 @@ bool Runtime::gpu_fill(int layer, const uint8_t* packed) {
 
 void Runtime::start_gpu() {
   Gpu& g = *gpu_;
+  // Planner settings (A/B runs), checked before anything is allocated; set before the planner
+  // thread starts.
+  const auto flag = [](const char* var) {
+    const char* v = std::getenv(var);
+    HM_CHECK(!v || std::string(v) == "0" || std::string(v) == "1", "environment variable ", var,
+             "='", v, "': expected 0 or 1");
+    return !(v && std::string(v) == "0");
+  };
+  g.planner_helps = flag("HYBRID_MOE_PLANNER_HELPS");
+  g.prewarm = flag("HYBRID_MOE_CPU_PREWARM");
   HM_CUDA_CHECK(cudaSetDevice(device_));
   const int64_t total = static_cast<int64_t>(n_layers_) * n_expert_;
   if (!g.store) {  // staged layers move into the pinned store, freeing the staging copy
@@ -180,10 +190,6 @@ void Runtime::start_gpu() {
     c.ev_start = a;
     c.ev_stop = b;
   }
-  const char* ph = std::getenv("HYBRID_MOE_PLANNER_HELPS");
-  HM_CHECK(!ph || std::string(ph) == "0" || std::string(ph) == "1",
-           "environment variable HYBRID_MOE_PLANNER_HELPS='", ph, "': expected 0 or 1");
-  g.planner_helps = !(ph && std::string(ph) == "0");  // set before the planner thread starts
   init_doorbells();
   const char* fz = std::getenv("HM_DECODE_FUSED");  // "0": memory operations and copies (A/B)
   g.fused = g.doorbell && !g.partials_by_copy && !(fz && std::string(fz) == "0");
@@ -538,6 +544,10 @@ void Runtime::host_plan(const Launch& la) {
       c.timed_gpu_pairs = static_cast<int64_t>(n);
     }
     std::fill(c.partial_h, c.partial_h + TH, 0.f);
+    if (gpu_->warm.valid()) {  // a warm job still queued would hold this layer's job back
+      gpu_->warm.cancel();
+      gpu_->warm = cpu::ExpertWarm();
+    }
     if (!c.out.cpu.empty()) {
       cpu::MoeLayerArgs a;
       a.layout = layout_;

@@ -45,10 +45,11 @@ struct Runtime::LayerCtx {
   LayerPlan plan;
   bool plan_live = false;
   std::vector<Selected> selected;
-  std::vector<int> sel_index;      // [E] index into selected, -1
-  std::vector<int> gpu_slot_of;    // [E] slot computing the expert this step, -1: CPU
-  std::vector<int> hints;          // distinct predicted experts of layer + 1
-  std::vector<uint8_t> predicted;  // [E] this layer's experts predicted by layer - 1
+  std::vector<int> sel_index;             // [E] index into selected, -1
+  std::vector<int> gpu_slot_of;           // [E] slot computing the expert this step, -1: CPU
+  std::vector<int> hints;                 // distinct predicted experts of layer + 1
+  std::vector<const uint8_t*> warm_ptrs;  // planner: this layer's experts being prewarmed
+  std::vector<uint8_t> predicted;         // [E] this layer's experts predicted by layer - 1
   bool have_predicted = false;
   PlanOut out;
   uint64_t plan_id = 0;
@@ -143,6 +144,11 @@ struct Runtime::Gpu {
   // The planner computes CPU items itself between submitting a layer's CPU job and its end (it
   // would only poll meanwhile): HYBRID_MOE_PLANNER_HELPS=0 turns this off (A/B runs).
   bool planner_helps = true;
+  // When a layer's CPU experts finish, the idle pool prefetches the next layer's predicted CPU
+  // experts (hinted, not on the GPU) into its caches until that layer's job comes
+  // (cpu::ExpertWarm): HYBRID_MOE_CPU_PREWARM=0 turns this off (A/B runs).
+  bool prewarm = true;
+  cpu::ExpertWarm warm;               // the pending warm job (planner thread only)
   std::string decode_sync_why;        // why host functions are used instead (empty: doorbell)
   void* bells = nullptr;              // mapped block: 4 words per layer, 64 bytes apart
   std::vector<Launch*> launch_by_id;  // [id - 1]; fixed capacity (no reallocation while read)

@@ -144,6 +144,31 @@ HM_TEST(cpu_moe_matches_reference_all_isas) {
   }
 }
 
+HM_TEST(cpu_moe_expert_warm_runs_cancels_and_checks_input) {
+  for (auto f : {WeightFormat::kBF16, WeightFormat::kQ8_0}) {
+    const auto L = hm::make_expert_layout(f, 256, 96);
+    std::vector<uint8_t> store(L.stride * 3, 1);
+    const uint8_t* ptrs[3] = {store.data(), store.data() + L.stride, store.data() + 2 * L.stride};
+    hm::cpu::ThreadPool pool(2, false);
+    auto w = hm::cpu::submit_expert_warm(pool, L, ptrs, 3);
+    HM_EXPECT(w.valid());
+    w.wait();
+    HM_EXPECT(w.done());
+    // Cancelled at once, then a real job behind it in the pool's queue: both finish.
+    auto big = hm::cpu::submit_expert_warm(pool, L, ptrs, 3);
+    big.cancel();
+    big.wait();
+    HM_EXPECT(big.done());
+    HM_EXPECT(hm::cpu::submit_expert_warm(pool, L, ptrs, 0).done());  // nothing to warm
+    const uint8_t* bad[1] = {nullptr};
+    HM_EXPECT_THROWS(hm::cpu::submit_expert_warm(pool, L, bad, 1), hm::ValueError);
+    HM_EXPECT_THROWS(hm::cpu::submit_expert_warm(pool, L, ptrs, -1), hm::ValueError);
+    auto wrong = L;
+    wrong.down_offset += 64;
+    HM_EXPECT_THROWS(hm::cpu::submit_expert_warm(pool, wrong, ptrs, 1), hm::ValueError);
+  }
+}
+
 HM_TEST(cpu_moe_rejects_bad_input) {
   const auto L = hm::make_expert_layout(WeightFormat::kBF16, 64, 32);
   std::vector<uint8_t> store(L.stride);
