@@ -84,14 +84,14 @@ void Runtime::start_gpu() {
   Gpu& g = *gpu_;
   // Planner settings (A/B runs), checked before anything is allocated; set before the planner
   // thread starts.
-  const auto flag = [](const char* var) {
+  const auto flag = [](const char* var, bool when_unset) {
     const char* v = std::getenv(var);
     HM_CHECK(!v || std::string(v) == "0" || std::string(v) == "1", "environment variable ", var,
              "='", v, "': expected 0 or 1");
-    return !(v && std::string(v) == "0");
+    return v ? std::string(v) == "1" : when_unset;
   };
-  g.planner_helps = flag("HYBRID_MOE_PLANNER_HELPS");
-  g.prewarm = flag("HYBRID_MOE_CPU_PREWARM");
+  g.planner_helps = flag("HYBRID_MOE_PLANNER_HELPS", true);
+  g.prewarm = flag("HYBRID_MOE_CPU_PREWARM", false);
   HM_CUDA_CHECK(cudaSetDevice(device_));
   const int64_t total = static_cast<int64_t>(n_layers_) * n_expert_;
   if (!g.store) {  // staged layers move into the pinned store, freeing the staging copy

@@ -144,10 +144,11 @@ struct Runtime::Gpu {
   // The planner computes CPU items itself between submitting a layer's CPU job and its end (it
   // would only poll meanwhile): HYBRID_MOE_PLANNER_HELPS=0 turns this off (A/B runs).
   bool planner_helps = true;
-  // When a layer's CPU experts finish, the idle pool prefetches the next layer's predicted CPU
-  // experts (hinted, not on the GPU) into its caches until that layer's job comes
-  // (cpu::ExpertWarm): HYBRID_MOE_CPU_PREWARM=0 turns this off (A/B runs).
-  bool prewarm = true;
+  // HYBRID_MOE_CPU_PREWARM=1 (opt-in): when a layer's CPU experts finish, the idle pool
+  // prefetches the next layer's predicted CPU experts (hinted, not on the GPU) into its caches
+  // until that layer's job comes (cpu::ExpertWarm). Off by default: no gain on the lent H200
+  // (bench/RESULTS.md, session 7: value 0.94-1.01x, static 1.01-1.04x in same-call pairs).
+  bool prewarm = false;
   cpu::ExpertWarm warm;               // the pending warm job (planner thread only)
   std::string decode_sync_why;        // why host functions are used instead (empty: doorbell)
   void* bells = nullptr;              // mapped block: 4 words per layer, 64 bytes apart
