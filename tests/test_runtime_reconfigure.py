@@ -138,6 +138,8 @@ def test_timeline_parser_on_handmade_events():
         (0.0, 0, 0, 1, 0),
         (5.0, 0, 1, 0, 0),  # enqueue layer 0
         (10.0, 0, 2, 1, 0),
+        (11.0, 0, 8, 0, 0),  # plan parts: inputs converted, scheduled
+        (13.5, 0, 9, 0, 0),
         (14.0, 0, 3, 2, 3),  # plan: 2 CPU experts, 3 GPU
         (40.0, 0, 4, 0, 0),
         (70.0, 0, 5, 1, 0),
@@ -157,6 +159,9 @@ def test_timeline_parser_on_handmade_events():
     v0, v1, v2 = tl.visits
     assert v0.phases == {
         "plan": 4.0,
+        "plan_convert": 1.0,
+        "plan_schedule": 2.5,
+        "plan_submit": 0.5,
         "gpu": 26.0,
         "cpu_wait": 30.0,
         "release": 2.0,
@@ -170,6 +175,8 @@ def test_timeline_parser_on_handmade_events():
     assert s["visits"] == 3 and s["copies"] == 1
     assert s["share_with_cpu"] == pytest.approx(1 / 3)
     assert s["gap_mean_us"] == pytest.approx(23.5) and s["plan_p50_us"] == 2.0
+    assert s["plan_schedule_mean_us"] == 2.5  # only the visit that recorded the parts
+    assert "convert/schedule/submit 1.0/2.5/0.5" in tl.describe()
 
 
 def test_timeline_records_gpu_decode_steps(cuda_device):
@@ -184,6 +191,7 @@ def test_timeline_records_gpu_decode_steps(cuda_device):
         t = v.t
         assert t["enqueue_begin"] <= t["enqueue_end"]
         assert t["plan_begin"] <= t["plan_end"] <= t["join_begin"] <= t["join_end"]
+        assert t["plan_begin"] <= t["plan_inputs"] <= t["plan_scheduled"] <= t["plan_end"]
         assert v.cpu_experts + v.gpu_experts >= 1
     rt.enable_timeline(0)
     _steps(rt, layers, refs, torch.device("cuda"), g, n=1)

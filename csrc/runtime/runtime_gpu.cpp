@@ -527,7 +527,9 @@ void Runtime::host_plan(const Launch& la) {
       hint_ids = c.hint_ids.data();
       n_hint_ids = T * top_k_;
     }
+    timeline_.record(c.layer, TimelineKind::kPlanInputs);
     plan(c, T, c.ids_h, c.w_h, hint_ids, n_hint_ids, Mode::kDecode, c.out);
+    timeline_.record(c.layer, TimelineKind::kPlanScheduled);
     // GPU pairs were emitted in token order: token_ptr is their prefix count per token.
     const std::size_t n = c.out.gpu_token.size();
     int t = 0;

@@ -14,14 +14,16 @@
 namespace hm::runtime {
 
 enum class TimelineKind : int32_t {
-  kEnqueueBegin = 0,  // forward_cuda entered (caller's thread)
-  kEnqueueEnd = 1,    // forward_cuda returned: everything queued on the stream
-  kPlanBegin = 2,     // plan host function started (the stream reached it)
-  kPlanEnd = 3,       // plan done, CPU job submitted; a = CPU experts, b = GPU experts
-  kJoinBegin = 4,     // join host function started (the decode kernel finished)
-  kCpuDone = 5,       // CPU job joined; a = 1 when the join had to wait for it
-  kJoinEnd = 6,       // slots and pins released
-  kCopyDone = 7,      // an expert copy landed (mover thread); a = slot
+  kEnqueueBegin = 0,   // forward_cuda entered (caller's thread)
+  kEnqueueEnd = 1,     // forward_cuda returned: everything queued on the stream
+  kPlanBegin = 2,      // plan host function started (the stream reached it)
+  kPlanEnd = 3,        // plan done, CPU job submitted; a = CPU experts, b = GPU experts
+  kJoinBegin = 4,      // join host function started (the decode kernel finished)
+  kCpuDone = 5,        // CPU job joined; a = 1 when the join had to wait for it
+  kJoinEnd = 6,        // slots and pins released
+  kCopyDone = 7,       // an expert copy landed (mover thread); a = slot
+  kPlanInputs = 8,     // inside the plan: inputs converted (x to fp32, hint top-k)
+  kPlanScheduled = 9,  // inside the plan: scheduled, slots taken (not yet handed off)
 };
 
 struct TimelineEvent {

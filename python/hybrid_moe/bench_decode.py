@@ -720,7 +720,7 @@ def _one_config(
         layer.set_next_router(src.router.next_router(li) if hint else None)
     t_build = time.perf_counter() - t0
     src.router.ctr.zero_()
-    n_events = (cfg.tokens * cfg.layers * 8 + 4096) if cfg.timeline else 0
+    n_events = (cfg.tokens * cfg.layers * 12 + 4096) if cfg.timeline else 0
 
     def on_warm() -> None:
         rt.reset_stats()

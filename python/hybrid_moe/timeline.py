@@ -5,12 +5,19 @@
     tl = rt.timeline()              # Timeline; tl.summary() -> dict of medians/means in us
 
 One *visit* is one layer's decode step as the stream's host functions saw it:
-    plan_begin .. plan_end          planning on the host (scheduler, mover requests, CPU submit)
+    plan_begin .. plan_end          planning on the host (scheduler, mover requests, CPU submit),
+                                    in three parts: plan_convert (inputs: x to fp32, hint top-k),
+                                    plan_schedule (Runtime::plan: checks, scheduler, slots) and
+                                    plan_submit (the kernel's pair list, partials zeroed, the CPU
+                                    job built and submitted)
     plan_end .. join_begin          the GPU expert kernel, plus hand-off latency
     join_begin .. cpu_done          waiting for the CPU's experts (0 when they were done first)
     .. join_end                     releasing slots and pins
     prev join_end .. plan_begin     `gap`: the previous layer's add-partials, the ops between
                                     layers, this layer's D2H staging and host-function latency
+With the planner computing CPU items (HYBRID_MOE_PLANNER_HELPS, the default) join_begin is when
+the planner next looks, after its items: `gpu` then includes most of the CPU's time and cpu_wait
+shrinks to the tail; plan_end .. cpu_done is the CPU side either way.
 Eager steps also record enqueue_begin/end on the caller's thread: `lead` = plan_begin -
 enqueue_end says whether the caller runs ahead of the stream (large: the stream is the bottleneck)
 or behind it (small or negative: the caller, e.g. Python, is).
@@ -30,8 +37,12 @@ KINDS = {
     5: "cpu_done",
     6: "join_end",
     7: "copy_done",
+    8: "plan_inputs",
+    9: "plan_scheduled",
 }
 PHASES = ("gap", "plan", "gpu", "cpu_wait", "release", "period", "lead")
+# Parts of `plan` (summary() only; describe() keeps its one line)
+PLAN_PARTS = ("plan_convert", "plan_schedule", "plan_submit")
 
 
 @dataclass
@@ -91,6 +102,10 @@ class Timeline:
             p = v.phases
             if "plan_end" in t:
                 p["plan"] = t["plan_end"] - t["plan_begin"]
+                if "plan_inputs" in t and "plan_scheduled" in t:
+                    p["plan_convert"] = t["plan_inputs"] - t["plan_begin"]
+                    p["plan_schedule"] = t["plan_scheduled"] - t["plan_inputs"]
+                    p["plan_submit"] = t["plan_end"] - t["plan_scheduled"]
             if "join_begin" in t and "plan_end" in t:
                 p["gpu"] = t["join_begin"] - t["plan_end"]
             jb = t.get("join_begin")
@@ -111,7 +126,7 @@ class Timeline:
     def summary(self) -> dict[str, float]:
         """Per phase: median and mean over visits (us); share of visits with CPU experts; copies."""
         out: dict[str, float] = {"visits": len(self.visits), "copies": len(self.copies)}
-        for ph in PHASES:
+        for ph in PHASES + PLAN_PARTS:
             xs = [v.phases[ph] for v in self.visits if ph in v.phases]
             if xs:
                 out[f"{ph}_p50_us"] = statistics.median(xs)
@@ -131,6 +146,12 @@ class Timeline:
         """One line: mean us per phase (per layer visit)."""
         s = self.summary()
         parts = [f"{ph} {s[f'{ph}_mean_us']:.0f}" for ph in PHASES if f"{ph}_mean_us" in s]
+        if all(f"{pp}_mean_us" in s for pp in PLAN_PARTS) and "plan_mean_us" in s:
+            split = "/".join(f"{s[f'{pp}_mean_us']:.1f}" for pp in PLAN_PARTS)
+            parts[[p.split()[0] for p in parts].index("plan")] += (
+                f" (convert/schedule/submit {split})"
+            )
+
         return (
             f"{s['visits']} visits, mean us/layer: " + ", ".join(parts) + f"; cpu experts "
             f"{s.get('cpu_experts_mean', 0):.2f}, gpu {s.get('gpu_experts_mean', 0):.2f}"
