@@ -123,22 +123,26 @@ def test_bf16_hidden_and_int32_ids(device):
         assert _err(out, refs[1](x.float(), ids.to(device), w.to(device))) <= 4e-2
 
 
+def _hinted_steps(layers, refs, device, n: int, seed: int) -> None:
+    """n one-token steps with layer 1's router given to layer 0 (next-layer hints): layer 0 routed
+    at random, layer 1 routed by that router on the same input, so the hints name exactly layer
+    1's experts (a perfect predictor). Both outputs checked against the reference."""
+    router = torch.randn(E, H).to(device)
+    layers[0].set_next_router(router)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        x = torch.randn(1, H, generator=g).to(device)
+        ids0, w0 = (t.to(device) for t in _route(1, g))
+        y = layers[0](x, ids0, w0)
+        assert y.shape == x.shape and _err(y, refs[0](x, ids0, w0)) <= TOL
+        w1, ids1 = torch.topk(torch.softmax(x.float() @ router.T, -1), K)
+        assert _err(layers[1](x, ids1, w1), refs[1](x, ids1, w1)) <= TOL
+
+
 def test_next_router_hints_prefetch(device):
     """With layer 1's router given to layer 0, hints are recorded and accuracy is measured."""
     rt, layers, refs = _build("value", "30%", "bf16", device)
-    router = torch.randn(E, H)
-    layers[0].set_next_router(router.to(device))
-    g = torch.Generator().manual_seed(5)
-    for _ in range(20):
-        x = torch.randn(1, H, generator=g).to(device)
-        ids0, w0 = _route(1, g)
-        y = layers[0](x, ids0.to(device), w0.to(device))
-        # layer 1 follows its router exactly, so a perfect predictor scores 1.
-        logits = x.float() @ router.to(device).T
-        w1, ids1 = torch.topk(torch.softmax(logits, -1), K)
-        out = layers[1](x, ids1, w1)
-        assert _err(out, refs[1](x, ids1, w1)) <= TOL
-        assert y.shape == x.shape
+    _hinted_steps(layers, refs, device, n=20, seed=5)
     rt.synchronize()
     assert rt.stats()["hint_accuracy"] > 0.9
 
@@ -156,16 +160,7 @@ def test_planner_settings_keep_results(cuda_device, monkeypatch, helps, prewarm,
     monkeypatch.setenv("HYBRID_MOE_CPU_PREWARM", prewarm)
     dev = torch.device("cuda")
     rt, layers, refs = _build(policy, "30%", "bf16", dev)
-    router = torch.randn(E, H)
-    layers[0].set_next_router(router.to(dev))
-    g = torch.Generator().manual_seed(9)
-    for _ in range(12):
-        x = torch.randn(1, H, generator=g).to(dev)
-        ids0, w0 = _route(1, g)
-        y = layers[0](x, ids0.to(dev), w0.to(dev))
-        assert _err(y, refs[0](x, ids0.to(dev), w0.to(dev))) <= TOL
-        w1, ids1 = torch.topk(torch.softmax(x.float() @ router.to(dev).T, -1), K)
-        assert _err(layers[1](y, ids1, w1), refs[1](y, ids1, w1)) <= TOL
+    _hinted_steps(layers, refs, dev, n=12, seed=9)
     rt.synchronize()
     sync = rt.stats()["decode_sync"]
     if sync.startswith("doorbell"):
