@@ -1,5 +1,7 @@
 """Value (and its --value-variant rows) against the best of static / lru / lru-fetch, per source and
-budget, from `hybrid-moe bench decode --json` files. Markdown out, for bench/RESULTS.md.
+budget, from `hybrid-moe bench decode --json` files. Markdown out, for bench/RESULTS.md. Beside
+the ratios, issue 6's other targets for the `value` row: value / cpu, measured / simulated and
+measured / bandwidth bound (latency ratios, as `bench decode` reports them).
 
     python3 bench/decode_ratios.py decode_bf16_heat.json [more.json ...]
 """
@@ -21,21 +23,23 @@ def ratio_rows(result: dict) -> list[str]:
         + " | ".join(values)
         + " | "
         + " | ".join(f"{v} / best" for v in values)
-        + " |",
-        "|" + "---|" * (7 + 2 * len(values)),
+        + " | value / cpu | meas/sim | meas/bound |",
+        "|" + "---|" * (10 + 2 * len(values)),
     ]
     keys = sorted({(r["source"], r["format"], r["budget"]) for r in rows})
     for source, fmt, budget in keys:
-        g = {
-            r["policy"]: r["tokens_per_s"]
-            for r in rows
-            if (r["source"], r["format"], r["budget"]) == (source, fmt, budget)
-        }
+        same = [r for r in rows if (r["source"], r["format"], r["budget"]) == (source, fmt, budget)]
+        g = {r["policy"]: r["tokens_per_s"] for r in same}
+        value = next((r for r in same if r["policy"] == "value"), {})
         if not all(b in g for b in BASELINES):
             continue
         best = max(g[b] for b in BASELINES)
         cells = [f"{g.get(p, float('nan')):.1f}" for p in ("cpu", *BASELINES, *values)]
         cells += [f"{g[v] / best:.2f}" for v in values]
+        cells.append(f"{g['value'] / g['cpu']:.2f}" if "value" in g and "cpu" in g else "-")
+        for key in ("measured_over_sim", "measured_over_bound"):
+            x = value.get(key)
+            cells.append(f"{x:.2f}" if x is not None else "-")
         lines.append(f"| {Path(source).name} | {fmt} | {budget:.0%} | " + " | ".join(cells) + " |")
     return lines
 

@@ -331,3 +331,29 @@ def test_cli_cpu_reduced(tmp_path, capsys):
         )
         == 2
     )
+
+
+def test_decode_ratios_table_reads_bench_json():
+    """bench/decode_ratios.py: value / best of static, lru, lru-fetch in the same run, value / cpu
+    and value's measured / simulated and measured / bound, from a bench decode JSON."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "decode_ratios.py"
+    spec = importlib.util.spec_from_file_location("decode_ratios", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    tok = {"cpu": 40.0, "static": 80.0, "lru": 100.0, "lru-fetch": 90.0, "value": 150.0}
+    rows = [
+        {"source": "t.csv", "format": "bf16", "budget": 0.25, "policy": p, "tokens_per_s": v}
+        for p, v in tok.items()
+    ]
+    rows[-1].update(measured_over_sim=1.04, measured_over_bound=1.9)
+    lines = mod.ratio_rows({"rows": rows})
+    assert lines[0].endswith("| value / best | value / cpu | meas/sim | meas/bound |")
+    assert lines[2] == (
+        "| t.csv | bf16 | 25% | 40.0 | 80.0 | 100.0 | 90.0 | 150.0 | 1.50 | 3.75 | 1.04 | 1.90 |"
+    )
+    assert len(lines[1].split("|")) == len(lines[0].split("|"))
+    # Without every baseline in the run there is no ratio to give: the row is left out.
+    assert len(mod.ratio_rows({"rows": rows[:2] + rows[3:]})) == 2
