@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 
 #include <string>
+#include <utility>
 
 #include "core/check.h"
 #include "core/cost_model.h"
@@ -40,28 +41,31 @@ inline HardwareProfile profile_from_dict(const pybind11::dict& d) {
 // {name: number} -> ValueParams (keys as the struct's fields; absent keys keep the defaults). An
 // unknown key or an out-of-range value is a ValueError now, not when a policy is built later.
 inline ValueParams value_params_from_dict(const pybind11::dict& d) {
+  // The numeric fields by name; stall_aware, the one flag, is handled beside them.
+  static const std::pair<const char*, double ValueParams::*> kNumbers[] = {
+      {"halflife_steps", &ValueParams::halflife_steps},
+      {"horizon_steps", &ValueParams::horizon_steps},
+      {"weight_mix", &ValueParams::weight_mix},
+      {"copy_factor", &ValueParams::copy_factor},
+      {"horizon_lifetimes", &ValueParams::horizon_lifetimes},
+      {"stall_weight", &ValueParams::stall_weight},
+  };
   ValueParams vp;
   for (const auto& item : d) {
     const auto key = item.first.cast<std::string>();
-    const auto& v = item.second;
-    if (key == "halflife_steps")
-      vp.halflife_steps = v.cast<double>();
-    else if (key == "horizon_steps")
-      vp.horizon_steps = v.cast<double>();
-    else if (key == "weight_mix")
-      vp.weight_mix = v.cast<double>();
-    else if (key == "copy_factor")
-      vp.copy_factor = v.cast<double>();
-    else if (key == "horizon_lifetimes")
-      vp.horizon_lifetimes = v.cast<double>();
-    else if (key == "stall_aware")
-      vp.stall_aware = v.cast<bool>();
-    else if (key == "stall_weight")
-      vp.stall_weight = v.cast<double>();
-    else
-      HM_CHECK(false, "unknown value-policy parameter '", key,
-               "': expected halflife_steps, horizon_steps, weight_mix, copy_factor, "
-               "horizon_lifetimes, stall_aware or stall_weight");
+    if (key == "stall_aware") {
+      vp.stall_aware = item.second.cast<bool>();
+      continue;
+    }
+    bool known = false;
+    for (const auto& [name, field] : kNumbers)
+      if (key == name) {
+        vp.*field = item.second.cast<double>();
+        known = true;
+      }
+    HM_CHECK(known, "unknown value-policy parameter '", key,
+             "': expected halflife_steps, horizon_steps, weight_mix, copy_factor, "
+             "horizon_lifetimes, stall_aware or stall_weight");
   }
   make_policy("value", vp);  // range checks (the policy's constructor)
   return vp;
