@@ -279,7 +279,7 @@ def fixed_cost_sweep(ours, isas, ebytes, E, H, I, L, a) -> dict:
         median_time(lambda i: pause_then_tiny(), reps) * 1e3
         - median_time(lambda i: time.sleep(0.002), reps) * 1e3
     )
-    for fmt in ("bf16", "q8_0"):
+    for fmt in ebytes:
         for isa in isas:
             ms = []
             for n in ns:
@@ -330,7 +330,11 @@ def main() -> None:
     ap.add_argument(
         "--dram-gib", type=float, default=2.0, help="DRAM reader buffer (GiB, far above the L3)"
     )
-    ap.add_argument("--formats", default="bf16,q8_0", help="comma list of our weight formats")
+    ap.add_argument(
+        "--formats",
+        default="bf16,q8_0,q8_0r16",
+        help="comma list of our weight formats (q8_0r16: Q8_0 with rows in groups of 16)",
+    )
     ap.add_argument("--kt", default="AMXINT8,AMXINT4", help="kt-kernel methods ('' to skip)")
     ap.add_argument(
         "--kt-threads", type=int, default=0, help="kt CPUInfer workers (0: --threads - 2, >= 1)"
@@ -397,10 +401,15 @@ def main() -> None:
         "bf16": [bf16_store(*lw) for lw in layers],
         "q8_0": [q8_store(E, H, I, s) for s in range(L)],
     }
+    # q8_0r16: the same Q8_0 experts with rows in groups of 16 (core/q8_rows16.h)
+    if "q8_0r16" in a.formats.split(","):
+        stores["q8_0r16"] = [s.with_packing("q8_rows16") for s in stores["q8_0"]]
     if a.pin_memory:  # same bytes, moved into cudaHostAlloc'd pages
         stores = {
             f: [
-                CpuExpertStore(s.fmt, s.hidden, s.intermediate, s.data.pin_memory(), s.layout)
+                CpuExpertStore(
+                    s.fmt, s.hidden, s.intermediate, s.data.pin_memory(), s.layout, s.packing
+                )
                 for s in v
             ]
             for f, v in stores.items()
@@ -431,9 +440,10 @@ def main() -> None:
         eid = ids.to(torch.int32).reshape(-1).numpy()
         wf = w.to(torch.float32).reshape(-1).contiguous().numpy()
         x = x.contiguous()
-        p = ptrs[fmt][l]
+        p, st = ptrs[fmt][l], stores[fmt][l]
         return lambda: native.cpu_moe_layer(
-            fmt, H, I, p, x.data_ptr(), T, tok, eid, wf, out.data_ptr(), a.threads, isa
+            st.fmt, H, I, p, x.data_ptr(), T, tok, eid, wf, out.data_ptr(), a.threads, isa,
+            st.packing,
         )
 
     # Each method: prep(x, ids, w, layer) -> call(); only call() is timed (argument conversion,

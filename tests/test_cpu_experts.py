@@ -4,7 +4,9 @@ Tolerances (max |out - ref| <= tol * max |ref|), the reference using the store's
 weights so that only the kernel's arithmetic is measured:
   bf16 generic, avx2: 1e-4 (fp32 activations, fp32 sums; only the order of additions differs)
   bf16 avx512/amx: 2e-2 (x and h rounded to bf16 for vdpbf16ps / TDPBF16PS: 2^-9 relative each)
-  q8_0 any ISA: 3e-2 (x and h quantised to 8 bits per 32-block, like llama.cpp)
+  q8_0 any ISA: 3e-2 (x and h quantised to 8 bits per 32-block, like llama.cpp); the same for
+    q8_0 with rows in groups of 16 ("q8_0r16"), whose result must also equal the GGUF-row kernel's
+    to 1e-5 relative (the same int32 block sums; only the order of the float additions differs)
 """
 
 from __future__ import annotations
@@ -33,7 +35,13 @@ TOL = {
     ("bf16", "avx512"): 2e-2,
     ("bf16", "amx"): 2e-2,
 }
-SHAPES = {"bf16": (200, 72), "q8_0": (160, 96)}  # (H, I): not multiples of 64 (bf16: not of 32)
+SHAPES = {"bf16": (200, 72), "q8_0": (160, 96), "q8_0r16": (160, 96)}  # (H, I): not multiples of 64
+
+
+def _store(fmt, E, H, I, seed):
+    """bf16 / q8_0 stores, or "q8_0r16": the q8_0 store with rows in groups of 16."""
+    base = CpuExpertStore.from_tensors(*_weights(E, H, I, seed), fmt=fmt.replace("r16", ""))
+    return base.with_packing("q8_rows16") if fmt == "q8_0r16" else base
 
 
 def _weights(E, H, I, seed):
@@ -50,11 +58,11 @@ def _routing(T, E, k, seed):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("fmt", ["bf16", "q8_0"])
+@pytest.mark.parametrize("fmt", ["bf16", "q8_0", "q8_0r16"])
 @pytest.mark.parametrize("T,E,k", [(1, 8, 8), (3, 6, 2), (17, 2, 2), (256, 8, 4)])
 def test_layer_matches_float32_reference(fmt, isa, T, E, k):
     H, I = SHAPES[fmt]
-    store = CpuExpertStore.from_tensors(*_weights(E, H, I, seed=T), fmt=fmt)
+    store = _store(fmt, E, H, I, seed=T)
     g = torch.Generator().manual_seed(99 + T)
     x = torch.randn(T, H, generator=g)
     ids, w = _routing(T, E, k, seed=T)
@@ -65,6 +73,22 @@ def test_layer_matches_float32_reference(fmt, isa, T, E, k):
     scale = ref.abs().max().item()
     assert scale > 0.1
     assert err <= tol * scale, f"{fmt}/{isa} T={T}: max err {err:.3g} vs {tol} * {scale:.3g}"
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("T,E,k", [(1, 8, 8), (5, 6, 3), (40, 3, 2)])
+@pytest.mark.parametrize("H,I", [(160, 96), (2048, 64)])
+def test_q8_rows16_equals_gguf_rows(isa, T, E, k, H, I):
+    """The group code computes the GGUF-row code's int32 block sums: results agree to float
+    rounding (a wrong byte of the packing would be off by far more)."""
+    gguf = _store("q8_0", E, H, I, seed=5 + T)
+    g = torch.Generator().manual_seed(7 + T)
+    x = torch.randn(T, H, generator=g)
+    ids, w = _routing(T, E, k, seed=T)
+    a = run_layer(gguf, x, ids, w, threads=2, isa=isa)
+    b = run_layer(gguf.with_packing("q8_rows16"), x, ids, w, threads=2, isa=isa)
+    assert a.abs().max().item() > 0.1
+    assert (a - b).abs().max().item() <= 1e-5 * a.abs().max().item()
 
 
 def test_accumulates_into_out_and_accepts_bf16_x():
@@ -141,11 +165,15 @@ from hybrid_moe.cpu_experts import CpuExpertStore, available_isas, reference_lay
 g = torch.Generator().manual_seed(11)
 # (224, 96) bf16 and (160, 96) q8_0 use the AMX tiles (n % 32 == 0) with odd k-step counts;
 # T=40 over 3 experts gives groups of >= 8 tokens (tiles) and two token tiles.
-cases = [("bf16", (200, 72), 2e-2), ("bf16", (224, 96), 2e-2), ("q8_0", (160, 96), 3e-2)]
+cases = [("bf16", (200, 72), 2e-2), ("bf16", (224, 96), 2e-2), ("q8_0", (160, 96), 3e-2),
+         ("q8_0r16", (160, 96), 3e-2)]
 for fmt, (H, I), tol in cases:
     for T, E, k in ((9, 6, 3), (40, 3, 2)):
         mk = lambda *s: torch.randn(*s, generator=g) * 0.05
-        store = CpuExpertStore.from_tensors(mk(E, I, H), mk(E, I, H), mk(E, H, I), fmt=fmt)
+        store = CpuExpertStore.from_tensors(mk(E, I, H), mk(E, I, H), mk(E, H, I),
+                                            fmt=fmt.replace("r16", ""))
+        if fmt == "q8_0r16":
+            store = store.with_packing("q8_rows16")
         x = torch.randn(T, H, generator=g)
         ids = torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(T)])
         w = torch.rand(T, k, generator=g) + 0.1

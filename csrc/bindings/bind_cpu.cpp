@@ -9,6 +9,7 @@
 #include "bindings/convert.h"
 #include "bindings/registry.h"
 #include "core/check.h"
+#include "core/q8_rows16.h"
 #include "core/weight_format.h"
 #include "cpu/dram_read.h"
 #include "cpu/moe_cpu.h"
@@ -33,7 +34,7 @@ HM_BINDINGS(cpu) {
          py::array_t<int32_t, py::array::c_style | py::array::forcecast> token_idx,
          py::array_t<int32_t, py::array::c_style | py::array::forcecast> expert_idx,
          py::array_t<float, py::array::c_style | py::array::forcecast> weights, uintptr_t out_ptr,
-         int threads, const std::string& isa) {
+         int threads, const std::string& isa, const std::string& packing) {
         HM_CHECK(token_idx.size() == expert_idx.size() && token_idx.size() == weights.size(),
                  "token_idx, expert_idx and weights must have the same length, got ",
                  token_idx.size(), ", ", expert_idx.size(), ", ", weights.size());
@@ -44,7 +45,8 @@ HM_BINDINGS(cpu) {
         for (size_t e = 0; e < experts.size(); ++e)
           experts[e] = reinterpret_cast<const uint8_t*>(expert_ptrs[e]);
         hm::cpu::MoeLayerArgs a;
-        a.layout = hm::make_expert_layout(hm::parse_format(fmt), hidden, intermediate);
+        a.layout = hm::make_expert_layout(hm::parse_format(fmt), hidden, intermediate,
+                                          hm::parse_packing(packing));
         a.experts = experts.data();
         a.n_experts = static_cast<int64_t>(experts.size());
         a.x = reinterpret_cast<const float*>(x_ptr);
@@ -61,8 +63,29 @@ HM_BINDINGS(cpu) {
       py::arg("fmt"), py::arg("hidden"), py::arg("intermediate"), py::arg("expert_ptrs"),
       py::arg("x_ptr"), py::arg("tokens"), py::arg("token_idx"), py::arg("expert_idx"),
       py::arg("weights"), py::arg("out_ptr"), py::arg("threads") = 0, py::arg("isa") = "",
+      py::arg("packing") = "gguf",
       "out[t] += w * down(silu(gate(x_t)) * up(x_t)) for each assignment (raw host pointers; "
       "x, out: fp32 [tokens, hidden]). Blocks; releases the GIL.");
+
+  m.def(
+      "repack_experts",
+      [](const std::string& fmt, int64_t hidden, int64_t intermediate, const std::string& from,
+         const std::string& to, uintptr_t src_ptr, uintptr_t dst_ptr, int64_t n_experts) {
+        const auto L = hm::make_expert_layout(hm::parse_format(fmt), hidden, intermediate,
+                                              hm::parse_packing(from));
+        const hm::RowPacking target = hm::parse_packing(to);
+        HM_CHECK(n_experts >= 0, "n_experts must be >= 0, got ", n_experts);
+        HM_CHECK(src_ptr != 0 && dst_ptr != 0, "null buffer");
+        const auto* src = reinterpret_cast<const uint8_t*>(src_ptr);
+        auto* dst = reinterpret_cast<uint8_t*>(dst_ptr);
+        py::gil_scoped_release release;
+        for (int64_t e = 0; e < n_experts; ++e)
+          hm::repack_expert(L, target, src + e * L.stride, dst + e * L.stride);
+      },
+      py::arg("fmt"), py::arg("hidden"), py::arg("intermediate"), py::arg("from_packing"),
+      py::arg("to_packing"), py::arg("src_ptr"), py::arg("dst_ptr"), py::arg("n_experts"),
+      "Converts n_experts consecutive experts (layout stride apart) from one row packing to "
+      "another (core/q8_rows16.h); the buffers must not overlap.");
 
   m.def(
       "cpu_pool_info",

@@ -97,7 +97,15 @@ struct KernelOps {
   // format f, row r at w + r * row_stride (the GGUF layout: row_stride = row_bytes(f, n_in)).
   void (*dot_rows)(WeightFormat f, const uint8_t* w, std::size_t row_stride, int64_t rows,
                    int64_t n_in, const uint8_t* packed, int n_tok, float* y, int64_t ldy);
+  // Q8_0 rows packed in groups of 16 (RowPacking::kQ8Rows16, core/q8_rows16.h): y[t * ldy + r]
+  // for r < 16 * groups, the groups consecutive from w; packed as from pack(kQ8_0, ...).
+  void (*dot_groups_q8)(const uint8_t* w, int64_t groups, int64_t n_in, const uint8_t* packed,
+                        int n_tok, float* y, int64_t ldy);
 };
+
+// The portable dot_groups_q8 (reads the QuantBlockQ8 part that every variant's pack writes first).
+void generic_dot_groups_q8(const uint8_t* w, int64_t groups, int64_t n_in, const uint8_t* packed,
+                           int n_tok, float* y, int64_t ldy);
 
 // Packing shared by the generic and AVX2 variants: bytes of fp32 [n_tok][n] (bf16 weights) or
 // QuantBlockQ8 [n_tok][n / 32] (Q8_0), and the Q8_0 pack of values [k0, k1) of n_tok tokens.

@@ -336,7 +336,9 @@ void amx_dot_rows(WeightFormat f, const uint8_t* w, std::size_t row_stride, int6
 }  // namespace
 
 const KernelOps& amx_ops() {
-  static const KernelOps ops{Isa::kAmx, amx_packed_bytes, amx_pack, amx_dot_rows};
+  // dot_groups_q8: the AVX512 group code at every token count (no tile code for groups yet)
+  static const KernelOps ops{Isa::kAmx, amx_packed_bytes, amx_pack, amx_dot_rows,
+                             avx512_ops().dot_groups_q8};
   return ops;
 }
 

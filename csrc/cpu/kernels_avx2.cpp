@@ -209,7 +209,9 @@ void avx2_dot_rows(WeightFormat f, const uint8_t* w, std::size_t row_stride, int
 }  // namespace
 
 const KernelOps& avx2_ops() {
-  static const KernelOps ops{Isa::kAvx2, avx2_packed_bytes, avx2_pack, avx2_dot_rows};
+  // dot_groups_q8: the portable code for now (no AVX2 group kernel yet)
+  static const KernelOps ops{Isa::kAvx2, avx2_packed_bytes, avx2_pack, avx2_dot_rows,
+                             generic_dot_groups_q8};
   return ops;
 }
 

@@ -3,11 +3,13 @@
 // (exact products); Q8_0 quantises activations per 32-block like the SIMD variants and sums the
 // int8 x int8 products of a block exactly in int32 before scaling by d_w * d_x.
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "core/check.h"
+#include "core/q8_rows16.h"
 #include "cpu/kernel_ops.h"
 #include "cpu/numeric.h"
 
@@ -23,6 +25,31 @@ void pack_q8_blocks(int n_tok, int64_t n, int64_t k0, int64_t k1, const float* c
     auto* blocks = reinterpret_cast<QuantBlockQ8*>(packed) + t * (n / kQ8BlockSize);
     for (int64_t k = k0; k < k1; k += kQ8BlockSize)
       quantize_block_q8(src[t] + (k - k0), &blocks[k / kQ8BlockSize]);
+  }
+}
+
+void generic_dot_groups_q8(const uint8_t* w, int64_t groups, int64_t n_in, const uint8_t* packed,
+                           int n_tok, float* y, int64_t ldy) {
+  const int64_t nb = n_in / kQ8BlockSize;
+  const std::size_t group_bytes = kQ8GroupRows * row_bytes(WeightFormat::kQ8_0, n_in);
+  const auto* acts = reinterpret_cast<const QuantBlockQ8*>(packed);
+  for (int64_t g = 0; g < groups; ++g) {
+    const uint8_t* grp = w + g * group_bytes;
+    for (int r = 0; r < kQ8GroupRows; ++r)
+      for (int t = 0; t < n_tok; ++t) {
+        const QuantBlockQ8* a = acts + t * nb;
+        float sum = 0.f;
+        for (int64_t b = 0; b < nb; ++b) {
+          const uint8_t* q = grp + q8r16_value_offset(nb, b * kQ8BlockSize, r);
+          int32_t isum = 0;
+          for (int k = 0; k < kQ8BlockSize; ++k)  // stored q ^ 0x80 = q + 128
+            isum += (int32_t(q[(k / 4) * 64 + k % 4]) - 128) * int32_t(a[b].q[k]);
+          uint16_t d;
+          std::memcpy(&d, grp + q8r16_scale_offset(b, r), 2);
+          sum += static_cast<float>(isum) * (f16_to_f32(d) * a[b].d);
+        }
+        y[t * ldy + g * kQ8GroupRows + r] = sum;
+      }
   }
 }
 
@@ -150,7 +177,8 @@ AmxKernel amx_kernel() {
 }
 
 const KernelOps& generic_ops() {
-  static const KernelOps ops{Isa::kGeneric, fp32_q8_packed_bytes, generic_pack, generic_dot_rows};
+  static const KernelOps ops{Isa::kGeneric, fp32_q8_packed_bytes, generic_pack, generic_dot_rows,
+                             generic_dot_groups_q8};
   return ops;
 }
 

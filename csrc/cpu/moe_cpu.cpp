@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/q8_rows16.h"
 #include "cpu/kernel_ops.h"
 #include "cpu/numeric.h"
 
@@ -48,10 +49,11 @@ ItemRows item_rows_setting() {
   return v;
 }
 
-ItemRows item_rows(WeightFormat f, bool any_tile_group) {
+ItemRows item_rows(const ExpertLayout& L, bool any_tile_group) {
   const ItemRows set = item_rows_setting();
-  const int64_t gran1 = f == WeightFormat::kQ8_0 ? kQ8BlockSize : any_tile_group ? 16 : 4;
-  const int64_t gran2 = any_tile_group ? 16 : 4;
+  const bool groups16 = any_tile_group || L.packing == RowPacking::kQ8Rows16;
+  const int64_t gran1 = L.format == WeightFormat::kQ8_0 ? kQ8BlockSize : groups16 ? 16 : 4;
+  const int64_t gran2 = groups16 ? 16 : 4;
   const auto round_up = [](int64_t r, int64_t g) { return (r + g - 1) / g * g; };
   return {round_up(set.phase1, gran1), round_up(set.phase2, gran2)};
 }
@@ -172,7 +174,7 @@ class MoeJob final : public Job {
     }
     bool any_tile_group = false;
     for (const Group& g : groups_) any_tile_group |= g.n_tok >= kAmxMinTokens;
-    rows_ = item_rows(L.format, any_tile_group);
+    rows_ = item_rows(L, any_tile_group);
     const int64_t blocks1 = (L.intermediate + rows_.phase1 - 1) / rows_.phase1;
     n_items1_ = static_cast<int64_t>(groups_.size()) * blocks1;
     blocks1_ = blocks1;
@@ -227,6 +229,16 @@ class MoeJob final : public Job {
  private:
   uint8_t* scratch() const { return scratch_.first.get(); }
 
+  // y[t * ldy + r] = <row r, activation t> for `rows` rows from w (row r0 of a matrix; with
+  // q8_rows16 packing r0 and rows are multiples of 16, so w is the start of a group).
+  void dot(const uint8_t* w, std::size_t stride, int64_t rows, int64_t n_in, const uint8_t* packed,
+           int n_tok, float* y, int64_t ldy) const {
+    if (args_.layout.packing == RowPacking::kQ8Rows16)
+      ops_.dot_groups_q8(w, rows / kQ8GroupRows, n_in, packed, n_tok, y, ldy);
+    else
+      ops_.dot_rows(args_.layout.format, w, stride, rows, n_in, packed, n_tok, y, ldy);
+  }
+
   void pack_inputs(const Group& g) {
     const auto& L = args_.layout;
     thread_local std::vector<const float*> src;
@@ -252,10 +264,8 @@ class MoeJob final : public Job {
       prefetch_rows_l2(base + L.up_offset + r0 * stride, stride, std::min<int64_t>(rows, 16));
     else
       prefetch_rows(base + L.up_offset + r0 * stride, stride, std::min<int64_t>(rows, 4), pf);
-    ops_.dot_rows(L.format, base + L.gate_offset + r0 * stride, stride, rows, L.hidden, xp, g.n_tok,
-                  yg.data(), rows);
-    ops_.dot_rows(L.format, base + L.up_offset + r0 * stride, stride, rows, L.hidden, xp, g.n_tok,
-                  yu.data(), rows);
+    dot(base + L.gate_offset + r0 * stride, stride, rows, L.hidden, xp, g.n_tok, yg.data(), rows);
+    dot(base + L.up_offset + r0 * stride, stride, rows, L.hidden, xp, g.n_tok, yu.data(), rows);
     for (std::size_t i = 0; i < yg.size(); ++i) yg[i] = silu(yg[i]) * yu[i];
     for (int t = 0; t < g.n_tok; ++t) src[t] = yg.data() + t * rows;
     ops_.pack(L.format, g.n_tok, L.intermediate, r0, r0 + rows, src.data(), scratch() + g.h_off);
@@ -282,8 +292,8 @@ class MoeJob final : public Job {
           prefetch_rows(first_rows(groups_[gi + 1]), stride, std::min<int64_t>(rows, 4), pf);
       }
       y.resize(static_cast<std::size_t>(g.n_tok) * rows);
-      ops_.dot_rows(L.format, args_.experts[g.expert] + L.down_offset + r0 * stride, stride, rows,
-                    L.intermediate, scratch() + g.h_off, g.n_tok, y.data(), rows);
+      dot(args_.experts[g.expert] + L.down_offset + r0 * stride, stride, rows, L.intermediate,
+          scratch() + g.h_off, g.n_tok, y.data(), rows);
       for (int t = 0; t < g.n_tok; ++t) {
         const float w = slot_weight_[g.slot0 + t];
         float* o = args_.out + slot_token_[g.slot0 + t] * L.hidden + r0;
@@ -363,7 +373,7 @@ void validate(const MoeLayerArgs& a) {
   const auto& L = a.layout;
   HM_CHECK(L.hidden > 0 && L.intermediate > 0,
            "layout must come from make_expert_layout, got H=", L.hidden, " I=", L.intermediate);
-  const ExpertLayout ref = make_expert_layout(L.format, L.hidden, L.intermediate);
+  const ExpertLayout ref = make_expert_layout(L.format, L.hidden, L.intermediate, L.packing);
   HM_CHECK(ref.gate_offset == L.gate_offset && ref.up_offset == L.up_offset &&
                ref.down_offset == L.down_offset,
            "layout offsets differ from make_expert_layout(", format_name(L.format), ", ", L.hidden,

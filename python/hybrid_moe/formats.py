@@ -22,6 +22,9 @@ import numpy as np
 import torch
 
 FORMATS = ("bf16", "q8_0")  # formats the kernels consume
+# Host-side row packings (core/weight_format.h): GGUF rows, or Q8_0 rows in groups of 16 for the
+# CPU kernels (core/q8_rows16.h). GPU slots and files always hold GGUF rows.
+PACKINGS = ("gguf", "q8_rows16")
 Q8_0_BLOCK = 32  # values per Q8_0 block
 Q8_0_BYTES = 34  # bytes per Q8_0 block: fp16 scale + 32 int8
 
@@ -218,3 +221,37 @@ def unpack_experts(
             decode_rows(raw[..., off : off + nb].reshape(*lead, rows, nb // rows), fmt, dtype)
         )
     return out[0], out[1], out[2]
+
+
+def repack_experts(
+    packed: torch.Tensor, fmt: str, hidden: int, intermediate: int, src: str, dst: str
+) -> torch.Tensor:
+    """uint8 CPU [E, stride] experts in row packing src -> a new tensor in packing dst (lossless:
+    GGUF Q8_0 rows <-> groups of 16 rows, core/q8_rows16.h). q8_rows16 needs fmt q8_0."""
+    from hybrid_moe._native import native
+
+    _check_format(fmt)
+    for name, p in (("src", src), ("dst", dst)):
+        if p not in PACKINGS:
+            raise ValueError(f"{name} packing must be one of {PACKINGS}, got {p!r}")
+    if "q8_rows16" in (src, dst) and fmt != "q8_0":
+        raise ValueError(f"row packing q8_rows16 needs fmt q8_0, got {fmt!r}")
+    stride = int(expert_layout(fmt, hidden, intermediate)["stride"])
+    if (
+        not isinstance(packed, torch.Tensor)
+        or packed.dtype != torch.uint8
+        or packed.dim() != 2
+        or packed.shape[1] != stride
+        or packed.device.type != "cpu"
+    ):
+        raise ValueError(
+            f"packed must be a uint8 CPU tensor [E, {stride}], got "
+            f"{getattr(packed, 'dtype', type(packed).__name__)} "
+            f"{list(getattr(packed, 'shape', []))}"
+        )
+    src_t = packed.contiguous()
+    out = torch.empty_like(src_t)
+    native.repack_experts(
+        fmt, hidden, intermediate, src, dst, src_t.data_ptr(), out.data_ptr(), int(src_t.shape[0])
+    )
+    return out

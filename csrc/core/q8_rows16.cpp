@@ -1,0 +1,71 @@
+#include "core/q8_rows16.h"
+
+#include <cstring>
+
+#include "core/check.h"
+
+namespace hm {
+namespace {
+
+void check_shape(int64_t n_out, int64_t n_in) {
+  HM_CHECK(n_out > 0 && n_out % kQ8GroupRows == 0,
+           "q8_rows16 needs a multiple of 16 rows, got ", n_out);
+  HM_CHECK(n_in > 0 && n_in % kQ8BlockSize == 0,
+           "q8_rows16 needs rows of a multiple of 32 values, got ", n_in);
+}
+
+// One group of 16 rows: GGUF rows (stride rb) -> group if kToGroup, else group -> GGUF rows.
+template <bool kToGroup>
+void convert_group(const uint8_t* in, uint8_t* out, int64_t nb, std::size_t rb) {
+  for (int r = 0; r < kQ8GroupRows; ++r)
+    for (int64_t b = 0; b < nb; ++b) {
+      const std::size_t blk = r * rb + b * kQ8BlockBytes, sc = q8r16_scale_offset(b, r),
+                        q = q8r16_value_offset(nb, b * kQ8BlockSize, r);
+      std::memcpy(out + (kToGroup ? sc : blk), in + (kToGroup ? blk : sc), 2);
+      for (int j = 0; j < kQ8BlockSize / 4; ++j)
+        for (int i = 0; i < 4; ++i) {
+          const std::size_t row_byte = blk + 2 + 4 * j + i, grp_byte = q + 64 * j + i;
+          out[kToGroup ? grp_byte : row_byte] = in[kToGroup ? row_byte : grp_byte] ^ 0x80;
+        }
+    }
+}
+
+}  // namespace
+
+void q8_rows16_from_gguf(const uint8_t* src, uint8_t* dst, int64_t n_out, int64_t n_in) {
+  check_shape(n_out, n_in);
+  const std::size_t rb = row_bytes(WeightFormat::kQ8_0, n_in);
+  const int64_t nb = n_in / kQ8BlockSize;
+  for (int64_t g = 0; g < n_out / kQ8GroupRows; ++g) {
+    const std::size_t off = g * kQ8GroupRows * rb;
+    convert_group<true>(src + off, dst + off, nb, rb);
+  }
+}
+
+void q8_rows16_to_gguf(const uint8_t* src, uint8_t* dst, int64_t n_out, int64_t n_in) {
+  check_shape(n_out, n_in);
+  const std::size_t rb = row_bytes(WeightFormat::kQ8_0, n_in);
+  const int64_t nb = n_in / kQ8BlockSize;
+  for (int64_t g = 0; g < n_out / kQ8GroupRows; ++g) {
+    const std::size_t off = g * kQ8GroupRows * rb;
+    convert_group<false>(src + off, dst + off, nb, rb);
+  }
+}
+
+void repack_expert(const ExpertLayout& L, RowPacking to, const uint8_t* src, uint8_t* dst) {
+  HM_CHECK(src != nullptr && dst != nullptr, "repack_expert: null buffer");
+  HM_CHECK(src + L.stride <= dst || dst + L.stride <= src, "repack_expert: buffers overlap");
+  if (L.packing == to) {
+    std::memcpy(dst, src, L.stride);
+    return;
+  }
+  std::memset(dst, 0, L.stride);
+  HM_CHECK(L.format == WeightFormat::kQ8_0, "row packing q8_rows16 needs the q8_0 format, got ",
+           format_name(L.format));
+  const auto conv = to == RowPacking::kQ8Rows16 ? q8_rows16_from_gguf : q8_rows16_to_gguf;
+  conv(src + L.gate_offset, dst + L.gate_offset, L.intermediate, L.hidden);
+  conv(src + L.up_offset, dst + L.up_offset, L.intermediate, L.hidden);
+  conv(src + L.down_offset, dst + L.down_offset, L.hidden, L.intermediate);
+}
+
+}  // namespace hm
