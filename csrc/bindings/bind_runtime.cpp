@@ -145,6 +145,10 @@ HM_BINDINGS(runtime) {
       .def_property_readonly("started", &Runtime::started)
       .def_property_readonly("has_gpu", &Runtime::has_gpu)
       .def_property_readonly("decode_sync", &Runtime::decode_sync)
+      .def_property_readonly(
+          "host_packing",
+          [](const Runtime& r) { return std::string(hm::packing_name(r.layout().packing)); },
+          "Row packing of the host expert store: gguf or q8_rows16 (HYBRID_MOE_Q8_ROWS16).")
       .def_property_readonly("device", &Runtime::device)
       .def_property_readonly("n_layers", &Runtime::n_layers)
       .def_property_readonly("n_expert", &Runtime::n_expert)

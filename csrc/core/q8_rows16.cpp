@@ -15,6 +15,7 @@ void check_shape(int64_t n_out, int64_t n_in) {
 }
 
 // One group of 16 rows: GGUF rows (stride rb) -> group if kToGroup, else group -> GGUF rows.
+// 4-byte moves (a value quad is contiguous in both layouts), the sign flip as one 32-bit xor.
 template <bool kToGroup>
 void convert_group(const uint8_t* in, uint8_t* out, int64_t nb, std::size_t rb) {
   for (int r = 0; r < kQ8GroupRows; ++r)
@@ -22,11 +23,13 @@ void convert_group(const uint8_t* in, uint8_t* out, int64_t nb, std::size_t rb) 
       const std::size_t blk = r * rb + b * kQ8BlockBytes, sc = q8r16_scale_offset(b, r),
                         q = q8r16_value_offset(nb, b * kQ8BlockSize, r);
       std::memcpy(out + (kToGroup ? sc : blk), in + (kToGroup ? blk : sc), 2);
-      for (int j = 0; j < kQ8BlockSize / 4; ++j)
-        for (int i = 0; i < 4; ++i) {
-          const std::size_t row_byte = blk + 2 + 4 * j + i, grp_byte = q + 64 * j + i;
-          out[kToGroup ? grp_byte : row_byte] = in[kToGroup ? row_byte : grp_byte] ^ 0x80;
-        }
+      for (int j = 0; j < kQ8BlockSize / 4; ++j) {
+        const std::size_t row_quad = blk + 2 + 4 * j, grp_quad = q + 64 * j;
+        uint32_t v;
+        std::memcpy(&v, in + (kToGroup ? row_quad : grp_quad), 4);
+        v ^= 0x80808080u;
+        std::memcpy(out + (kToGroup ? grp_quad : row_quad), &v, 4);
+      }
     }
 }
 
@@ -66,6 +69,16 @@ void repack_expert(const ExpertLayout& L, RowPacking to, const uint8_t* src, uin
   conv(src + L.gate_offset, dst + L.gate_offset, L.intermediate, L.hidden);
   conv(src + L.up_offset, dst + L.up_offset, L.intermediate, L.hidden);
   conv(src + L.down_offset, dst + L.down_offset, L.hidden, L.intermediate);
+}
+
+void store_expert_from_gguf(const ExpertLayout& L, const uint8_t* gguf, uint8_t* dst) {
+  if (L.packing == RowPacking::kGguf) {
+    std::memcpy(dst, gguf, L.stride);
+    return;
+  }
+  ExpertLayout from = L;
+  from.packing = RowPacking::kGguf;
+  repack_expert(from, L.packing, gguf, dst);
 }
 
 }  // namespace hm

@@ -39,4 +39,7 @@ void q8_rows16_to_gguf(const uint8_t* src, uint8_t* dst, int64_t n_out, int64_t 
 // unless both packings are gguf.
 void repack_expert(const ExpertLayout& L, RowPacking to, const uint8_t* src, uint8_t* dst);
 
+// dst (L.stride bytes, L's packing) <- one expert in GGUF rows (a memcpy when L packs GGUF).
+void store_expert_from_gguf(const ExpertLayout& L, const uint8_t* gguf, uint8_t* dst);
+
 }  // namespace hm

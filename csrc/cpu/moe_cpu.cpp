@@ -430,6 +430,21 @@ JobHandle submit_moe_layer(ThreadPool& pool, const MoeLayerArgs& args) {
   return submit_moe_layer(pool, args, current_isa().isa);
 }
 
+RowPacking host_row_packing(WeightFormat f) {
+  static const int setting = [] {  // -1 auto, 0 off, 1 on
+    const char* v = std::getenv("HYBRID_MOE_Q8_ROWS16");
+    const std::string s = v ? v : "";
+    if (s.empty() || s == "auto") return -1;
+    HM_CHECK(s == "0" || s == "1", "environment variable HYBRID_MOE_Q8_ROWS16='", s,
+             "': expected auto, 0 or 1");
+    return s == "1" ? 1 : 0;
+  }();
+  if (f != WeightFormat::kQ8_0 || setting == 0) return RowPacking::kGguf;
+  const Isa isa = current_isa().isa;
+  const bool simd = isa == Isa::kAvx512 || isa == Isa::kAmx;
+  return setting == 1 || simd ? RowPacking::kQ8Rows16 : RowPacking::kGguf;
+}
+
 void run_moe_layer(ThreadPool& pool, const MoeLayerArgs& args, Isa isa) {
   submit_moe_layer(pool, args, isa).wait();
 }

@@ -50,6 +50,13 @@ struct MoeLayerArgs {
 
 // Validates args (hm::ValueError naming the bad field), then queues the layer on the pool.
 JobHandle submit_moe_layer(ThreadPool& pool, const MoeLayerArgs& args);
+
+// The row packing a host expert store should use for format f on this machine
+// (HYBRID_MOE_Q8_ROWS16): auto (default) = q8_rows16 for Q8_0 when the CPU variant in use
+// (current_isa()) has a SIMD group kernel (avx512, amx: 1.03-1.3x the GGUF-row code at T = 1-64 on
+// the lent Xeon, bench/RESULTS.md), else gguf; 1 = q8_rows16 for every Q8_0 store (tests on
+// machines without AVX512); 0 = gguf. Read once; a malformed value raises hm::ValueError.
+RowPacking host_row_packing(WeightFormat f);
 JobHandle submit_moe_layer(ThreadPool& pool, const MoeLayerArgs& args, Isa isa);
 // Warming: pulls experts' weight bytes into the L2 of the workers (software prefetch, 64 KiB
 // items: gate and up rows of each expert in the order phase 1 reads them, then down) while the

@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "cuda/cuda_check.h"
+#include "cuda/q8_rows16_unpack.h"
 
 namespace hm::cuda {
 
@@ -30,7 +31,16 @@ Mover::Mover(std::shared_ptr<const PinnedExpertStore> store, std::shared_ptr<Dev
            max_in_flight);
   HM_CHECK(max_pending_prefetch >= 1, "max_pending_prefetch must be >= 1, got ",
            max_pending_prefetch);
+  const RowPacking from = store_->layout().packing, to = slab_->layout().packing;
+  HM_CHECK(from == to || (from == RowPacking::kQ8Rows16 && to == RowPacking::kGguf),
+           "the slab must hold GGUF rows (store packing ", packing_name(from), ", slab packing ",
+           packing_name(to), ")");
   HM_CUDA_CHECK(cudaSetDevice(slab_->device()));
+  if (from != to) {  // copies land here, then convert into their slot (q8_rows16_unpack.h)
+    void* p = nullptr;
+    HM_CUDA_CHECK(cudaMalloc(&p, slab_->stride()));
+    staging_ = static_cast<uint8_t*>(p);
+  }
   cudaStream_t s = nullptr;
   HM_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   stream_ = s;
@@ -54,6 +64,7 @@ Mover::~Mover() {
   for (auto& f : in_flight_) free_events_.push_back(f.event);
   for (void* e : free_events_) (void)cudaEventDestroy(as_event(e));
   (void)cudaStreamDestroy(as_stream(stream_));
+  if (staging_) (void)cudaFree(staging_);
 }
 
 void Mover::check_slot(int slot) const {
@@ -255,9 +266,14 @@ void Mover::run() {
             s.resident = -1;
             InFlight f{r, free_events_.back()};
             free_events_.pop_back();
-            HM_CUDA_CHECK(cudaMemcpyAsync(slab_->slot_ptr(r.slot), store_->expert_ptr(r.expert),
-                                          slab_->stride(), cudaMemcpyHostToDevice,
-                                          as_stream(stream_)));
+            // With q8_rows16 host rows: into the staging buffer, then converted into the slot
+            // (one stream: the next copy starts after this conversion has read the buffer).
+            uint8_t* dst = staging_ ? staging_ : slab_->slot_ptr(r.slot);
+            HM_CUDA_CHECK(cudaMemcpyAsync(dst, store_->expert_ptr(r.expert), slab_->stride(),
+                                          cudaMemcpyHostToDevice, as_stream(stream_)));
+            if (staging_)
+              q8_rows16_to_gguf_async(staging_, slab_->slot_ptr(r.slot), store_->layout(),
+                                      stream_);
             HM_CUDA_CHECK(cudaEventRecord(as_event(f.event), as_stream(stream_)));
             in_flight_.push_back(f);
             started = true;

@@ -110,6 +110,7 @@ class Mover {
   const int max_in_flight_;
   const int max_pending_prefetch_;
   void* stream_ = nullptr;  // cudaStream_t
+  uint8_t* staging_ = nullptr;  // device buffer of one expert when the store packs q8_rows16
   std::vector<void*> free_events_;
 
   mutable std::mutex mu_;

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "core/q8_rows16.h"
 #include "cpu/isa.h"
 #include "cpu/stream_buffer.h"
 #include "runtime/runtime_internal.h"
@@ -95,7 +96,9 @@ void Runtime::register_layer(int layer, WeightFormat f, int64_t hidden, int64_t 
   HM_CHECK(top_k >= 1 && top_k <= n_expert, "top_k must be in [1, n_expert = ", n_expert, "], got ",
            top_k);
   HM_CHECK(packed != nullptr, "packed expert bytes must not be null");
-  const ExpertLayout l = make_expert_layout(f, hidden, intermediate);
+  // Host rows: GGUF, or Q8_0 in groups of 16 for the CPU kernels (the mover converts copies
+  // back to GGUF rows for the GPU); `packed` always holds GGUF rows.
+  const ExpertLayout l = make_expert_layout(f, hidden, intermediate, cpu::host_row_packing(f));
   if (have_layout_) {
     HM_CHECK(l.format == layout_.format && l.hidden == layout_.hidden &&
                  l.intermediate == layout_.intermediate,
@@ -133,7 +136,9 @@ void Runtime::fill_host_store(int layer, const uint8_t* packed) {
   } catch (const RuntimeError&) {
     HM_CHECK_RT(false, "out of host memory for layer ", layer, "'s experts (", bytes, " bytes)");
   }
-  std::memcpy(p, packed, bytes);  // first touch, after the advice
+  for (int e = 0; e < n_expert_; ++e)  // first touch, after the advice
+    store_expert_from_gguf(layout_, packed + static_cast<std::size_t>(e) * layout_.stride,
+                           p + static_cast<std::size_t>(e) * layout_.stride);
   c.host.reset(p);
   c.expert_ptrs.resize(static_cast<std::size_t>(n_expert_));
   for (int e = 0; e < n_expert_; ++e)

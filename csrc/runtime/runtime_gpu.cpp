@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/q8_rows16.h"
 #include "runtime/runtime_internal.h"
 #if HYBRID_MOE_WITH_CUDA
 #include "cuda/cuda_check.h"
@@ -74,7 +75,8 @@ bool Runtime::gpu_fill(int layer, const uint8_t* packed) {
   c.expert_ptrs.resize(static_cast<std::size_t>(n_expert_));
   for (int e = 0; e < n_expert_; ++e) {
     const int64_t ge = static_cast<int64_t>(layer) * n_expert_ + e;
-    g.store->fill_expert(ge, packed + static_cast<std::size_t>(e) * layout_.stride, layout_.stride);
+    store_expert_from_gguf(layout_, packed + static_cast<std::size_t>(e) * layout_.stride,
+                           g.store->expert_ptr(ge));
     c.expert_ptrs[e] = g.store->expert_ptr(ge);
   }
   return true;
@@ -199,7 +201,9 @@ void Runtime::start_engine_gpu() {
   Gpu& g = *gpu_;
   HM_CUDA_CHECK(cudaSetDevice(device_));
   if (n_slots_ == 0) return;
-  g.slab = std::make_shared<cuda::DeviceSlab>(layout_, n_slots_, device_);
+  ExpertLayout slab_layout = layout_;  // slots hold GGUF rows whatever the host store packs
+  slab_layout.packing = RowPacking::kGguf;
+  g.slab = std::make_shared<cuda::DeviceSlab>(slab_layout, n_slots_, device_);
   g.mover = std::make_unique<cuda::Mover>(g.store, g.slab);
   g.request_us.assign(static_cast<std::size_t>(n_slots_), 0.0);
   g.last_completion_us = 0;
