@@ -86,3 +86,23 @@ def test_kernel_rejects_q8_rows16_for_bf16():
     bad = CpuExpertStore(st.fmt, st.hidden, st.intermediate, st.data, st.layout, "q8_rows16")
     with pytest.raises(ValueError, match="needs the q8_0 format"):
         run_layer(bad, torch.randn(1, 64), torch.tensor([[0]]), torch.ones(1, 1))
+
+
+def test_gpu_conversion_gives_the_gguf_rows():
+    """The mover's device conversion (csrc/cuda/q8_rows16_unpack.cu) against the CPU repack: every
+    weight byte equal (padding is not written)."""
+    if not torch.cuda.is_available() or not getattr(native, "gpu_built", True):
+        pytest.skip("no CUDA device (or hybrid_moe built without CUDA)")
+    st = _q8_store(E=2, H=160, I=96, seed=4)
+    src = st.with_packing("q8_rows16").data.cuda()
+    dst = torch.zeros_like(src)
+    stream = torch.cuda.current_stream().cuda_stream
+    for e in range(2):
+        native.gpu_q8_rows16_to_gguf(
+            src[e].data_ptr(), dst[e].data_ptr(), st.hidden, st.intermediate, stream
+        )
+    torch.cuda.synchronize()
+    lay = st.layout
+    for name in ("gate", "up", "down"):
+        o, n = lay[f"{name}_offset"], lay[f"{name}_bytes"]
+        assert torch.equal(dst[:, o : o + n].cpu(), st.data[:, o : o + n]), name

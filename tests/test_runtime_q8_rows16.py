@@ -67,11 +67,12 @@ def test_q8_rows16_runtime_matches_reference_and_gguf_rows(device):
     grouped, gguf = _run(device, "1"), _run(device, "0")
     for policy in grouped:
         assert grouped[policy]["packing"] == "q8_rows16" and gguf[policy]["packing"] == "gguf"
-        assert max(grouped[policy]["errs"]) <= 3e-2, policy
-        for a, b in zip(grouped[policy]["outs"], gguf[policy]["outs"], strict=True):
-            a, b = torch.tensor(a), torch.tensor(b)
-            # GPU sums read bf16 activations either way; CPU sums differ only in float order
-            assert (a - b).abs().max() <= 2e-3 * b.abs().max(), policy
+        for run in (grouped, gguf):
+            assert max(run[policy]["errs"]) <= 3e-2, (policy, max(run[policy]["errs"]))
+        if device == "cpu":  # on the GPU machine which side computes an expert depends on timing
+            for a, b in zip(grouped[policy]["outs"], gguf[policy]["outs"], strict=True):
+                a, b = torch.tensor(a), torch.tensor(b)  # the same int32 sums, other float order
+                assert (a - b).abs().max() <= 1e-5 * b.abs().max(), policy
     if device == "cuda":  # the conversion on the GPU ran: experts were computed there
         assert grouped["value"]["gpu_pairs"] > 0 and grouped["lru"]["gpu_pairs"] > 0
 

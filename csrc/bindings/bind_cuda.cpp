@@ -13,6 +13,7 @@
 #include "cuda/expert_kernels.h"
 #include "cuda/mover.h"
 #include "cuda/pinned_store.h"
+#include "cuda/q8_rows16_unpack.h"
 #endif
 
 namespace py = pybind11;
@@ -204,6 +205,18 @@ HM_BINDINGS(cuda) {
                                       ptr<CUstream_st>(stream));
       },
       py::arg("out"), py::arg("out_dtype"), py::arg("partial"), py::arg("n"), py::arg("stream"));
+  m.def(
+      "gpu_q8_rows16_to_gguf",
+      [](uintptr_t src, uintptr_t dst, int64_t hidden, int64_t intermediate, uintptr_t stream) {
+        const auto L = hm::make_expert_layout(hm::WeightFormat::kQ8_0, hidden, intermediate,
+                                              hm::RowPacking::kQ8Rows16);
+        py::gil_scoped_release nogil;
+        hm::cuda::q8_rows16_to_gguf_async(ptr<const uint8_t>(src), ptr<uint8_t>(dst), L,
+                                          ptr<CUstream_st>(stream));
+      },
+      py::arg("src"), py::arg("dst"), py::arg("hidden"), py::arg("intermediate"), py::arg("stream"),
+      "One Q8_0 expert in q8_rows16 packing (device bytes at src) -> GGUF rows at dst, on stream "
+      "(what the mover runs after each copy of a q8_rows16 store; for tests and timing).");
   py::class_<hm::cuda::PrefillRunner, std::shared_ptr<hm::cuda::PrefillRunner>>(m,
                                                                                 "GpuPrefillRunner")
       .def(py::init<>())
@@ -239,7 +252,7 @@ HM_BINDINGS(cuda) {
         "unavailable. Rebuild with nvcc on PATH (HYBRID_MOE_CUDA=ON).");
   };
   for (const char* name : {"GpuPinnedStore", "GpuDeviceSlab", "GpuMover", "GpuPrefillRunner",
-                           "gpu_decode", "gpu_add_partials"})
+                           "gpu_decode", "gpu_add_partials", "gpu_q8_rows16_to_gguf"})
     m.def(name, unavailable);
 #endif
 }
