@@ -113,6 +113,12 @@ std::size_t fp32_q8_packed_bytes(WeightFormat f, int n_tok, int64_t n);
 void pack_q8_blocks(int n_tok, int64_t n, int64_t k0, int64_t k1, const float* const* src,
                     uint8_t* packed);
 
+// The AVX512 (and AMX) Q8 packed buffer's per-block corrections: int32 [n_tok][n / 32] =
+// -128 x (sum of the block's int8 activations) (kernels_avx512.cpp).
+#if HYBRID_MOE_HAVE_AVX512
+const int32_t* q8_corrections(const uint8_t* packed, int n_tok, int64_t n);
+#endif
+
 const KernelOps& generic_ops();
 #if HYBRID_MOE_HAVE_AVX2
 const KernelOps& avx2_ops();

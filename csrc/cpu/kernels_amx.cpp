@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/q8_rows16.h"
 #include "cpu/kernel_ops.h"
 #include "cpu/numeric.h"
 
@@ -48,7 +49,8 @@ bool use_tiles(WeightFormat f, int n_tok, int64_t n) {
   return n_tok >= kAmxMinTokens && n % 32 == 0;
 }
 
-// Offsets inside the packed buffer: [avx512 part][VNNI part][q8 scales].
+// Offsets inside the packed buffer: [avx512 part][VNNI part][q8 scales][q8 rows: int8 [nt16][n],
+// tokens padded with zeros (tile A of the q8_rows16 group code)].
 std::size_t avx_part(WeightFormat f, int n_tok, int64_t n) {
   return align_up(avx512_ops().packed_bytes(f, n_tok, n), 64);
 }
@@ -61,8 +63,18 @@ std::size_t amx_packed_bytes(WeightFormat f, int n_tok, int64_t n) {
   std::size_t bytes = avx_part(f, n_tok, n);
   if (!use_tiles(f, n_tok, n)) return bytes;
   bytes += vnni_part(f, n_tok, n);
-  if (f == WeightFormat::kQ8_0) bytes += static_cast<std::size_t>(n / 32) * round_to(n_tok, 16) * 4;
+  if (f == WeightFormat::kQ8_0) {
+    bytes += static_cast<std::size_t>(n / 32) * round_to(n_tok, 16) * 4;
+    bytes += static_cast<std::size_t>(round_to(n_tok, 16)) * n;
+  }
   return bytes;
+}
+
+// The q8 rows part (see amx_packed_bytes) of a packed buffer with tiles.
+std::size_t q8_rows_part(int n_tok, int64_t n) {
+  const WeightFormat f = WeightFormat::kQ8_0;
+  return avx_part(f, n_tok, n) + vnni_part(f, n_tok, n) +
+         static_cast<std::size_t>(n / 32) * round_to(n_tok, 16) * 4;
 }
 
 void amx_pack(WeightFormat f, int n_tok, int64_t n, int64_t k0, int64_t k1, const float* const* src,
@@ -83,6 +95,7 @@ void amx_pack(WeightFormat f, int n_tok, int64_t n, int64_t k0, int64_t k1, cons
   // float index b * nt16 + t. Taken from the token-major blocks just written.
   auto* v = reinterpret_cast<int8_t*>(vnni);
   float* scales = reinterpret_cast<float*>(vnni + vnni_part(f, n_tok, n));
+  auto* rows = reinterpret_cast<int8_t*>(packed + q8_rows_part(n_tok, n));
   const auto* blocks = reinterpret_cast<const QuantBlockQ8*>(packed);
   const int64_t nb = n / 32;
   for (int64_t b = k0 / 32; b < (k1 + 31) / 32; ++b)
@@ -92,6 +105,7 @@ void amx_pack(WeightFormat f, int n_tok, int64_t n, int64_t k0, int64_t k1, cons
       for (int i = 0; i < 32; ++i) {
         const int64_t k = b * 32 + i;
         v[((k / 4) * nt16 + t) * 4 + (k & 3)] = blk ? blk->q[i] : 0;
+        rows[t * n + k] = blk ? blk->q[i] : 0;
       }
     }
 }
@@ -333,12 +347,90 @@ void amx_dot_rows(WeightFormat f, const uint8_t* w, std::size_t row_stride, int6
                           n_tok, y + rows16, ldy);
 }
 
+// Q8_0 rows in groups of 16 (core/q8_rows16.h) with tiles: per block, A = 16 tokens x the
+// block's 32 int8 activations (the q8 rows part, stride n), B = the group's 512 bytes of the block
+// as they lie in memory (8 quads x 16 rows x 4 unsigned bytes: the VNNI order of an int8 B tile),
+// C = A . B by TDPBSUD (signed x unsigned, exact int32) = [16 tokens x 16 rows]. Each token row
+// of C gets its correction -128 sum q_x and is scaled by d_x[token] x d_w (the group's 16 scales
+// of the block, one 32-byte load) into one fp32 accumulator per token: the accumulators are
+// already in y's row order. Tile sets alternate between even and odd blocks (block b+1's
+// multiply runs while block b is scaled), as in amx_q8_pipelined.
+#define HM_Q8G_ISSUE(C, A, B, a_ptr, n, b_ptr) \
+  do {                                        \
+    _tile_zero(C);                            \
+    _tile_loadd(A, (a_ptr), (n));             \
+    _tile_loadd(B, (b_ptr), 64);              \
+    _tile_dpbsud(C, A, B);                    \
+  } while (0)
+
+void amx_q8_groups(const uint8_t* w, int64_t groups, int64_t n_in, const int8_t* a_rows,
+                   const float* dxs, const int32_t* corr1, int n_tok, float* y, int64_t ldy) {
+  TileConfig cfg;
+  for (int s = 0; s < 2; ++s) {
+    cfg.rows[3 * s] = 16, cfg.colsb[3 * s] = 64;          // C: 16 tokens x 16 rows int32
+    cfg.rows[3 * s + 1] = 16, cfg.colsb[3 * s + 1] = 32;  // A: 16 tokens x 32 int8 (one block)
+    cfg.rows[3 * s + 2] = 8, cfg.colsb[3 * s + 2] = 64;   // B: 8 quads x 16 rows x 4 uint8
+  }
+  _tile_loadconfig(&cfg);
+  const int64_t nt16 = round_to(n_tok, 16), nb = n_in / 32;
+  const std::size_t group_bytes = kQ8GroupRows * row_bytes(WeightFormat::kQ8_0, n_in);
+  alignas(64) int32_t isum[2][256];
+  for (int64_t g = 0; g < groups; ++g) {
+    const uint8_t* grp = w + g * group_bytes;
+    const uint8_t* quants = grp + nb * 2 * kQ8GroupRows;
+    for (int64_t t0 = 0; t0 < nt16; t0 += 16) {
+      const int nt = static_cast<int>(std::min<int64_t>(16, n_tok - t0));
+      __m512 acc[16];
+      for (auto& v : acc) v = _mm512_setzero_ps();
+      const int8_t* a = a_rows + t0 * n_in;
+      // acc[t] += (C[t] - 128 sum q_x[t]) * d_w * d_x[t] for block b (isum: its stored C)
+      auto scale_add = [&](int64_t b, const int32_t* c) {
+        const __m512 dw = _mm512_cvtph_ps(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + b * 2 * kQ8GroupRows)));
+        for (int t = 0; t < nt; ++t) {
+          const __m512i s = _mm512_add_epi32(_mm512_load_si512(c + t * 16),
+                                             _mm512_set1_epi32(corr1[(t0 + t) * nb + b]));
+          const __m512 d = _mm512_mul_ps(dw, _mm512_set1_ps(dxs[b * nt16 + t0 + t]));
+          acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc[t]);
+        }
+      };
+      HM_Q8G_ISSUE(0, 1, 2, a, n_in, quants);
+      for (int64_t b = 0; b < nb; b += 2) {
+        if (b + 1 < nb)
+          HM_Q8G_ISSUE(3, 4, 5, a + (b + 1) * 32, n_in, quants + (b + 1) * kQ8GroupBlockBytes);
+        _tile_stored(0, isum[0], 64);
+        scale_add(b, isum[0]);
+        if (b + 1 < nb) {
+          if (b + 2 < nb)
+            HM_Q8G_ISSUE(0, 1, 2, a + (b + 2) * 32, n_in, quants + (b + 2) * kQ8GroupBlockBytes);
+          _tile_stored(3, isum[1], 64);
+          scale_add(b + 1, isum[1]);
+        }
+      }
+      for (int t = 0; t < nt; ++t) _mm512_storeu_ps(y + (t0 + t) * ldy + g * kQ8GroupRows, acc[t]);
+    }
+  }
+  _tile_release();
+}
+
+void amx_dot_groups_q8(const uint8_t* w, int64_t groups, int64_t n_in, const uint8_t* packed,
+                       int n_tok, float* y, int64_t ldy) {
+  if (!use_tiles(WeightFormat::kQ8_0, n_tok, n_in)) {
+    avx512_ops().dot_groups_q8(w, groups, n_in, packed, n_tok, y, ldy);
+    return;
+  }
+  const WeightFormat f = WeightFormat::kQ8_0;
+  const uint8_t* vnni = packed + avx_part(f, n_tok, n_in);
+  const auto* dxs = reinterpret_cast<const float*>(vnni + vnni_part(f, n_tok, n_in));
+  const auto* a_rows = reinterpret_cast<const int8_t*>(packed + q8_rows_part(n_tok, n_in));
+  amx_q8_groups(w, groups, n_in, a_rows, dxs, q8_corrections(packed, n_tok, n_in), n_tok, y, ldy);
+}
+
 }  // namespace
 
 const KernelOps& amx_ops() {
-  // dot_groups_q8: the AVX512 group code at every token count (no tile code for groups yet)
   static const KernelOps ops{Isa::kAmx, amx_packed_bytes, amx_pack, amx_dot_rows,
-                             avx512_ops().dot_groups_q8};
+                             amx_dot_groups_q8};
   return ops;
 }
 

@@ -21,7 +21,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
+#include "core/q8_rows16.h"
 #include "cpu/kernel_ops.h"
 #include "cpu/numeric.h"
 
@@ -206,12 +208,76 @@ void avx2_dot_rows(WeightFormat f, const uint8_t* w, std::size_t row_stride, int
   }
 }
 
+// Q8_0 rows in groups of 16 (core/q8_rows16.h), one group x NT tokens. Per block and value quad
+// j: two 256-bit loads hold values 4j..4j+3 of rows 0-7 and 8-15 (stored q ^ 0x80: one xor gives
+// q back), each multiplied with the token's 4 broadcast activations by the sign trick of the
+// GGUF-row code (vpmaddubsw |q_w| x sign(q_w) q_x, vpmaddwd with ones: one int32 per row, exact),
+// summed over the 8 quads; then one convert and one fma with d_w (8 rows' scales from one 16-byte
+// load) x d_x per 8 rows and token. The scaling runs once per block for 8 rows instead of once per
+// block and row.
+template <int NT>
+inline void q8_group_block(const uint8_t* grp, int64_t nb, const QuantBlockQ8* act, float* y,
+                           int64_t ldy, int64_t pf) {
+  const uint8_t* quants = grp + nb * 2 * kQ8GroupRows;
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80)), ones = _mm256_set1_epi16(1);
+  __m256 acc[NT][2];
+  for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* qb = quants + b * kQ8GroupBlockBytes;
+    if (pf > 0)
+      for (int o = 0; o < kQ8GroupBlockBytes; o += 64) prefetch(qb + pf + o);
+    __m256i sum[NT][2];
+    for (int t = 0; t < NT; ++t) sum[t][0] = sum[t][1] = _mm256_setzero_si256();
+    for (int j = 0; j < 8; ++j) {
+      __m256i w[2], a[2];
+      for (int h = 0; h < 2; ++h) {
+        w[h] = _mm256_xor_si256(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qb + 64 * j + 32 * h)), flip);
+        a[h] = _mm256_sign_epi8(w[h], w[h]);  // |q_w|
+      }
+      for (int t = 0; t < NT; ++t) {
+        int32_t x4;
+        std::memcpy(&x4, act[t * nb + b].q + 4 * j, 4);
+        const __m256i x = _mm256_set1_epi32(x4);
+        for (int h = 0; h < 2; ++h)
+          sum[t][h] = _mm256_add_epi32(
+              sum[t][h],
+              _mm256_madd_epi16(_mm256_maddubs_epi16(a[h], _mm256_sign_epi8(x, w[h])), ones));
+      }
+    }
+    for (int h = 0; h < 2; ++h) {
+      const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(
+          reinterpret_cast<const __m128i*>(grp + b * 2 * kQ8GroupRows + 16 * h)));
+      for (int t = 0; t < NT; ++t)
+        acc[t][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[t][h]),
+                                    _mm256_mul_ps(dw, _mm256_set1_ps(act[t * nb + b].d)), acc[t][h]);
+    }
+  }
+  for (int t = 0; t < NT; ++t)
+    for (int h = 0; h < 2; ++h) _mm256_storeu_ps(y + t * ldy + 8 * h, acc[t][h]);
+}
+
+void avx2_dot_groups_q8(const uint8_t* w, int64_t groups, int64_t n_in, const uint8_t* packed,
+                        int n_tok, float* y, int64_t ldy) {
+  const int64_t nb = n_in / kQ8BlockSize;
+  const auto* act = reinterpret_cast<const QuantBlockQ8*>(packed);
+  const std::size_t group_bytes = kQ8GroupRows * row_bytes(WeightFormat::kQ8_0, n_in);
+  const int64_t pf = prefetch_bytes();
+  for (int64_t g = 0; g < groups; ++g) {
+    const uint8_t* grp = w + g * group_bytes;
+    float* yg = y + g * kQ8GroupRows;
+    int t = 0;
+    for (; t + 2 <= n_tok; t += 2)  // later chunks find the group in L1/L2: no prefetch
+      q8_group_block<2>(grp, nb, act + t * nb, yg + t * ldy, ldy, t == 0 ? pf : 0);
+    if (t < n_tok) q8_group_block<1>(grp, nb, act + t * nb, yg + t * ldy, ldy, t == 0 ? pf : 0);
+  }
+}
+
 }  // namespace
 
 const KernelOps& avx2_ops() {
-  // dot_groups_q8: the portable code for now (no AVX2 group kernel yet)
   static const KernelOps ops{Isa::kAvx2, avx2_packed_bytes, avx2_pack, avx2_dot_rows,
-                             generic_dot_groups_q8};
+                             avx2_dot_groups_q8};
   return ops;
 }
 

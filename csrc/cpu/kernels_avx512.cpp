@@ -637,6 +637,10 @@ void avx_dot_rows(WeightFormat f, const uint8_t* w, std::size_t row_stride, int6
 
 }  // namespace
 
+const int32_t* q8_corrections(const uint8_t* packed, int n_tok, int64_t n) {
+  return reinterpret_cast<const int32_t*>(packed + q8_parts(n_tok, n).corr1);
+}
+
 Q8Kernel q8_kernel() {
   static const Q8Kernel k = [] {
     const char* v = std::getenv("HYBRID_MOE_Q8_KERNEL");

@@ -441,7 +441,7 @@ RowPacking host_row_packing(WeightFormat f) {
   }();
   if (f != WeightFormat::kQ8_0 || setting == 0) return RowPacking::kGguf;
   const Isa isa = current_isa().isa;
-  const bool simd = isa == Isa::kAvx512 || isa == Isa::kAmx;
+  const bool simd = isa != Isa::kGeneric;
   return setting == 1 || simd ? RowPacking::kQ8Rows16 : RowPacking::kGguf;
 }
 

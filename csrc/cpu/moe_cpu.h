@@ -53,9 +53,9 @@ JobHandle submit_moe_layer(ThreadPool& pool, const MoeLayerArgs& args);
 
 // The row packing a host expert store should use for format f on this machine
 // (HYBRID_MOE_Q8_ROWS16): auto (default) = q8_rows16 for Q8_0 when the CPU variant in use
-// (current_isa()) has a SIMD group kernel (avx512, amx: 1.03-1.3x the GGUF-row code at T = 1-64 on
-// the lent Xeon, bench/RESULTS.md), else gguf; 1 = q8_rows16 for every Q8_0 store (tests on
-// machines without AVX512); 0 = gguf. Read once; a malformed value raises hm::ValueError.
+// (current_isa()) is a SIMD one (avx2, avx512, amx: their group kernels measured 1.03-1.6x the
+// GGUF-row code at T = 1-64, bench/RESULTS.md session 8), gguf for the generic code; 1 =
+// q8_rows16 for every Q8_0 store; 0 = gguf. Read once; a malformed value raises hm::ValueError.
 RowPacking host_row_packing(WeightFormat f);
 JobHandle submit_moe_layer(ThreadPool& pool, const MoeLayerArgs& args, Isa isa);
 // Warming: pulls experts' weight bytes into the L2 of the workers (software prefetch, 64 KiB
