@@ -9,6 +9,7 @@
 #include <random>
 #include <vector>
 
+#include "core/q8_rows16.h"
 #include "core/weight_format.h"
 #include "cpu/isa.h"
 #include "cpu/kernel_ops.h"
@@ -93,7 +94,9 @@ void pack_all(const hm::cpu::KernelOps& ops, WeightFormat f, int n_tok, int64_t 
   }
 }
 
-bool check_dot_rows(Isa isa, WeightFormat f, int64_t rows, int64_t n, int n_tok, uint32_t seed) {
+// groups: the rows repacked in groups of 16 (core/q8_rows16.h) and dotted by dot_groups_q8.
+bool check_dot_rows(Isa isa, WeightFormat f, int64_t rows, int64_t n, int n_tok, uint32_t seed,
+                    bool groups = false) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> nd(0.f, 1.f);
   std::vector<uint8_t> w;
@@ -110,7 +113,13 @@ bool check_dot_rows(Isa isa, WeightFormat f, int64_t rows, int64_t n, int n_tok,
   bool ok = packed == pieces;
   const int64_t ldy = rows + 3;  // y[t * ldy + r]; the gap must stay untouched
   std::vector<float> y(static_cast<std::size_t>(n_tok) * ldy, 7.f);
-  ops.dot_rows(f, w.data(), hm::row_bytes(f, n), rows, n, packed.data(), n_tok, y.data(), ldy);
+  if (groups) {
+    std::vector<uint8_t> w16(w.size());
+    hm::q8_rows16_from_gguf(w.data(), w16.data(), rows, n);
+    ops.dot_groups_q8(w16.data(), rows / 16, n, packed.data(), n_tok, y.data(), ldy);
+  } else {
+    ops.dot_rows(f, w.data(), hm::row_bytes(f, n), rows, n, packed.data(), n_tok, y.data(), ldy);
+  }
   const std::vector<double> a = effective_acts(f, isa, x, n);
   for (int t = 0; t < n_tok; ++t) {
     for (int64_t r = 0; r < rows; ++r) {
@@ -128,7 +137,8 @@ bool check_dot_rows(Isa isa, WeightFormat f, int64_t rows, int64_t n, int n_tok,
   }
   if (!ok)
     std::cerr << "  " << hm::format_name(f) << " " << hm::cpu::isa_name(isa) << " rows=" << rows
-              << " n=" << n << " n_tok=" << n_tok << " failed\n";
+              << " n=" << n << " n_tok=" << n_tok << (groups ? " (groups of 16)" : "")
+              << " failed\n";
   return ok;
 }
 
@@ -144,6 +154,27 @@ HM_TEST(cpu_kernels_dot_rows_match_reference_all_isas) {
         for (int64_t n : {32, 64, 96, 160, 512})
           HM_EXPECT(check_dot_rows(isa, WeightFormat::kQ8_0, rows, n, n_tok, seed++));
       }
+}
+
+HM_TEST(cpu_kernels_q8_groups_match_reference_all_isas) {
+  uint32_t seed = 5000;
+  for (auto isa : runnable_isas())
+    for (int n_tok : {1, 2, 3, 4, 5, 8, 9, 17, 33})  // 8+: AMX tiles; 33: token tiles 16 + 16 + 1
+      for (int64_t rows : {16, 32, 48})
+        for (int64_t n : {32, 64, 96, 160, 512})  // odd and even block counts
+          HM_EXPECT(check_dot_rows(isa, WeightFormat::kQ8_0, rows, n, n_tok, seed++, true));
+}
+
+HM_TEST(cpu_kernels_q8_rows16_round_trip) {
+  std::mt19937 rng(9);
+  std::vector<uint8_t> w;
+  std::vector<double> wv;
+  random_rows(WeightFormat::kQ8_0, 48, 96, rng, w, wv);
+  std::vector<uint8_t> g(w.size()), back(w.size());
+  hm::q8_rows16_from_gguf(w.data(), g.data(), 48, 96);
+  hm::q8_rows16_to_gguf(g.data(), back.data(), 48, 96);
+  HM_EXPECT(back == w && g != w);
+  HM_EXPECT_THROWS(hm::q8_rows16_from_gguf(w.data(), g.data(), 40, 96), hm::ValueError);
 }
 
 HM_TEST(cpu_kernels_prefetch_setting_is_sane) {
