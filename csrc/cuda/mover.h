@@ -90,6 +90,7 @@ class Mover {
   const PinnedExpertStore& store() const { return *store_; }
 
  private:
+  void copy_and_convert(const FetchRequest& r);  // q8_rows16 stores: staging buffer + conversion
   struct Slot {
     int64_t physical = -1;  // expert whose bytes the slot holds (-1: none / being overwritten)
     int64_t resident = -1;  // expert plans may name (-1: none)
@@ -110,7 +111,16 @@ class Mover {
   const int max_in_flight_;
   const int max_pending_prefetch_;
   void* stream_ = nullptr;  // cudaStream_t
-  uint8_t* staging_ = nullptr;  // device buffer of one expert when the store packs q8_rows16
+  // q8_rows16 stores (see the ctor): two staging buffers of one expert used in turn, the
+  // conversion stream, and per buffer "copied" (copy stream) and "free" (conversion stream) events.
+  struct Staging {
+    uint8_t* buf = nullptr;
+    void* copied = nullptr;  // cudaEvent_t
+    void* free = nullptr;    // cudaEvent_t
+  };
+  Staging staging_[2];
+  int next_staging_ = 0;
+  void* convert_stream_ = nullptr;  // cudaStream_t; null: GGUF store, copies go to the slot
   std::vector<void*> free_events_;
 
   mutable std::mutex mu_;

@@ -136,9 +136,12 @@ void Runtime::fill_host_store(int layer, const uint8_t* packed) {
   } catch (const RuntimeError&) {
     HM_CHECK_RT(false, "out of host memory for layer ", layer, "'s experts (", bytes, " bytes)");
   }
-  for (int e = 0; e < n_expert_; ++e)  // first touch, after the advice
-    store_expert_from_gguf(layout_, packed + static_cast<std::size_t>(e) * layout_.stride,
-                           p + static_cast<std::size_t>(e) * layout_.stride);
+  // First touch, after the advice; on the pool (a Q8_0 repack into groups of 16 rows runs ~1 GB/s
+  // per core).
+  pool_->parallel_for(n_expert_, [&](int64_t e) {
+    const std::size_t off = static_cast<std::size_t>(e) * layout_.stride;
+    store_expert_from_gguf(layout_, packed + off, p + off);
+  });
   c.host.reset(p);
   c.expert_ptrs.resize(static_cast<std::size_t>(n_expert_));
   for (int e = 0; e < n_expert_; ++e)

@@ -73,12 +73,12 @@ bool Runtime::gpu_fill(int layer, const uint8_t* packed) {
         layout_, static_cast<int64_t>(opt_.n_layers) * n_expert_);
   LayerCtx& c = *layers_[layer];
   c.expert_ptrs.resize(static_cast<std::size_t>(n_expert_));
-  for (int e = 0; e < n_expert_; ++e) {
-    const int64_t ge = static_cast<int64_t>(layer) * n_expert_ + e;
+  for (int e = 0; e < n_expert_; ++e)
+    c.expert_ptrs[e] = g.store->expert_ptr(static_cast<int64_t>(layer) * n_expert_ + e);
+  pool_->parallel_for(n_expert_, [&](int64_t e) {  // Q8_0 repacks run ~1 GB/s per core
     store_expert_from_gguf(layout_, packed + static_cast<std::size_t>(e) * layout_.stride,
-                           g.store->expert_ptr(ge));
-    c.expert_ptrs[e] = g.store->expert_ptr(ge);
-  }
+                           g.store->expert_ptr(static_cast<int64_t>(layer) * n_expert_ + e));
+  });
   return true;
 }
 
