@@ -8,8 +8,8 @@ namespace hm {
 namespace {
 
 void check_shape(int64_t n_out, int64_t n_in) {
-  HM_CHECK(n_out > 0 && n_out % kQ8GroupRows == 0,
-           "q8_rows16 needs a multiple of 16 rows, got ", n_out);
+  HM_CHECK(n_out > 0 && n_out % kQ8GroupRows == 0, "q8_rows16 needs a multiple of 16 rows, got ",
+           n_out);
   HM_CHECK(n_in > 0 && n_in % kQ8BlockSize == 0,
            "q8_rows16 needs rows of a multiple of 32 values, got ", n_in);
 }

@@ -15,7 +15,7 @@
 
 namespace hm {
 
-inline constexpr int kQ8GroupRows = 16;                                   // rows per group
+inline constexpr int kQ8GroupRows = 16;                                 // rows per group
 inline constexpr int kQ8GroupBlockBytes = kQ8GroupRows * kQ8BlockSize;  // 512 quant bytes
 
 // Byte offset, inside its group, of the scale of (block b, row r) and of value k of row r.

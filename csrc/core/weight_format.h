@@ -78,8 +78,8 @@ inline std::size_t row_bytes(WeightFormat f, int64_t n_in) {
 struct ExpertLayout {
   WeightFormat format = WeightFormat::kBF16;
   RowPacking packing = RowPacking::kGguf;  // host-side rows (see [NOTE]); sizes do not depend on it
-  int64_t hidden = 0;        // H
-  int64_t intermediate = 0;  // I
+  int64_t hidden = 0;                      // H
+  int64_t intermediate = 0;                // I
   std::size_t gate_offset = 0, up_offset = 0, down_offset = 0;
   std::size_t gate_bytes = 0, up_bytes = 0, down_bytes = 0;
   std::size_t stride = 0;  // bytes from one expert to the next in a store or slab

@@ -356,11 +356,11 @@ void amx_dot_rows(WeightFormat f, const uint8_t* w, std::size_t row_stride, int6
 // already in y's row order. Tile sets alternate between even and odd blocks (block b+1's
 // multiply runs while block b is scaled), as in amx_q8_pipelined.
 #define HM_Q8G_ISSUE(C, A, B, a_ptr, n, b_ptr) \
-  do {                                        \
-    _tile_zero(C);                            \
-    _tile_loadd(A, (a_ptr), (n));             \
-    _tile_loadd(B, (b_ptr), 64);              \
-    _tile_dpbsud(C, A, B);                    \
+  do {                                         \
+    _tile_zero(C);                             \
+    _tile_loadd(A, (a_ptr), (n));              \
+    _tile_loadd(B, (b_ptr), 64);               \
+    _tile_dpbsud(C, A, B);                     \
   } while (0)
 
 void amx_q8_groups(const uint8_t* w, int64_t groups, int64_t n_in, const int8_t* a_rows,

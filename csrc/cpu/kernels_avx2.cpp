@@ -246,11 +246,12 @@ inline void q8_group_block(const uint8_t* grp, int64_t nb, const QuantBlockQ8* a
       }
     }
     for (int h = 0; h < 2; ++h) {
-      const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(
-          reinterpret_cast<const __m128i*>(grp + b * 2 * kQ8GroupRows + 16 * h)));
+      const __m256 dw = _mm256_cvtph_ps(
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(grp + b * 2 * kQ8GroupRows + 16 * h)));
       for (int t = 0; t < NT; ++t)
-        acc[t][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[t][h]),
-                                    _mm256_mul_ps(dw, _mm256_set1_ps(act[t * nb + b].d)), acc[t][h]);
+        acc[t][h] =
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[t][h]),
+                            _mm256_mul_ps(dw, _mm256_set1_ps(act[t * nb + b].d)), acc[t][h]);
     }
   }
   for (int t = 0; t < NT; ++t)

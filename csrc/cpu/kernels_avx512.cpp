@@ -583,8 +583,8 @@ void avx_dot_groups_q8(const uint8_t* w, int64_t groups, int64_t n_in, const uin
       for (int64_t o = 0; o < nb * 2 * kQ8GroupRows; o += 64) prefetch_line(grp + o, hint);
     int t = 0;
     for (; t + 4 <= n_tok; t += 4)  // later chunks find the group in L1/L2: no prefetch
-      q8_group_block<4>(grp, nb, s8 + t * n_in, n_in, corr1 + t * nb, blocks + t * nb,
-                        yg + t * ldy, ldy, t == 0 ? pf : 0, hint);
+      q8_group_block<4>(grp, nb, s8 + t * n_in, n_in, corr1 + t * nb, blocks + t * nb, yg + t * ldy,
+                        ldy, t == 0 ? pf : 0, hint);
     const int8_t* st = s8 + t * n_in;
     const int32_t* ct = corr1 + t * nb;
     const QuantBlockQ8* bt = blocks + t * nb;

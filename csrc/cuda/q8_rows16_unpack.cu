@@ -17,13 +17,13 @@ namespace {
 
 constexpr int kChunkBlocks = 8;
 constexpr int kThreads = 256;
-constexpr int kChunkScaleBytes = kChunkBlocks * 2 * kQ8GroupRows;         // 256
+constexpr int kChunkScaleBytes = kChunkBlocks * 2 * kQ8GroupRows;                  // 256
 constexpr int kChunkBytes = kChunkScaleBytes + kChunkBlocks * kQ8GroupBlockBytes;  // 4352
 
 struct MatrixSpan {
-  std::size_t off;     // byte offset in the expert
-  int groups, nb;      // 16-row groups, blocks per row (n_in / 32)
-  int chunks;          // ceil(nb / kChunkBlocks)
+  std::size_t off;  // byte offset in the expert
+  int groups, nb;   // 16-row groups, blocks per row (n_in / 32)
+  int chunks;       // ceil(nb / kChunkBlocks)
 };
 
 __global__ void unpack_kernel(const uint8_t* __restrict__ src, uint8_t* __restrict__ dst,
@@ -45,12 +45,11 @@ __global__ void unpack_kernel(const uint8_t* __restrict__ src, uint8_t* __restri
   const uint8_t* gsrc = src + m.off + static_cast<std::size_t>(grp) * kQ8GroupRows * rb;
   // scales of blocks b0.. (32 bytes each) -> sm[0, 256); values (512 each) -> sm[256, ...)
   const uint32_t* s_sc = reinterpret_cast<const uint32_t*>(gsrc + b0 * 2 * kQ8GroupRows);
-  const uint32_t* s_q = reinterpret_cast<const uint32_t*>(gsrc + m.nb * 2 * kQ8GroupRows +
-                                                          b0 * kQ8GroupBlockBytes);
+  const uint32_t* s_q =
+      reinterpret_cast<const uint32_t*>(gsrc + m.nb * 2 * kQ8GroupRows + b0 * kQ8GroupBlockBytes);
   uint32_t* sm32 = reinterpret_cast<uint32_t*>(sm);
   for (int i = threadIdx.x; i < nblk * 8; i += kThreads) sm32[i] = s_sc[i];
-  for (int i = threadIdx.x; i < nblk * 128; i += kThreads)
-    sm32[kChunkScaleBytes / 4 + i] = s_q[i];
+  for (int i = threadIdx.x; i < nblk * 128; i += kThreads) sm32[kChunkScaleBytes / 4 + i] = s_q[i];
   __syncthreads();
   const int run_words = nblk * kQ8BlockBytes / 2;  // 16-bit words of one row's run
   for (int i = threadIdx.x; i < kQ8GroupRows * run_words; i += kThreads) {

@@ -10,7 +10,6 @@ namespace hm::cuda {
 // dst (GGUF rows: every weight byte written, the padding between matrices left as it is) <- src
 // (L's packing, which must be kQ8Rows16), both device pointers of L.stride bytes that do not
 // overlap; on `stream` (a cudaStream_t). Launch errors raise RuntimeError.
-void q8_rows16_to_gguf_async(const uint8_t* src, uint8_t* dst, const ExpertLayout& L,
-                             void* stream);
+void q8_rows16_to_gguf_async(const uint8_t* src, uint8_t* dst, const ExpertLayout& L, void* stream);
 
 }  // namespace hm::cuda
