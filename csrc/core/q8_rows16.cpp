@@ -33,26 +33,24 @@ void convert_group(const uint8_t* in, uint8_t* out, int64_t nb, std::size_t rb) 
     }
 }
 
-}  // namespace
-
-void q8_rows16_from_gguf(const uint8_t* src, uint8_t* dst, int64_t n_out, int64_t n_in) {
+template <bool kToGroup>
+void convert_matrix(const uint8_t* src, uint8_t* dst, int64_t n_out, int64_t n_in) {
   check_shape(n_out, n_in);
   const std::size_t rb = row_bytes(WeightFormat::kQ8_0, n_in);
-  const int64_t nb = n_in / kQ8BlockSize;
   for (int64_t g = 0; g < n_out / kQ8GroupRows; ++g) {
     const std::size_t off = g * kQ8GroupRows * rb;
-    convert_group<true>(src + off, dst + off, nb, rb);
+    convert_group<kToGroup>(src + off, dst + off, n_in / kQ8BlockSize, rb);
   }
 }
 
+}  // namespace
+
+void q8_rows16_from_gguf(const uint8_t* src, uint8_t* dst, int64_t n_out, int64_t n_in) {
+  convert_matrix<true>(src, dst, n_out, n_in);
+}
+
 void q8_rows16_to_gguf(const uint8_t* src, uint8_t* dst, int64_t n_out, int64_t n_in) {
-  check_shape(n_out, n_in);
-  const std::size_t rb = row_bytes(WeightFormat::kQ8_0, n_in);
-  const int64_t nb = n_in / kQ8BlockSize;
-  for (int64_t g = 0; g < n_out / kQ8GroupRows; ++g) {
-    const std::size_t off = g * kQ8GroupRows * rb;
-    convert_group<false>(src + off, dst + off, nb, rb);
-  }
+  convert_matrix<false>(src, dst, n_out, n_in);
 }
 
 void repack_expert(const ExpertLayout& L, RowPacking to, const uint8_t* src, uint8_t* dst) {

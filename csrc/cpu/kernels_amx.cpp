@@ -279,17 +279,23 @@ inline void q8_scale_add(const uint8_t* a_blk, std::size_t stride, __m512 dx, co
   }
 }
 
+// Two Q8_0 tile sets (tiles 0-2 and 3-5): C 16 x 16 int32, A 16 x one block's 32 int8, B 8 quads
+// x 16 columns x 4 int8 (amx_q8_pipelined: C rows are weight rows, B tokens).
+void load_q8_tile_sets() {
+  TileConfig cfg;
+  for (int s = 0; s < 2; ++s) {
+    cfg.rows[3 * s] = 16, cfg.colsb[3 * s] = 64;
+    cfg.rows[3 * s + 1] = 16, cfg.colsb[3 * s + 1] = 32;
+    cfg.rows[3 * s + 2] = 8, cfg.colsb[3 * s + 2] = 64;
+  }
+  _tile_loadconfig(&cfg);
+}
+
 // As amx_q8; even blocks use tiles 0-2, odd ones 3-5, block b+1's multiply is issued before
 // block b's sums are stored and scaled (see [NOTE], pipelining).
 void amx_q8_pipelined(const uint8_t* w, std::size_t stride, int64_t rows16, int64_t n_in,
                       const uint8_t* vnni, const float* scales, int n_tok, float* y, int64_t ldy) {
-  TileConfig cfg;
-  for (int s = 0; s < 2; ++s) {
-    cfg.rows[3 * s] = 16, cfg.colsb[3 * s] = 64;          // C: 16 rows x 16 tokens int32
-    cfg.rows[3 * s + 1] = 16, cfg.colsb[3 * s + 1] = 32;  // A: 16 rows x 32 int8 (one block)
-    cfg.rows[3 * s + 2] = 8, cfg.colsb[3 * s + 2] = 64;   // B: 8 quads x 16 tokens x 4 int8
-  }
-  _tile_loadconfig(&cfg);
+  load_q8_tile_sets();
   const int64_t nt16 = round_to(n_tok, 16), nb = n_in / 32;
   const std::size_t bstride = static_cast<std::size_t>(nt16) * 4;
   alignas(64) int32_t isum[2][256];
@@ -365,13 +371,7 @@ void amx_dot_rows(WeightFormat f, const uint8_t* w, std::size_t row_stride, int6
 
 void amx_q8_groups(const uint8_t* w, int64_t groups, int64_t n_in, const int8_t* a_rows,
                    const float* dxs, const int32_t* corr1, int n_tok, float* y, int64_t ldy) {
-  TileConfig cfg;
-  for (int s = 0; s < 2; ++s) {
-    cfg.rows[3 * s] = 16, cfg.colsb[3 * s] = 64;          // C: 16 tokens x 16 rows int32
-    cfg.rows[3 * s + 1] = 16, cfg.colsb[3 * s + 1] = 32;  // A: 16 tokens x 32 int8 (one block)
-    cfg.rows[3 * s + 2] = 8, cfg.colsb[3 * s + 2] = 64;   // B: 8 quads x 16 rows x 4 uint8
-  }
-  _tile_loadconfig(&cfg);
+  load_q8_tile_sets();  // here C is 16 tokens x 16 rows, A tokens, B the weights (16 rows x 4)
   const int64_t nt16 = round_to(n_tok, 16), nb = n_in / 32;
   const std::size_t group_bytes = kQ8GroupRows * row_bytes(WeightFormat::kQ8_0, n_in);
   alignas(64) int32_t isum[2][256];
