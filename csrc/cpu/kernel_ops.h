@@ -11,7 +11,9 @@
 //                 VNNI order [n/2][n_tok rounded up to 16][2] for TDPBF16PS
 //   all     q8_0: per token n/32 blocks of {float d; int8 q[32]} (QuantBlockQ8, 36 bytes),
 //                 the value is d*q, q = round(x/d) in [-127, 127], d = max|x|/127 (llama.cpp's
-//                 activation quantisation); amx adds [n/4][n_tok16][4] int8 + [n/32][n_tok16] d.
+//                 activation quantisation); amx adds [n/4][n_tok16][4] int8 + [n/32][n_tok16] d
+//                 + [n_tok16][n] int8 (tile A of the q8_rows16 group code); avx512 adds s8
+//                 copies and per-block corrections (kernels_avx512.cpp).
 // pack() writes the part of the buffer for values [k0, k1); k0 and k1 are multiples of 32 (or k1 =
 // n), so tasks that own disjoint value ranges can pack disjoint parts concurrently.
 #pragma once

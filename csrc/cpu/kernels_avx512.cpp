@@ -27,7 +27,9 @@
 //   each); measured 1.1-1.2x pair's rate from L2 on the dev machine (bench/bench_q8_rows.cpp).
 //   Packed Q8 buffer per group: [QuantBlockQ8 n_tok x nb (what the AMX variant repacks)]
 //   [pair: u8 activations n_tok x n][pair: expanded scales n_tok x nb x 8 floats]
-//   [quad: s8 activations n_tok x n][quad: int32 corrections n_tok x nb x 4][quad: scales x 4].
+//   [quad and groups: s8 activations n_tok x n][quad: int32 corrections n_tok x nb x 4]
+//   [quad: scales x 4][groups: int32 corrections n_tok x nb].
+// Q8_0 rows in groups of 16 (core/q8_rows16.h, dot_groups_q8): see q8_group_block.
 // GCC 12's _mm512_reduce_add_ps trips -Wuninitialized inside its own header (false positive).
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
