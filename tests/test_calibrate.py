@@ -360,6 +360,10 @@ def test_calibrate_cpu_only_profile_loads_and_simulates(tmp_path):
     assert prof["calibration"]["sources"]["gpu"].startswith("base:consumer-4090")
     assert prof["measured_on"]["machine"]["cpu_isa"]
     assert len(prof["measurements"]["cpu"]) == 4 and prof["measurements"]["gpu"] == []
+    from hybrid_moe._native import native
+
+    for row in prof["measurements"]["cpu"]:  # timed in the runtime's host packing
+        assert row["packing"] == native.cpu_host_row_packing(row["format"])
     path = cal.write_profile(prof, tmp_path / "p.json")
     loaded = load_profile(str(path))
     assert loaded["name"] == "ci-test"

@@ -99,6 +99,13 @@ HM_BINDINGS(cpu) {
       py::arg("threads") = 0, "Size and pinning of the shared CPU pool with this thread count.");
   m.def("cpu_default_threads", &hm::cpu::default_threads);
   m.def(
+      "cpu_host_row_packing",
+      [](const std::string& fmt) {
+        return std::string(hm::packing_name(hm::cpu::host_row_packing(hm::parse_format(fmt))));
+      },
+      py::arg("fmt"),
+      "Row packing a runtime's host store uses for fmt on this machine (HYBRID_MOE_Q8_ROWS16).");
+  m.def(
       "cpu_dram_read_gbps",
       [](int64_t mib, int threads, int reps) {
         HM_CHECK(mib >= 64, "mib must be >= 64, got ", mib);

@@ -278,6 +278,22 @@ def expert_flops_per_token(hidden: int, intermediate: int) -> float:
     return 2.0 * 3.0 * hidden * intermediate
 
 
+def runtime_cpu_experts(
+    fmt: str, n_experts: int, hidden: int, intermediate: int, seed: int = 0
+) -> tuple[torch.Tensor, str]:
+    """random_expert_bytes in the row packing a runtime's host store uses on this machine (Q8_0:
+    groups of 16 rows with the SIMD kernels), so that the CPU is timed on what decode runs.
+    Returns (uint8 [n_experts, stride], packing)."""
+    from hybrid_moe import formats
+    from hybrid_moe._native import native
+
+    pool = random_expert_bytes(fmt, n_experts, hidden, intermediate, seed)
+    packing = str(native.cpu_host_row_packing(fmt))
+    if packing != "gguf":
+        pool = formats.repack_experts(pool, fmt, hidden, intermediate, "gguf", packing)
+    return pool, packing
+
+
 def random_expert_bytes(
     fmt: str, n_experts: int, hidden: int, intermediate: int, seed: int = 0
 ) -> torch.Tensor:
@@ -340,7 +356,7 @@ def measure_cpu(
     lay = dict(native.expert_layout(fmt, hidden, intermediate))
     stride = int(lay["stride"])
     groups = max(3, math.ceil(pool_mib * 2**20 / (stride * experts_per_call)))
-    pool = random_expert_bytes(fmt, groups * experts_per_call, hidden, intermediate, seed=11)
+    pool, packing = runtime_cpu_experts(fmt, groups * experts_per_call, hidden, intermediate, 11)
     base = pool.data_ptr()
     ptrs = [
         [base + (g * experts_per_call + e) * stride for e in range(experts_per_call)]
@@ -366,6 +382,7 @@ def measure_cpu(
                 out.data_ptr(),
                 threads,
                 "",
+                packing,
             )
 
         for i in range(groups):  # first touch of every pool page, untimed
@@ -374,6 +391,7 @@ def measure_cpu(
         rows.append(
             {
                 "format": fmt,
+                "packing": packing,
                 "n": int(n),
                 "experts": experts_per_call,
                 "layer_us": med,
@@ -391,20 +409,20 @@ def measure_cpu_overhead(fmt: str, threads: int, reps: int, experts: int = 8) ->
     from hybrid_moe._native import native
 
     H, inter = TINY_HIDDEN, TINY_INTERMEDIATE
-    pool = random_expert_bytes(fmt, experts, H, inter, seed=5)
+    pool, packing = runtime_cpu_experts(fmt, experts, H, inter, seed=5)
     stride = int(dict(native.expert_layout(fmt, H, inter))["stride"])
     ptrs = [pool.data_ptr() + e * stride for e in range(experts)]
     tok, exp, w = _all_experts_routing(1, experts)
     x, out = torch.randn(1, H), torch.zeros(1, H)
+    args = (fmt, H, inter, ptrs, x.data_ptr(), 1, tok, exp, w, out.data_ptr(), threads, "")
     med, samples = median_wall_us(
-        lambda i: native.cpu_moe_layer(
-            fmt, H, inter, ptrs, x.data_ptr(), 1, tok, exp, w, out.data_ptr(), threads, ""
-        ),
+        lambda i: native.cpu_moe_layer(*args, packing),
         max(reps, 9),
         warmup=3,
     )
     return {
         "format": fmt,
+        "packing": packing,
         "experts": experts,
         "hidden": H,
         "intermediate": inter,
