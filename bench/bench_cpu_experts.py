@@ -441,8 +441,25 @@ def main() -> None:
         wf = w.to(torch.float32).reshape(-1).contiguous().numpy()
         x = x.contiguous()
         p, st = ptrs[fmt][l], stores[fmt][l]
-        args = (st.fmt, H, I, p, x.data_ptr(), T, tok, eid, wf, out.data_ptr(), a.threads, isa)
-        return lambda: native.cpu_moe_layer(*args, st.packing)
+
+        def call():  # holds x and out (the native call only sees their pointers)
+            native.cpu_moe_layer(
+                st.fmt,
+                H,
+                I,
+                p,
+                x.data_ptr(),
+                T,
+                tok,
+                eid,
+                wf,
+                out.data_ptr(),
+                a.threads,
+                isa,
+                st.packing,
+            )
+
+        return call
 
     # Each method: prep(x, ids, w, layer) -> call(); only call() is timed (argument conversion,
     # output allocation and dtype casts happen in prep, for every method alike).

@@ -13,7 +13,8 @@
 // q8_0 / bf16 within the same child. Output: a table on stdout and, with --json, a JSON file.
 // Usage: bench_q8_rows [--isa avx512|avx2] [--variants pair,quad] [--rounds 7] [--l2-kib 512]
 //                      [--dram-mib 1024] [--json out.json]
-// (the variants are the AVX512 Q8_0 codes; with --isa avx2 name one, e.g. --variants pair)
+// (the variants are the AVX512 Q8_0 codes; with --isa avx2 name one, e.g. --variants pair;
+// "groups" runs the Q8_0 rows repacked in groups of 16, core/q8_rows16.h, through dot_groups_q8)
 #include <pthread.h>
 #include <sched.h>
 #include <sys/wait.h>
@@ -30,6 +31,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/q8_rows16.h"
 #include "core/weight_format.h"
 #include "cpu/isa.h"
 #include "cpu/kernel_ops.h"
@@ -96,6 +98,24 @@ Packed pack_one_token(const hm::cpu::KernelOps& ops, WeightFormat f) {
   return p;
 }
 
+bool g_groups = false;  // the child measures Q8_0 rows in groups of 16 (variant "groups")
+
+// Q8_0 weights as the variant reads them: GGUF rows, or (groups) repacked in groups of 16 rows.
+std::vector<uint8_t> q8_layout(WeightFormat f, std::vector<uint8_t> w, int64_t rows) {
+  if (!g_groups || f != WeightFormat::kQ8_0) return w;
+  std::vector<uint8_t> g(w.size());
+  hm::q8_rows16_from_gguf(w.data(), g.data(), rows, kNIn);
+  return g;
+}
+
+// `rows` rows (a multiple of 16 for groups) from w at T = 1.
+void dot(const hm::cpu::KernelOps& ops, WeightFormat f, const uint8_t* w, int64_t rows, Packed& p) {
+  if (g_groups && f == WeightFormat::kQ8_0)
+    ops.dot_groups_q8(w, rows / hm::kQ8GroupRows, kNIn, p.buf.data(), 1, p.y.data(), 1);
+  else
+    ops.dot_rows(f, w, hm::row_bytes(f, kNIn), rows, kNIn, p.buf.data(), 1, p.y.data(), 1);
+}
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v.empty() ? 0 : v[v.size() / 2];
@@ -109,7 +129,7 @@ double walk(const hm::cpu::KernelOps& ops, WeightFormat f, const std::vector<uin
   for (int it = 0; it < passes; ++it) {
     const auto t0 = Clock::now();
     for (int64_t r = 0; r + kCallRows <= rows; r += kCallRows)
-      ops.dot_rows(f, w.data() + r * rb, rb, kCallRows, kNIn, p.buf.data(), 1, p.y.data(), 1);
+      dot(ops, f, w.data() + r * rb, kCallRows, p);
     const double s = std::chrono::duration<double>(Clock::now() - t0).count();
     rates.push_back(static_cast<double>(rows / kCallRows * kCallRows * rb) / s / 1e9);
   }
@@ -124,16 +144,15 @@ Regimes measure(WeightFormat f, int64_t l2_bytes, int64_t dram_bytes) {
   Regimes out;
   pin(0);
   {  // L2: a few hundred KiB dotted repeatedly (rows a multiple of 4: full passes only)
-    const int64_t rows = std::max<int64_t>(4, l2_bytes / static_cast<int64_t>(rb) / 4 * 4);
-    auto w = make_rows(f, rows, 1);
+    const int64_t rows = std::max<int64_t>(16, l2_bytes / static_cast<int64_t>(rb) / 16 * 16);
+    auto w = q8_layout(f, make_rows(f, rows, 1), rows);
     Packed p = pack_one_token(ops, f);
     p.y.resize(rows);
     std::vector<double> rates;
     for (int it = 0; it < 15; ++it) {
       const int reps = 200;
       const auto t0 = Clock::now();
-      for (int i = 0; i < reps; ++i)
-        ops.dot_rows(f, w.data(), rb, rows, kNIn, p.buf.data(), 1, p.y.data(), 1);
+      for (int i = 0; i < reps; ++i) dot(ops, f, w.data(), rows, p);
       const double s = std::chrono::duration<double>(Clock::now() - t0).count();
       rates.push_back(static_cast<double>(rows * rb) * reps / s / 1e9);
     }
@@ -141,13 +160,14 @@ Regimes measure(WeightFormat f, int64_t l2_bytes, int64_t dram_bytes) {
   }
   const int64_t rows = dram_bytes / static_cast<int64_t>(rb) / kCallRows * kCallRows;
   {
-    auto w = make_rows(f, rows, 2);
+    auto w = q8_layout(f, make_rows(f, rows, 2), rows);
     Packed p = pack_one_token(ops, f);
     out.dram1 = walk(ops, f, w, rows, 5, p);
   }
   {
     const int64_t half = rows / 2 / kCallRows * kCallRows;
-    std::vector<uint8_t> w[2] = {make_rows(f, half, 3), make_rows(f, half, 4)};
+    std::vector<uint8_t> w[2] = {q8_layout(f, make_rows(f, half, 3), half),
+                                 q8_layout(f, make_rows(f, half, 4), half)};
     double rate[2] = {0, 0};
     std::thread th[2];
     for (int i = 0; i < 2; ++i)
@@ -218,7 +238,8 @@ int main(int argc, char** argv) {
       const pid_t pid = fork();
       if (pid == 0) {
         close(fd[0]);
-        setenv("HYBRID_MOE_Q8_KERNEL", names[v].c_str(), 1);
+        g_groups = names[v] == "groups";
+        if (!g_groups) setenv("HYBRID_MOE_Q8_KERNEL", names[v].c_str(), 1);
         Regimes g[2] = {measure(WeightFormat::kBF16, l2_kib << 10, dram_mib << 20),
                         measure(WeightFormat::kQ8_0, l2_kib << 10, dram_mib << 20)};
         const bool ok = write(fd[1], g, sizeof(g)) == static_cast<ssize_t>(sizeof(g));
