@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -36,6 +37,10 @@ def test_info_reports_build_and_machine():
     assert data["cpu_isa_reason"]
     assert data["threads"] >= 1
     assert data["cpu_isa"] in data["cpu_variants_built"]
+    # the runtime's Q8_0 host rows follow the variant (HYBRID_MOE_Q8_ROWS16=auto, unset in tests)
+    if "HYBRID_MOE_Q8_ROWS16" not in os.environ:
+        want = "gguf" if data["cpu_isa"] == "generic" else "q8_rows16"
+        assert data["q8_0_host_packing"] == want
     if data["cuda_available"]:
         assert data["gpus"] and data["gpus"][0]["total_memory"] > 0
     else:

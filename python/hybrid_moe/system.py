@@ -61,6 +61,8 @@ def info() -> dict[str, Any]:
         + (["amx"] if native.amx_built else []),
         "cpu_isa": isa["isa"],
         "cpu_isa_reason": isa["reason"],
+        # how a runtime keeps Q8_0 experts on the host (HYBRID_MOE_Q8_ROWS16)
+        "q8_0_host_packing": str(native.cpu_host_row_packing("q8_0")),
         "threads": default_threads(),
         "physical_cores": int(native.physical_cores()),
         "logical_cpus": os.cpu_count(),

@@ -42,6 +42,7 @@ def run(args) -> int:
     table.add_row("CPU features", " ".join(flags) or "none of interest")
     table.add_row("CPU variants built", ", ".join(data["cpu_variants_built"]))
     table.add_row("CPU ISA chosen", f"{data['cpu_isa']}: {data['cpu_isa_reason']}")
+    table.add_row("Q8_0 host rows", data["q8_0_host_packing"])
     table.add_row(
         "threads",
         f"{data['threads']} (physical cores {data['physical_cores']}, "
