@@ -13,6 +13,7 @@
 #include "core/weight_format.h"
 #include "cpu/dram_read.h"
 #include "cpu/moe_cpu.h"
+#include "cpu/pool_trace.h"
 #include "cpu/thread_pool.h"
 
 namespace py = pybind11;
@@ -98,6 +99,35 @@ HM_BINDINGS(cpu) {
       },
       py::arg("threads") = 0, "Size and pinning of the shared CPU pool with this thread count.");
   m.def("cpu_default_threads", &hm::cpu::default_threads);
+  m.def("cpu_pool_tracing", &hm::cpu::set_pool_tracing, py::arg("on"),
+        "Turns the per-item record of pool jobs on or off (cpu/pool_trace.h).");
+  m.def(
+      "cpu_last_pool_trace",
+      [] {
+        const hm::cpu::PoolTrace t = hm::cpu::last_pool_trace();
+        const auto n = static_cast<py::ssize_t>(t.items.size());
+        py::array_t<int64_t> items({n, static_cast<py::ssize_t>(6)});
+        auto v = items.mutable_unchecked<2>();
+        for (py::ssize_t i = 0; i < n; ++i) {
+          const auto& it = t.items[i];
+          v(i, 0) = it.worker;
+          v(i, 1) = it.phase;
+          v(i, 2) = it.item;
+          v(i, 3) = it.take_ns;
+          v(i, 4) = it.ready_ns;
+          v(i, 5) = it.end_ns;
+        }
+        py::dict d;
+        d["submit_ns"] = t.submit_ns;
+        d["finish_ns"] = t.finish_ns;
+        d["workers"] = t.workers;
+        d["phase_items"] = t.phase_items;
+        d["items"] = items;
+        return d;
+      },
+      "The most recently finished traced job: submit_ns, finish_ns (CLOCK_MONOTONIC, as "
+      "time.perf_counter_ns), workers, phase_items and items [n, 6] int64 rows of (worker, phase, "
+      "item, take_ns, ready_ns, end_ns), worker -1 = a helping caller thread.");
   m.def(
       "cpu_host_row_packing",
       [](const std::string& fmt) {

@@ -116,6 +116,21 @@ inline void prefetch_rows_l2(const uint8_t* w, std::size_t stride, int64_t rows)
   for (const uint8_t* p = w; p < end; p += 64) __builtin_prefetch(p, 0, 2);
 }
 
+// HYBRID_MOE_DATAFLOW=auto|0|1: phase 2 as per-expert items that wait only for their own
+// expert's phase 1 (see moe_cpu.h). auto (default): when the call has two or more expert groups
+// and none is large enough for the AMX tiles (decode-sized calls).
+int dataflow_setting() {  // -1 auto, 0 off, 1 on
+  static const int v = [] {
+    const char* e = std::getenv("HYBRID_MOE_DATAFLOW");
+    const std::string s = e ? e : "";
+    if (s.empty() || s == "auto") return -1;
+    HM_CHECK(s == "0" || s == "1", "environment variable HYBRID_MOE_DATAFLOW='", s,
+             "': expected auto, 0 or 1");
+    return s == "1" ? 1 : 0;
+  }();
+  return v;
+}
+
 // HYBRID_MOE_BARRIER_WARM=0 turns the barrier-time weight prefetch off (for measurements).
 bool barrier_warm_enabled() {
   static const bool on = [] {
@@ -179,6 +194,22 @@ class MoeJob final : public Job {
     n_items1_ = static_cast<int64_t>(groups_.size()) * blocks1;
     blocks1_ = blocks1;
     n_items2_ = groups_.empty() ? 0 : (L.hidden + rows_.phase2 - 1) / rows_.phase2;
+    const int df = dataflow_setting();
+    dataflow_ = df == 1 ? !groups_.empty() : df == -1 && groups_.size() >= 2 && !any_tile_group;
+    if (dataflow_) {
+      // Items = (expert group, rows_df rows of H): 4 x the barrier mode's rows, because each item
+      // now reads one expert's rows instead of every expert's (a contiguous 52 KiB at Q8_0, T=1).
+      rows_df_ = 4 * rows_.phase2;
+      n_blocks2_ = (L.hidden + rows_df_ - 1) / rows_df_;
+      n_items2_ = static_cast<int64_t>(groups_.size()) * n_blocks2_;
+      part_off_ = off;  // per slot a row of H floats: an item's down output before the reduction
+      off += align_up(static_cast<std::size_t>(a.n_assignments) * L.hidden * sizeof(float),
+                      kScratchAlign);
+      gate_up_done_ = std::vector<std::atomic<int32_t>>(groups_.size());
+      block_done_ = std::vector<std::atomic<int32_t>>(n_blocks2_);
+      for (auto& c : gate_up_done_) c.store(0, std::memory_order_relaxed);
+      for (auto& c : block_done_) c.store(0, std::memory_order_relaxed);
+    }
     if (!groups_.empty()) scratch_ = ScratchCache::instance().acquire(off);
   }
   ~MoeJob() override {
@@ -194,8 +225,19 @@ class MoeJob final : public Job {
       pack_inputs(groups_[pack_groups_[item]]);
     else if (p == 1)
       gate_up(groups_[item / blocks1_], item % blocks1_);
+    else if (dataflow_)
+      down_one(item / n_blocks2_, item % n_blocks2_);
     else
       down(item);
+  }
+  // Dataflow: a phase-2 item waits for its own expert group's phase-1 items only. Tickets run
+  // phase-major, so by then every phase-1 item is taken; the groups that ended first go first.
+  bool barrier(int p) const override { return !(dataflow_ && p == 2); }
+  bool ready(int p, int64_t item) const override {
+    return p != 2 || gate_up_done_[item / n_blocks2_].load(std::memory_order_acquire) == blocks1_;
+  }
+  void item_done(int p, int64_t item) noexcept override {
+    if (dataflow_ && p == 1) gate_up_done_[item / blocks1_].fetch_add(1, std::memory_order_release);
   }
   // At a phase barrier: one weight row of the item per step into L2 (weights are read-only, so
   // this is safe before the earlier phase ends). Phase 1: the item's gate rows, then its up rows;
@@ -213,6 +255,11 @@ class MoeJob final : public Job {
       len = row_bytes(L.format, L.hidden);
       row = args_.experts[g.expert] + (step < rows ? L.gate_offset : L.up_offset) +
             (r0 + step % rows) * len;
+    } else if (p == 2 && dataflow_) {
+      const int64_t r0 = (item % n_blocks2_) * rows_df_, rows = std::min(rows_df_, L.hidden - r0);
+      if (step >= rows) return false;
+      len = row_bytes(L.format, L.intermediate);
+      row = args_.experts[groups_[item / n_blocks2_].expert] + L.down_offset + (r0 + step) * len;
     } else if (p == 2) {
       const int64_t r0 = item * rows_.phase2, rows = std::min(rows_.phase2, L.hidden - r0);
       if (step >= rows * static_cast<int64_t>(groups_.size())) return false;
@@ -303,6 +350,36 @@ class MoeJob final : public Job {
     }
   }
 
+  // Dataflow phase 2: group gi's down rows [r0, r0 + rows_df_) into its slots' partial rows; the
+  // item that completes a row block adds every group's partial rows to out, groups in order, as
+  // down() does (same operations in the same order: the result does not depend on the mode).
+  void down_one(int64_t gi, int64_t block) {
+    const auto& L = args_.layout;
+    const Group& g = groups_[gi];
+    const int64_t r0 = block * rows_df_, rows = std::min(rows_df_, L.hidden - r0);
+    const std::size_t stride = row_bytes(L.format, L.intermediate);
+    const uint8_t* w = args_.experts[g.expert] + L.down_offset + r0 * stride;
+    prefetch_rows(w, stride, std::min<int64_t>(rows, 4),
+                  std::min<std::size_t>(prefetch_bytes(), stride));
+    thread_local std::vector<float> y;
+    y.resize(static_cast<std::size_t>(g.n_tok) * rows);
+    dot(w, stride, rows, L.intermediate, scratch() + g.h_off, g.n_tok, y.data(), rows);
+    for (int t = 0; t < g.n_tok; ++t)
+      std::copy_n(y.data() + t * rows, rows, partial(g.slot0 + t) + r0);
+    const auto n_groups = static_cast<int32_t>(groups_.size());
+    if (block_done_[block].fetch_add(1, std::memory_order_acq_rel) + 1 != n_groups) return;
+    for (const Group& gr : groups_)
+      for (int t = 0; t < gr.n_tok; ++t) {
+        const float wt = slot_weight_[gr.slot0 + t];
+        float* o = args_.out + slot_token_[gr.slot0 + t] * L.hidden + r0;
+        const float* yt = partial(gr.slot0 + t) + r0;
+        for (int64_t j = 0; j < rows; ++j) o[j] += wt * yt[j];
+      }
+  }
+  float* partial(int64_t slot) const {
+    return reinterpret_cast<float*>(scratch() + part_off_) + slot * args_.layout.hidden;
+  }
+
   MoeLayerArgs args_;
   const KernelOps& ops_;
   std::vector<const uint8_t*> experts_;
@@ -312,6 +389,11 @@ class MoeJob final : public Job {
   std::vector<int32_t> pack_groups_;  // groups whose input phase 0 packs (the others share one)
   ItemRows rows_;
   int64_t blocks1_ = 1, n_items1_ = 0, n_items2_ = 0;
+  bool dataflow_ = false;
+  int64_t rows_df_ = 0, n_blocks2_ = 0;  // dataflow phase 2: rows per item, row blocks of H
+  std::size_t part_off_ = 0;             // dataflow: partial down rows [n_assignments][H] fp32
+  std::vector<std::atomic<int32_t>> gate_up_done_;  // per group: phase-1 items ended
+  std::vector<std::atomic<int32_t>> block_done_;    // per row block: groups whose item ended
   std::pair<ScratchCache::Buffer, std::size_t> scratch_;
 };
 
@@ -409,6 +491,7 @@ JobHandle submit_moe_layer(ThreadPool& pool, const MoeLayerArgs& args, Isa isa) 
   row_order();
   amx_kernel();
   item_rows_setting();
+  dataflow_setting();
   return pool.submit(std::make_shared<MoeJob>(args, kernel_ops(isa)));
 }
 

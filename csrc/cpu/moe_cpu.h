@@ -12,6 +12,11 @@
 //   phase 2: items = 16 rows of H: the down rows of every expert for those output rows, scaled by
 //            the router weight and added to out; each item owns its rows of out, so no atomics.
 //   (HYBRID_MOE_ITEM_ROWS=R1,R2 changes the 32 / 16 for measurements.)
+//   Dataflow variant of phase 2 (HYBRID_MOE_DATAFLOW=auto|0|1; auto: two or more expert groups,
+//   none AMX-sized, i.e. decode): items = (expert group, 64 rows of H), each waiting only for its
+//   own expert's phase 1, so no core idles at the phase-1 barrier while others finish; an item
+//   writes its rows to a per-assignment partial buffer, and the item that completes a row block
+//   adds the groups' partials to out in group order (the same sums as above, so the same bits).
 // A worker that takes an item of phase 1 or 2 before the previous phase has ended prefetches the
 // item's weight rows into L2 while it waits (Job::warm), so the barriers' idle time streams DRAM.
 // Scratch (packed activations, 2 x T x k x (H + I) bytes for bf16) comes from a small reused cache.

@@ -66,6 +66,9 @@ bool pin_to(std::thread& t, int cpu) {
 #endif
 }
 
+// Index of the pool worker running on this thread (-1: not a worker), for the trace.
+thread_local int tl_worker_index = -1;
+
 }  // namespace
 
 int default_threads() {
@@ -165,6 +168,13 @@ JobHandle ThreadPool::submit(std::shared_ptr<Job> job) {
     job->phase_end_[p] = total;
   }
   job->total_ = total;
+  if (pool_tracing() && total > 0) {
+    job->trace_ = std::make_unique<PoolTrace>();
+    job->trace_->submit_ns = monotonic_ns();
+    job->trace_->workers = size();
+    for (int p = 0; p < phases; ++p) job->trace_->phase_items.push_back(job->items(p));
+    job->trace_->items.resize(static_cast<std::size_t>(total));
+  }
   if (total == 0) {
     job->finished_.store(true, std::memory_order_release);
     return JobHandle(std::move(job));
@@ -205,7 +215,8 @@ std::shared_ptr<Job> ThreadPool::next_job(uint64_t last_id) {
   return nullptr;
 }
 
-void ThreadPool::worker_loop(int) {
+void ThreadPool::worker_loop(int index) {
+  tl_worker_index = index;
   uint64_t last_id = 0;
   for (;;) {
     std::shared_ptr<Job> job;
@@ -238,49 +249,62 @@ void ThreadPool::worker_loop(int) {
 }
 
 void ThreadPool::work_on(Job& job) {
+  const auto record_error = [&job] {
+    std::lock_guard<std::mutex> lk(job.m_);
+    if (!job.error_) job.error_ = std::current_exception();
+    job.failed_.store(true, std::memory_order_relaxed);
+  };
   for (;;) {
     const int64_t ticket = job.next_.fetch_add(1, std::memory_order_relaxed);
     if (ticket >= job.total_) return;
     int p = 0;
     while (ticket >= job.phase_end_[p]) ++p;
     const int64_t start = p > 0 ? job.phase_end_[p - 1] : 0;
+    const int64_t item = ticket - start;
+    PoolTraceItem* trace = job.trace_ ? &job.trace_->items[ticket] : nullptr;
+    if (trace) *trace = {tl_worker_index, p, item, monotonic_ns(), 0, 0};
     // Phase barrier: tickets are handed out in order, so waiting for the count of finished items
-    // to reach this phase's start waits exactly for all earlier phases. Before spinning, the
-    // item warms up step by step for as long as the barrier holds.
-    if (job.done_.load(std::memory_order_acquire) < start &&
-        !job.failed_.load(std::memory_order_relaxed)) {
+    // to reach this phase's start waits exactly for all earlier phases. A dataflow phase asks the
+    // job instead. Before spinning, the item warms up step by step for as long as it must wait.
+    const bool barrier = job.barrier(p);
+    const auto cleared = [&] {
+      return barrier ? job.done_.load(std::memory_order_acquire) >= start : job.ready(p, item);
+    };
+    if (!cleared() && !job.failed_.load(std::memory_order_relaxed)) {
       try {
-        for (int64_t s = 0;
-             job.done_.load(std::memory_order_acquire) < start && job.warm(p, ticket - start, s);
-             ++s) {
+        for (int64_t s = 0; !cleared() && job.warm(p, item, s); ++s) {
         }
       } catch (...) {
-        std::lock_guard<std::mutex> lk(job.m_);
-        if (!job.error_) job.error_ = std::current_exception();
-        job.failed_.store(true, std::memory_order_relaxed);
+        record_error();
       }
     }
-    for (int spins = 0; job.done_.load(std::memory_order_acquire) < start; ++spins) {
+    for (int spins = 0; !cleared(); ++spins) {
       if (spins < 4096) {
         HM_PAUSE();
       } else {
         std::this_thread::yield();
       }
     }
+    if (trace) trace->ready_ns = monotonic_ns();
     if (!job.failed_.load(std::memory_order_relaxed)) {
       try {
-        job.run(p, ticket - start);
+        job.run(p, item);
       } catch (...) {
-        std::lock_guard<std::mutex> lk(job.m_);
-        if (!job.error_) job.error_ = std::current_exception();
-        job.failed_.store(true, std::memory_order_relaxed);
+        record_error();
       }
     }
+    if (trace) trace->end_ns = monotonic_ns();  // before item_done: dependants start after it
+    job.item_done(p, item);
     if (job.done_.fetch_add(1, std::memory_order_acq_rel) + 1 == job.total_) finish(job);
   }
 }
 
 void ThreadPool::finish(Job& job) {
+  if (job.trace_) {
+    job.trace_->finish_ns = monotonic_ns();
+    keep_pool_trace(std::move(*job.trace_));
+    job.trace_.reset();
+  }
   {
     std::lock_guard<QueueLock> lk(queue_lock_);
     for (auto it = queue_.begin(); it != queue_.end(); ++it)

@@ -4,7 +4,10 @@
 // take items from one global ticket counter, so phases run in order with an implicit barrier: a
 // ticket of phase p+1 waits until every item of phase p has finished (done counter). This gives
 // "all gate/up rows of all experts, barrier, all down rows" without a second synchronisation tool.
-// While it waits at a barrier, a worker lets its item warm up (Job::warm: e.g. prefetch weights).
+// A job that knows finer dependencies replaces a phase's barrier by its own per-item readiness
+// (Job::barrier / ready / item_done: dataflow, e.g. one expert's down rows after that expert's
+// gate/up rows only). While it waits, a worker lets its item warm up (Job::warm: prefetch weights).
+// cpu/pool_trace.h records where a job's time goes when tracing is on.
 //
 // - Workers are created once, spin briefly (HYBRID_MOE_SPIN_US, default 100 us) when idle, then
 //   sleep on a condition variable; they are pinned one per physical core when Linux allows it.
@@ -27,6 +30,8 @@
 #include <thread>
 #include <vector>
 
+#include "cpu/pool_trace.h"
+
 namespace hm::cpu {
 
 // Work of one job. items(p) is fixed when the job is submitted; run(p, i) may throw.
@@ -42,6 +47,16 @@ class Job {
   // CPU MoE layer prefetches its weight rows into L2), so barrier time streams DRAM instead of
   // idling. May throw like run().
   virtual bool warm(int /*phase*/, int64_t /*item*/, int64_t /*step*/) { return false; }
+  // Dependencies. By default an item of phase p starts once every item of the earlier phases has
+  // ended (barrier(p) true). For a phase whose barrier(p) is false the pool polls ready(p, item)
+  // instead (warm() runs meanwhile), and it calls item_done(p, item) after every item of every
+  // phase, run or skipped after a failure, so a job's own counters always complete. ready() may
+  // depend only on items of lower tickets (earlier phases, or earlier items of its phase): tickets
+  // are taken in order, so those are held by running threads and end; nothing deadlocks.
+  // item_done must not throw.
+  virtual bool barrier(int /*phase*/) const { return true; }
+  virtual bool ready(int /*phase*/, int64_t /*item*/) const { return true; }
+  virtual void item_done(int /*phase*/, int64_t /*item*/) noexcept {}
 
  private:
   friend class ThreadPool;
@@ -57,6 +72,7 @@ class Job {
   std::mutex m_;
   std::condition_variable cv_;
   std::atomic<bool> finished_{false};
+  std::unique_ptr<PoolTrace> trace_;  // set at submit while pool tracing is on
 };
 
 // Returned by submit(): wait() blocks until the job has finished and rethrows its first error.

@@ -1,5 +1,6 @@
 // Thread pool: every item runs once, phases are ordered (barrier), exceptions reach wait(),
 // submit is non-blocking and jobs are freed when done.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -196,4 +197,78 @@ HM_TEST(thread_pool_hand_off_survives_sleep_and_concurrent_submitters) {
     for (auto& t : submitters) t.join();
     HM_EXPECT(bad.load() == 0);
   }
+}
+
+namespace {
+
+// Phase 1 is dataflow: phase-1 item i depends on the phase-0 items of group dep(i) only, where
+// phase-1 items 0-3 depend on group 1 and items 4-7 on group 0. Group 0's phase-0 items are slow
+// (20 ms); the workers that finish group 1's phase 0 must run items 0-3 meanwhile.
+struct DataflowJob final : hm::cpu::Job {
+  static constexpr int64_t kGroups = 2, kPer = 4;
+  std::atomic<int32_t> done0[kGroups] = {};
+  std::atomic<int> early{0}, overtook{0}, ran{0};
+  int64_t throw_at = -1;
+  int phases() const override { return 2; }
+  int64_t items(int) const override { return kGroups * kPer; }
+  bool barrier(int p) const override { return p != 1; }
+  bool ready(int p, int64_t i) const override {
+    return p != 1 || done0[dep(i)].load(std::memory_order_acquire) == kPer;
+  }
+  static int64_t dep(int64_t i) { return 1 - i / kPer; }
+  void item_done(int p, int64_t i) noexcept override {
+    if (p == 0) done0[i / kPer].fetch_add(1, std::memory_order_release);
+  }
+  void run(int p, int64_t i) override {
+    ran++;
+    if (p == 0) {
+      if (i == throw_at) throw std::runtime_error("item failed");
+      if (i / kPer == 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      return;
+    }
+    if (done0[dep(i)].load() != kPer) early++;
+    if (dep(i) == 1 && done0[0].load() != kPer) overtook++;
+  }
+};
+
+}  // namespace
+
+HM_TEST(thread_pool_dataflow_phase_waits_only_for_its_dependencies) {
+  hm::cpu::ThreadPool pool(6, false);
+  auto job = std::make_shared<DataflowJob>();
+  pool.run(job);
+  HM_EXPECT(job->ran.load() == 16);
+  HM_EXPECT(job->early.load() == 0);
+  HM_EXPECT(job->overtook.load() >= 1);  // a barrier would have held group 1 for group 0's 20 ms
+  // A failing dependency still completes the job's counters (item_done runs for skipped items).
+  auto failing = std::make_shared<DataflowJob>();
+  failing->throw_at = 1;
+  auto h = pool.submit(failing);
+  HM_EXPECT_THROWS(h.wait(), std::runtime_error);
+}
+
+HM_TEST(thread_pool_trace_records_every_item_in_order) {
+  hm::cpu::ThreadPool pool(3, false);
+  hm::cpu::set_pool_tracing(true);
+  auto job = std::make_shared<PhasedJob>(std::vector<int64_t>{7, 5});
+  const int64_t before = hm::cpu::monotonic_ns();
+  pool.run(job);
+  hm::cpu::set_pool_tracing(false);
+  const hm::cpu::PoolTrace t = hm::cpu::last_pool_trace();
+  HM_EXPECT(t.items.size() == 12 && t.workers == 3);
+  HM_EXPECT(t.phase_items.size() == 2 && t.phase_items[0] == 7 && t.phase_items[1] == 5);
+  HM_EXPECT(t.submit_ns >= before && t.finish_ns >= t.submit_ns);
+  int64_t last_phase0_end = 0;
+  for (std::size_t i = 0; i < t.items.size(); ++i) {
+    const auto& it = t.items[i];
+    HM_EXPECT(it.phase == (i < 7 ? 0 : 1) && it.item == (i < 7 ? int64_t(i) : int64_t(i) - 7));
+    HM_EXPECT(it.worker >= 0 && it.worker < 3);
+    HM_EXPECT(it.take_ns >= t.submit_ns && it.ready_ns >= it.take_ns && it.end_ns >= it.ready_ns);
+    HM_EXPECT(it.end_ns <= t.finish_ns);
+    if (it.phase == 0) last_phase0_end = std::max(last_phase0_end, it.end_ns);
+    if (it.phase == 1) HM_EXPECT(it.ready_ns >= last_phase0_end);  // the barrier, as recorded
+  }
+  // Off again: the next job leaves the last record alone.
+  pool.run(std::make_shared<PhasedJob>(std::vector<int64_t>{2, 2}));
+  HM_EXPECT(hm::cpu::last_pool_trace().items.size() == 12);
 }
