@@ -13,7 +13,9 @@ and, summed over the pool's workers between submit and finish (worker-us):
   dependencies (phase barrier, or their expert in dataflow mode; the wait includes warm-up
   prefetches);  idle   no item held (before the first ticket, after the last: the tails).
 Stream rate = bytes of the call's distinct experts / (finish - first).
-Compare modes with HYBRID_MOE_DATAFLOW=0|1 (each run is one mode: read once per process).
+Calls run back to back (arguments prepared first; the trace is fetched between calls, a few us).
+Compare modes with HYBRID_MOE_DATAFLOW=0|1 or HYBRID_MOE_CALLER_HELPS=0|1 (read once per
+process: one mode per run). Worker -1 in a trace is the calling thread (caller_pool).
 
     python bench/trace_cpu_layer.py --threads 16 --tokens 1,4 --formats q8_0r16,bf16
 """
@@ -38,8 +40,9 @@ from hybrid_moe._native import native
 from hybrid_moe.cpu_experts import available_isas
 
 
-def summarise(tr: dict, t0_ns: int, t1_ns: int) -> dict:
-    """One call's trace -> the fields of the module docstring (us / worker-us)."""
+def summarise(tr: dict, t0_ns: int, t1_ns: int, threads: int) -> dict:
+    """One call's trace -> the fields of the module docstring (us / worker-us); threads: the
+    pool's workers plus the caller when it computes."""
     items, sub, fin = tr["items"], tr["submit_ns"], tr["finish_ns"]
     us = lambda ns: ns / 1e3  # noqa: E731
     row = {
@@ -57,7 +60,7 @@ def summarise(tr: dict, t0_ns: int, t1_ns: int) -> dict:
         row[f"busy_p{p}"] = us((it[:, 5] - it[:, 4]).sum())
         row[f"wait_p{p}"] = us((it[:, 4] - it[:, 3]).sum())
         held += row[f"busy_p{p}"] + row[f"wait_p{p}"]
-    row["idle"] = tr["workers"] * us(fin - sub) - held
+    row["idle"] = threads * us(fin - sub) - held
     row["items"] = len(items)
     return row
 
@@ -93,7 +96,12 @@ def main() -> None:
             stores["q8_0r16"] = [s.with_packing("q8_rows16") for s in q8]
     mode = os.environ.get("HYBRID_MOE_DATAFLOW", "auto")
     out = {"threads": a.threads, "dataflow": mode, "calls": a.calls, "rows": []}
-    print(f"threads {a.threads}, HYBRID_MOE_DATAFLOW={mode}; medians over {a.calls} calls, us")
+    pool = dict(native.cpu_pool_info(a.threads))
+    out["pool"] = pool
+    print(
+        f"threads {a.threads} ({pool['workers']} workers, caller helps {pool['caller_helps']}), "
+        f"HYBRID_MOE_DATAFLOW={mode}; medians over {a.calls} calls, us"
+    )
     cols = ["submit", "first", "p0_end", "p1_end", "p2_end", "finish", "return"]
     cols += ["busy_p1", "wait_p1", "busy_p2", "wait_p2", "idle"]
     print(f"{'fmt':8} {'isa':6} {'T':>3} " + " ".join(f"{c:>8}" for c in cols) + "   GB/s")
@@ -103,27 +111,37 @@ def main() -> None:
         ebytes = lst[0].layout["weight_bytes"]
         for isa in isas:
             for T in [int(t) for t in a.tokens.split(",")]:
-                rows = []
+                calls = []  # arguments first, so that the calls run back to back as in a model
                 for c in range(a.calls + 3):
                     ids, w = routing(T, E, k, 7000 * T + c)
-                    x = torch.randn(T, H)
-                    o = torch.zeros(T, H)
-                    tok = np.repeat(np.arange(T, dtype=np.int32), k)
-                    eid = ids.to(torch.int32).reshape(-1).numpy()
-                    wf = w.to(torch.float32).reshape(-1).contiguous().numpy()
                     st = lst[c % L]
-                    native.cpu_pool_tracing(True)
+                    calls.append(
+                        (
+                            (st.fmt, H, I, ptrs[c % L], torch.randn(T, H), T),
+                            np.repeat(np.arange(T, dtype=np.int32), k),
+                            ids.to(torch.int32).reshape(-1).numpy(),
+                            w.to(torch.float32).reshape(-1).contiguous().numpy(),
+                            torch.zeros(T, H),
+                            st.packing,
+                            len(ids.unique()),
+                        )
+                    )
+                raw = []
+                native.cpu_pool_tracing(True)
+                for (fmt_, h, i_, p, x, t), tok, eid, wf, o, packing, distinct in calls:
                     t0 = time.perf_counter_ns()
                     native.cpu_moe_layer(
-                        st.fmt, H, I, ptrs[c % L], x.data_ptr(), T, tok, eid, wf,
-                        o.data_ptr(), a.threads, isa, st.packing,
+                        fmt_, h, i_, p, x.data_ptr(), t, tok, eid, wf, o.data_ptr(),
+                        a.threads, isa, packing,
                     )  # fmt: skip
                     t1 = time.perf_counter_ns()
-                    native.cpu_pool_tracing(False)
-                    if c >= 3:  # the first calls warm the pool and the scratch cache
-                        r = summarise(native.cpu_last_pool_trace(), t0, t1)
-                        r["gbs"] = len(ids.unique()) * ebytes / (r["finish"] - r["first"]) / 1e3
-                        rows.append(r)
+                    raw.append((native.cpu_last_pool_trace(), t0, t1, distinct))
+                native.cpu_pool_tracing(False)
+                rows = []
+                for tr, t0, t1, distinct in raw[3:]:  # the first calls warm pool and scratch
+                    r = summarise(tr, t0, t1, pool["threads"])
+                    r["gbs"] = distinct * ebytes / (r["finish"] - r["first"]) / 1e3
+                    rows.append(r)
                 med = {key: statistics.median(r.get(key, 0.0) for r in rows) for key in rows[0]}
                 med.update(fmt=fmt, isa=isa, T=T)
                 out["rows"].append(med)

@@ -57,16 +57,17 @@ HM_BINDINGS(cpu) {
         a.out = reinterpret_cast<float*>(out_ptr);
         const hm::cpu::Isa chosen =
             isa.empty() ? hm::cpu::current_isa().isa : hm::cpu::parse_isa(isa);
-        auto& pool = hm::cpu::shared_pool(threads);
+        const hm::cpu::CallerPool cp = hm::cpu::caller_pool(threads);
         py::gil_scoped_release release;
-        hm::cpu::run_moe_layer(pool, a, chosen);
+        hm::cpu::run_moe_layer(*cp.pool, a, chosen, cp.caller_helps);
       },
       py::arg("fmt"), py::arg("hidden"), py::arg("intermediate"), py::arg("expert_ptrs"),
       py::arg("x_ptr"), py::arg("tokens"), py::arg("token_idx"), py::arg("expert_idx"),
       py::arg("weights"), py::arg("out_ptr"), py::arg("threads") = 0, py::arg("isa") = "",
       py::arg("packing") = "gguf",
       "out[t] += w * down(silu(gate(x_t)) * up(x_t)) for each assignment (raw host pointers; "
-      "x, out: fp32 [tokens, hidden]). Blocks; releases the GIL.");
+      "x, out: fp32 [tokens, hidden]). Blocks; releases the GIL; computes on `threads` threads: "
+      "the caller and threads - 1 pool workers (cpu/thread_pool.h caller_pool).");
 
   m.def(
       "repack_experts",
@@ -91,13 +92,17 @@ HM_BINDINGS(cpu) {
   m.def(
       "cpu_pool_info",
       [](int threads) {
-        auto& pool = hm::cpu::shared_pool(threads);
+        const hm::cpu::CallerPool cp = hm::cpu::caller_pool(threads);
         py::dict d;
-        d["threads"] = pool.size();
-        d["pinned"] = pool.pinned();
+        d["threads"] = cp.pool->size() + (cp.caller_helps ? 1 : 0);
+        d["workers"] = cp.pool->size();
+        d["caller_helps"] = cp.caller_helps;
+        d["pinned"] = cp.pool->pinned();
         return d;
       },
-      py::arg("threads") = 0, "Size and pinning of the shared CPU pool with this thread count.");
+      py::arg("threads") = 0,
+      "How a blocking call on `threads` threads (cpu_moe_layer) computes: threads in all, pool "
+      "workers, whether the caller computes beside them, whether the workers are pinned.");
   m.def("cpu_default_threads", &hm::cpu::default_threads);
   m.def("cpu_pool_tracing", &hm::cpu::set_pool_tracing, py::arg("on"),
         "Turns the per-item record of pool jobs on or off (cpu/pool_trace.h).");

@@ -528,12 +528,14 @@ RowPacking host_row_packing(WeightFormat f) {
   return setting == 1 || simd ? RowPacking::kQ8Rows16 : RowPacking::kGguf;
 }
 
-void run_moe_layer(ThreadPool& pool, const MoeLayerArgs& args, Isa isa) {
-  submit_moe_layer(pool, args, isa).wait();
+void run_moe_layer(ThreadPool& pool, const MoeLayerArgs& args, Isa isa, bool caller_helps) {
+  JobHandle h = submit_moe_layer(pool, args, isa);
+  if (caller_helps) h.help();
+  h.wait();
 }
 
-void run_moe_layer(ThreadPool& pool, const MoeLayerArgs& args) {
-  submit_moe_layer(pool, args).wait();
+void run_moe_layer(ThreadPool& pool, const MoeLayerArgs& args, bool caller_helps) {
+  run_moe_layer(pool, args, current_isa().isa, caller_helps);
 }
 
 }  // namespace hm::cpu

@@ -90,8 +90,9 @@ class ExpertWarm {
 ExpertWarm submit_expert_warm(ThreadPool& pool, const ExpertLayout& layout,
                               const uint8_t* const* experts, int64_t n_experts);
 
-// Blocking form: submit + wait.
-void run_moe_layer(ThreadPool& pool, const MoeLayerArgs& args);
-void run_moe_layer(ThreadPool& pool, const MoeLayerArgs& args, Isa isa);
+// Blocking form: submit, then (caller_helps) compute items on the calling thread beside the
+// pool's workers (see caller_pool in thread_pool.h), then wait.
+void run_moe_layer(ThreadPool& pool, const MoeLayerArgs& args, bool caller_helps = false);
+void run_moe_layer(ThreadPool& pool, const MoeLayerArgs& args, Isa isa, bool caller_helps = false);
 
 }  // namespace hm::cpu

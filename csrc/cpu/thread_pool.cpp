@@ -331,4 +331,18 @@ ThreadPool& shared_pool(int threads) {
   return *p;
 }
 
+CallerPool caller_pool(int threads) {
+  static const bool helps = [] {
+    const char* v = std::getenv("HYBRID_MOE_CALLER_HELPS");
+    const std::string s = v ? v : "";
+    HM_CHECK(s.empty() || s == "0" || s == "1", "environment variable HYBRID_MOE_CALLER_HELPS='",
+             s, "': expected 0 or 1");
+    return s != "0";
+  }();
+  if (threads <= 0) threads = default_threads();
+  HM_CHECK(threads <= 1024, "threads must be in [1, 1024], got ", threads);
+  if (helps && threads >= 2) return {&shared_pool(threads - 1), true};
+  return {&shared_pool(threads), false};
+}
+
 }  // namespace hm::cpu

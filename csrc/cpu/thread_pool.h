@@ -155,4 +155,16 @@ int default_threads();
 // One process-wide pool per thread count, created on first use (the Python face uses these).
 ThreadPool& shared_pool(int threads = 0);
 
+// For a blocking call on `threads` computing threads (0: default_threads()), made from a thread
+// that would otherwise wait: with threads >= 2, a shared pool of threads - 1 workers and the
+// calling thread computing beside them (JobHandle::help); with threads == 1 (or
+// HYBRID_MOE_CALLER_HELPS=0, kept for measurements) a pool of `threads` workers and a caller that
+// waits. Why: on the lent 16-core Xeon, 16 pinned workers plus a waiting caller time-sliced one
+// core and paid a ~30-40 us wake-up of the caller at the join (bench/RESULTS.md, session 9).
+struct CallerPool {
+  ThreadPool* pool;
+  bool caller_helps;
+};
+CallerPool caller_pool(int threads = 0);
+
 }  // namespace hm::cpu

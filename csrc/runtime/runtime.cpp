@@ -49,7 +49,13 @@ Runtime::Runtime(const RuntimeOptions& opt)
     // workers on every core starved them (bench/RESULTS.md, decode timeline).
     threads = std::max(1, cpu::physical_cores() - 2);
   }
-  pool_ = &cpu::shared_pool(threads);
+  if (device_ >= 0) {
+    pool_ = &cpu::shared_pool(threads);  // forward_cpu's caller computes on a free core
+  } else {  // `threads` in all: the caller of forward_cpu and threads - 1 workers
+    const cpu::CallerPool cp = cpu::caller_pool(threads);
+    pool_ = cp.pool;
+    cpu_caller_helps_ = cp.caller_helps;
+  }
   if (opt.n_layers > 0) layers_.resize(static_cast<std::size_t>(opt.n_layers));
   if (device_ >= 0) init_gpu();
 }
@@ -495,7 +501,7 @@ void Runtime::forward_cpu(int layer, int64_t T, const float* x, const int32_t* i
       a.n_assignments = static_cast<int64_t>(c.out.cpu.size());
       a.out = out;
       const auto t = Clock::now();
-      cpu::run_moe_layer(*pool_, a);
+      cpu::run_moe_layer(*pool_, a, cpu_caller_helps_);
       us = us_between(t, Clock::now());
     }
   } catch (...) {

@@ -17,7 +17,7 @@
 // directly (no second host copy); otherwise layers are staged and copied in at start().
 //
 // Paths:
-//   forward_cpu   CPU tensors: plan, CPU kernel on the pool, wait. Every expert on the CPU.
+//   forward_cpu   CPU tensors: plan, CPU kernel on the pool with the caller computing too, wait.
 //   forward_cuda  T <= decode_max_tokens: the stream-ordered decode sequence on the caller's stream
 //                 (stage inputs to mapped memory -> planner (doorbells, runtime_planner.cpp) or
 //                 host fn plans -> decode kernel on the mapped plan -> join -> out = GPU sum + CPU
@@ -235,6 +235,7 @@ class Runtime {
   bool have_layout_ = false;
   ExpertLayout layout_;
   cpu::ThreadPool* pool_ = nullptr;
+  bool cpu_caller_helps_ = true;  // forward_cpu's thread computes beside the pool's workers
   std::vector<std::unique_ptr<LayerCtx>> layers_;
 
   mutable std::mutex mu_;  // the decision engine, stats and plans (host functions + Python thread)

@@ -1,0 +1,63 @@
+"""Blocking CPU calls compute on the caller's thread too (cpu/thread_pool.h caller_pool): a call on
+`threads` threads uses threads - 1 pool workers plus the caller, so it never runs more threads
+than asked (a waiting caller beside a full pool time-sliced a core on the lent Xeon)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import torch
+
+from hybrid_moe._native import native
+from hybrid_moe.cpu_experts import CpuExpertStore, reference_layer, run_layer
+
+
+def test_threads_count_the_caller():
+    four = dict(native.cpu_pool_info(4))
+    assert four["threads"] == 4 and four["workers"] == 3 and four["caller_helps"]
+    one = dict(native.cpu_pool_info(1))  # one thread: one worker, the caller waits
+    assert one["threads"] == 1 and one["workers"] == 1 and not one["caller_helps"]
+
+
+def test_the_caller_computes_items_and_results_stay_right():
+    H, I, E = 256, 96, 4
+    g = torch.Generator().manual_seed(2)
+    mk = lambda *s: torch.randn(*s, generator=g) * 0.05  # noqa: E731
+    store = CpuExpertStore.from_tensors(mk(E, I, H), mk(E, I, H), mk(E, H, I), fmt="bf16")
+    x, ids = torch.randn(3, H, generator=g), torch.tensor([[0, 1], [2, 3], [1, 2]])
+    w = torch.rand(3, 2, generator=g) + 0.1
+    native.cpu_pool_tracing(True)
+    try:
+        out = run_layer(store, x, ids, w, threads=2, isa="generic")
+    finally:
+        native.cpu_pool_tracing(False)
+    items = native.cpu_last_pool_trace()["items"]
+    assert (items[:, 0] == -1).any()  # the caller's thread took items (1 worker + the caller)
+    ref = reference_layer(*store.dequantized(), x, ids, w)
+    assert (out - ref).abs().max() <= 1e-4 * ref.abs().max()
+
+
+def _child(env: dict) -> subprocess.CompletedProcess:
+    code = (
+        "from hybrid_moe._native import native\n"
+        "try:\n"
+        "    print(dict(native.cpu_pool_info(4)))\n"
+        "except ValueError as e:\n"
+        "    print('ValueError:', e)\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_caller_helps_setting():
+    off = _child({"HYBRID_MOE_CALLER_HELPS": "0"})
+    assert "'workers': 4" in off.stdout and "'caller_helps': False" in off.stdout, off.stderr
+    bad = _child({"HYBRID_MOE_CALLER_HELPS": "yes"})
+    assert bad.stdout.startswith("ValueError:") and "HYBRID_MOE_CALLER_HELPS" in bad.stdout
