@@ -26,6 +26,7 @@
 #include "core/q8_rows16.h"
 #include "cpu/kernel_ops.h"
 #include "cpu/numeric.h"
+#include "cpu/quantize_q8_simd.h"
 
 namespace hm::cpu {
 namespace {
@@ -60,7 +61,14 @@ std::size_t avx2_packed_bytes(WeightFormat f, int n_tok, int64_t n) {
 
 void avx2_pack(WeightFormat f, int n_tok, int64_t n, int64_t k0, int64_t k1,
                const float* const* src, uint8_t* packed) {
-  if (f == WeightFormat::kQ8_0) return pack_q8_blocks(n_tok, n, k0, k1, src, packed);
+  if (f == WeightFormat::kQ8_0) {  // pack_q8_blocks's layout, vector quantiser
+    for (int t = 0; t < n_tok; ++t) {
+      auto* blocks = reinterpret_cast<QuantBlockQ8*>(packed) + t * (n / kQ8BlockSize);
+      for (int64_t k = k0; k < k1; k += kQ8BlockSize)
+        quantize_block_q8_avx2(src[t] + (k - k0), &blocks[k / kQ8BlockSize]);
+    }
+    return;
+  }
   for (int t = 0; t < n_tok; ++t) {
     float* dst = reinterpret_cast<float*>(packed) + t * act_stride(n);
     for (int64_t k = k0; k < k1; ++k) dst[bf16_slot(k, n)] = src[t][k - k0];

@@ -45,6 +45,7 @@
 #include "core/q8_rows16.h"
 #include "cpu/kernel_ops.h"
 #include "cpu/numeric.h"
+#include "cpu/quantize_q8_simd.h"
 
 namespace hm::cpu {
 namespace {
@@ -101,7 +102,7 @@ void avx_pack(WeightFormat f, int n_tok, int64_t n, int64_t k0, int64_t k1, cons
       for (int64_t k = k0; k < k1; k += kQ8BlockSize) {
         const int64_t b = k / kQ8BlockSize;
         QuantBlockQ8& blk = blocks[b];
-        quantize_block_q8(src[t] + (k - k0), &blk);
+        quantize_block_q8_avx512(src[t] + (k - k0), &blk);
         std::memcpy(s8 + k, blk.q, kQ8BlockSize);
         int sum = 0;
         for (int i = 0; i < kQ8BlockSize; ++i) sum += blk.q[i];

@@ -165,6 +165,40 @@ HM_TEST(cpu_kernels_q8_groups_match_reference_all_isas) {
           HM_EXPECT(check_dot_rows(isa, WeightFormat::kQ8_0, rows, n, n_tok, seed++, true));
 }
 
+// Every ISA's Q8_0 activation pack starts with the token-major QuantBlockQ8 array; the SIMD
+// quantisers must give the scalar quantize_block_q8's bytes exactly (ties of x / d at .5, a zero
+// block, blocks whose max is negative, sub-ranges [k0, k1) as phase 1 packs them).
+HM_TEST(cpu_kernels_q8_activation_pack_matches_scalar_all_isas) {
+  const int64_t n = 256, nb = n / hm::kQ8BlockSize;
+  std::mt19937 rng(77);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  for (int n_tok : {1, 3, 9}) {
+    std::vector<float> x(n_tok * n);
+    for (auto& v : x) v = nd(rng) * 3.f;
+    for (int i = 0; i < 32; ++i) x[32 + i] = 0.f;  // a zero block (d = 0)
+    for (int i = 0; i < 32; ++i) x[64 + i] = static_cast<float>(i - 16) + 0.5f;  // ties (d = 1)
+    x[64] = 127.f;
+    x[127] = -9.f;  // block 3's max magnitude is negative
+    std::vector<const float*> src(n_tok);
+    for (auto isa : runnable_isas()) {
+      const auto& ops = hm::cpu::kernel_ops(isa);
+      std::vector<uint8_t> packed(ops.packed_bytes(WeightFormat::kQ8_0, n_tok, n));
+      for (int t = 0; t < n_tok; ++t) src[t] = x.data() + t * n;
+      ops.pack(WeightFormat::kQ8_0, n_tok, n, 0, 96, src.data(), packed.data());
+      for (int t = 0; t < n_tok; ++t) src[t] = x.data() + t * n + 96;
+      ops.pack(WeightFormat::kQ8_0, n_tok, n, 96, n, src.data(), packed.data());
+      const auto* got = reinterpret_cast<const hm::cpu::QuantBlockQ8*>(packed.data());
+      for (int t = 0; t < n_tok; ++t)
+        for (int64_t b = 0; b < nb; ++b) {
+          hm::cpu::QuantBlockQ8 want;
+          hm::cpu::quantize_block_q8(x.data() + t * n + b * 32, &want);
+          const auto& g = got[t * nb + b];
+          HM_EXPECT(std::memcmp(&g.d, &want.d, 4) == 0 && std::memcmp(g.q, want.q, 32) == 0);
+        }
+    }
+  }
+}
+
 HM_TEST(cpu_kernels_q8_rows16_round_trip) {
   std::mt19937 rng(9);
   std::vector<uint8_t> w;
