@@ -22,21 +22,27 @@ def test_threads_count_the_caller():
 
 
 def test_the_caller_computes_items_and_results_stay_right():
-    H, I, E = 256, 96, 4
+    # Items long enough (generic code, 1024 x 384) that one pool worker cannot take them all
+    # before the caller's thread joins; a few calls in case the worker was faster once.
+    H, I, E = 1024, 384, 4
     g = torch.Generator().manual_seed(2)
     mk = lambda *s: torch.randn(*s, generator=g) * 0.05  # noqa: E731
     store = CpuExpertStore.from_tensors(mk(E, I, H), mk(E, I, H), mk(E, H, I), fmt="bf16")
     x, ids = torch.randn(3, H, generator=g), torch.tensor([[0, 1], [2, 3], [1, 2]])
     w = torch.rand(3, 2, generator=g) + 0.1
-    native.cpu_pool_tracing(True)
-    try:
-        out = run_layer(store, x, ids, w, threads=2, isa="generic")
-    finally:
-        native.cpu_pool_tracing(False)
-    items = native.cpu_last_pool_trace()["items"]
-    assert (items[:, 0] == -1).any()  # the caller's thread took items (1 worker + the caller)
     ref = reference_layer(*store.dequantized(), x, ids, w)
-    assert (out - ref).abs().max() <= 1e-4 * ref.abs().max()
+    by_caller = []
+    for _ in range(5):
+        native.cpu_pool_tracing(True)
+        try:
+            out = run_layer(store, x, ids, w, threads=2, isa="generic")
+        finally:
+            native.cpu_pool_tracing(False)
+        assert (out - ref).abs().max() <= 1e-4 * ref.abs().max()
+        by_caller.append(int((native.cpu_last_pool_trace()["items"][:, 0] == -1).sum()))
+        if by_caller[-1]:
+            break
+    assert max(by_caller) > 0, by_caller  # 1 worker + the caller's thread
 
 
 def _child(env: dict) -> subprocess.CompletedProcess:

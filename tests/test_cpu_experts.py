@@ -227,17 +227,19 @@ def test_tuning_settings_keep_results_exact(env):
         ("HYBRID_MOE_PREFETCH_LINES", "some", "bf16"),
         ("HYBRID_MOE_ITEM_ROWS", "32", "bf16"),
         ("HYBRID_MOE_Q8_KERNEL", "octo", "q8_0"),  # read by the Q8_0 code only
+        ("HYBRID_MOE_Q8_GROUP_PASS", "3", "q8_0r16"),  # read by the AVX512 group code
     ],
 )
 def test_bad_tuning_setting_is_a_value_error(var, value, fmt):
-    if var == "HYBRID_MOE_Q8_KERNEL" and "avx512" not in ISAS:
-        pytest.skip("HYBRID_MOE_Q8_KERNEL selects AVX512 code")
+    if var in ("HYBRID_MOE_Q8_KERNEL", "HYBRID_MOE_Q8_GROUP_PASS") and "avx512" not in ISAS:
+        pytest.skip(f"{var} selects AVX512 code")
     child = (
         "import torch\n"
         "from hybrid_moe.cpu_experts import CpuExpertStore, run_layer\n"
         "s = CpuExpertStore.from_tensors(*(torch.randn(2, 32, 64) for _ in range(2)), "
-        f"torch.randn(2, 64, 32), fmt='{fmt}')\n"
-        "try:\n"
+        f"torch.randn(2, 64, 32), fmt='{fmt.replace('r16', '')}')\n"
+        + ("s = s.with_packing('q8_rows16')\n" if fmt == "q8_0r16" else "")
+        + "try:\n"
         "    run_layer(s, torch.randn(1, 64), torch.tensor([[0]]), torch.ones(1, 1))\n"
         "except ValueError as e:\n"
         "    print('ValueError:', e)\n"
@@ -250,3 +252,42 @@ def test_bad_tuning_setting_is_a_value_error(var, value, fmt):
         timeout=120,
     )
     assert r.stdout.startswith("ValueError:") and var in r.stdout, r.stderr
+
+
+_GROUP_PASS_CHILD = """
+import sys, torch
+from hybrid_moe.cpu_experts import CpuExpertStore, available_isas, run_layer
+g = torch.Generator().manual_seed(8)
+mk = lambda *s: torch.randn(*s, generator=g) * 0.05
+H, I, E = 160, 96, 8  # 10 and 6 groups of 16 rows: pairs, and an odd group left over
+store = CpuExpertStore.from_tensors(mk(E, I, H), mk(E, I, H), mk(E, H, I), fmt="q8_0")
+store = store.with_packing("q8_rows16")
+outs = {}
+for T, k in ((1, 6), (2, 3)):  # single-token groups: the T=1 group code
+    x = torch.randn(T, H, generator=g)
+    ids = torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(T)])
+    w = torch.rand(T, k, generator=g) + 0.1
+    for isa in available_isas():
+        outs[(T, isa)] = run_layer(store, x, ids, w, threads=2, isa=isa)
+torch.save(outs, sys.argv[1])
+"""
+
+
+def test_q8_group_pass_setting_gives_the_same_bits(tmp_path):
+    """HYBRID_MOE_Q8_GROUP_PASS=2 (AVX512: two groups per pass at one token) against 1."""
+    if "avx512" not in ISAS:
+        pytest.skip("HYBRID_MOE_Q8_GROUP_PASS selects AVX512 code")
+    outs = {}
+    for v in ("1", "2"):
+        r = subprocess.run(
+            [sys.executable, "-c", _GROUP_PASS_CHILD, str(tmp_path / f"{v}.pt")],
+            env={**os.environ, "HYBRID_MOE_Q8_GROUP_PASS": v},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == 0, r.stderr[-2000:]
+        outs[v] = torch.load(tmp_path / f"{v}.pt")
+    assert outs["1"].keys() == outs["2"].keys()
+    for key, out in outs["1"].items():
+        assert torch.equal(outs["2"][key], out), key

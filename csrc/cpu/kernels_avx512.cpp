@@ -569,6 +569,62 @@ inline void q8_group_block(const uint8_t* grp, int64_t nb, const int8_t* s8, int
   for (int t = 0; t < NT; ++t) _mm512_storeu_ps(y + t * ldy, acc[t]);
 }
 
+// T = 1, two groups per pass: the groups are two DRAM streams (35 KB apart at H = 2048) where one
+// group per pass is one stream per core; the activation broadcasts are shared. Per group the same
+// operations in the same order as q8_group_block<1>, so the same bits.
+inline void q8_group_pair_t1(const uint8_t* ga, const uint8_t* gb, int64_t nb, const int8_t* s8,
+                             const int32_t* corr1, const QuantBlockQ8* blocks, float* ya, float* yb,
+                             int pf, PrefetchHint hint) {
+  const uint8_t* qa = ga + nb * 2 * kQ8GroupRows;
+  const uint8_t* qb = gb + nb * 2 * kQ8GroupRows;
+  __m512 acc_a = _mm512_setzero_ps(), acc_b = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* pa = qa + b * kQ8GroupBlockBytes;
+    const uint8_t* pb = qb + b * kQ8GroupBlockBytes;
+    if (pf > 0)
+      for (int o = 0; o < kQ8GroupBlockBytes; o += 64) {
+        prefetch_line(pa + pf + o, hint);
+        prefetch_line(pb + pf + o, hint);
+      }
+    const int8_t* x = s8 + b * kQ8BlockSize;
+    __m512i sa0 = _mm512_set1_epi32(corr1[b]), sa1 = _mm512_setzero_si512();
+    __m512i sb0 = sa0, sb1 = sa1;
+    for (int j = 0; j < 8; j += 2) {
+      int32_t x0, x1;
+      std::memcpy(&x0, x + 4 * j, 4);
+      std::memcpy(&x1, x + 4 * j + 4, 4);
+      const __m512i b0 = _mm512_set1_epi32(x0), b1 = _mm512_set1_epi32(x1);
+      sa0 = _mm512_dpbusd_epi32(sa0, _mm512_loadu_si512(pa + 64 * j), b0);
+      sa1 = _mm512_dpbusd_epi32(sa1, _mm512_loadu_si512(pa + 64 * j + 64), b1);
+      sb0 = _mm512_dpbusd_epi32(sb0, _mm512_loadu_si512(pb + 64 * j), b0);
+      sb1 = _mm512_dpbusd_epi32(sb1, _mm512_loadu_si512(pb + 64 * j + 64), b1);
+    }
+    const __m512 dx = _mm512_set1_ps(blocks[b].d);
+    const auto scales = [&](const uint8_t* g) {
+      return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + b * 32)));
+    };
+    acc_a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(sa0, sa1)),
+                            _mm512_mul_ps(scales(ga), dx), acc_a);
+    acc_b = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(sb0, sb1)),
+                            _mm512_mul_ps(scales(gb), dx), acc_b);
+  }
+  _mm512_storeu_ps(ya, acc_a);
+  _mm512_storeu_ps(yb, acc_b);
+}
+
+// HYBRID_MOE_Q8_GROUP_PASS=1|2: groups per pass of the AVX512 group code at T = 1 (A/B runs).
+int q8_groups_per_pass() {
+  static const int v = [] {
+    const char* e = std::getenv("HYBRID_MOE_Q8_GROUP_PASS");
+    const std::string s = e ? e : "";
+    if (s.empty()) return 1;
+    HM_CHECK(s == "1" || s == "2", "environment variable HYBRID_MOE_Q8_GROUP_PASS='", s,
+             "': expected 1 or 2");
+    return s == "2" ? 2 : 1;
+  }();
+  return v;
+}
+
 void avx_dot_groups_q8(const uint8_t* w, int64_t groups, int64_t n_in, const uint8_t* packed,
                        int n_tok, float* y, int64_t ldy) {
   const int64_t nb = n_in / kQ8BlockSize;
@@ -579,7 +635,19 @@ void avx_dot_groups_q8(const uint8_t* w, int64_t groups, int64_t n_in, const uin
   const std::size_t group_bytes = kQ8GroupRows * row_bytes(WeightFormat::kQ8_0, n_in);
   const int pf = prefetch_bytes();
   const PrefetchHint hint = prefetch_hint(WeightFormat::kQ8_0);
-  for (int64_t g = 0; g < groups; ++g) {
+  int64_t g = 0;
+  if (n_tok == 1 && q8_groups_per_pass() == 2)
+    for (; g + 2 <= groups; g += 2) {
+      const uint8_t* ga = w + g * group_bytes;
+      if (pf > 0)  // both groups' scales
+        for (int64_t o = 0; o < nb * 2 * kQ8GroupRows; o += 64) {
+          prefetch_line(ga + o, hint);
+          prefetch_line(ga + group_bytes + o, hint);
+        }
+      q8_group_pair_t1(ga, ga + group_bytes, nb, s8, corr1, blocks, y + g * kQ8GroupRows,
+                       y + (g + 1) * kQ8GroupRows, pf, hint);
+    }
+  for (; g < groups; ++g) {
     const uint8_t* grp = w + g * group_bytes;
     float* yg = y + g * kQ8GroupRows;
     if (pf > 0)  // the group's scales (nb x 32 bytes, read 32 per block) at once
