@@ -335,8 +335,8 @@ CallerPool caller_pool(int threads) {
   static const bool helps = [] {
     const char* v = std::getenv("HYBRID_MOE_CALLER_HELPS");
     const std::string s = v ? v : "";
-    HM_CHECK(s.empty() || s == "0" || s == "1", "environment variable HYBRID_MOE_CALLER_HELPS='",
-             s, "': expected 0 or 1");
+    HM_CHECK(s.empty() || s == "0" || s == "1", "environment variable HYBRID_MOE_CALLER_HELPS='", s,
+             "': expected 0 or 1");
     return s != "0";
   }();
   if (threads <= 0) threads = default_threads();
