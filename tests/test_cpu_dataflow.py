@@ -34,9 +34,10 @@ for fmt, H, I in cases:
                                         fmt=fmt.replace("r16", ""))
     if fmt == "q8_0r16":
         store = store.with_packing("q8_rows16")
-    for T, k in ((1, 8), (3, 4), (5, 2)):
+    # T=40 over 3 of the 12 experts: groups of >= 8 tokens (AMX tiles), forced into dataflow by 1
+    for T, k, E_used in ((1, 8, 12), (3, 4, 12), (5, 2, 12), (40, 2, 3)):
         x = torch.randn(T, H, generator=g)
-        ids = torch.stack([torch.randperm(12, generator=g)[:k] for _ in range(T)])
+        ids = torch.stack([torch.randperm(E_used, generator=g)[:k] for _ in range(T)])
         w = torch.rand(T, k, generator=g) + 0.1
         ref = reference_layer(*store.dequantized(), x, ids, w)
         for isa in available_isas():
