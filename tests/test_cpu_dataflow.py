@@ -76,27 +76,6 @@ def test_dataflow_gives_the_barrier_modes_bits(tmp_path):
         assert (out - ref).abs().max() <= 3e-2 * ref.abs().max(), (fmt, H, T, isa)
 
 
-def test_bad_setting_is_a_value_error():
-    child = (
-        "import torch\n"
-        "from hybrid_moe.cpu_experts import CpuExpertStore, run_layer\n"
-        "s = CpuExpertStore.from_tensors(*(torch.randn(2, 32, 64) for _ in range(2)), "
-        "torch.randn(2, 64, 32), fmt='bf16')\n"
-        "try:\n"
-        "    run_layer(s, torch.randn(1, 64), torch.tensor([[0, 1]]), torch.ones(1, 2))\n"
-        "except ValueError as e:\n"
-        "    print('ValueError:', e)\n"
-    )
-    r = subprocess.run(
-        [sys.executable, "-c", child],
-        env={**os.environ, "HYBRID_MOE_DATAFLOW": "yes"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.stdout.startswith("ValueError:") and "HYBRID_MOE_DATAFLOW" in r.stdout, r.stderr
-
-
 def _traced_call(store, x, ids, w, isa):
     native.cpu_pool_tracing(True)
     try:

@@ -228,6 +228,8 @@ def test_tuning_settings_keep_results_exact(env):
         ("HYBRID_MOE_ITEM_ROWS", "32", "bf16"),
         ("HYBRID_MOE_Q8_KERNEL", "octo", "q8_0"),  # read by the Q8_0 code only
         ("HYBRID_MOE_Q8_GROUP_PASS", "3", "q8_0r16"),  # read by the AVX512 group code
+        ("HYBRID_MOE_DATAFLOW", "yes", "bf16"),
+        ("HYBRID_MOE_CALLER_HELPS", "yes", "bf16"),
     ],
 )
 def test_bad_tuning_setting_is_a_value_error(var, value, fmt):
