@@ -116,18 +116,21 @@ inline void prefetch_rows_l2(const uint8_t* w, std::size_t stride, int64_t rows)
   for (const uint8_t* p = w; p < end; p += 64) __builtin_prefetch(p, 0, 2);
 }
 
+// An environment variable set to auto (or unset), 0 or 1 -> -1, 0, 1; else hm::ValueError.
+int auto_off_on_env(const char* name) {
+  const char* e = std::getenv(name);
+  const std::string s = e ? e : "";
+  if (s.empty() || s == "auto") return -1;
+  HM_CHECK(s == "0" || s == "1", "environment variable ", name, "='", s,
+           "': expected auto, 0 or 1");
+  return s == "1" ? 1 : 0;
+}
+
 // HYBRID_MOE_DATAFLOW=auto|0|1: phase 2 as per-expert items that wait only for their own
 // expert's phase 1 (see moe_cpu.h). auto (default): when the call has two or more expert groups
 // and none is large enough for the AMX tiles (decode-sized calls).
 int dataflow_setting() {  // -1 auto, 0 off, 1 on
-  static const int v = [] {
-    const char* e = std::getenv("HYBRID_MOE_DATAFLOW");
-    const std::string s = e ? e : "";
-    if (s.empty() || s == "auto") return -1;
-    HM_CHECK(s == "0" || s == "1", "environment variable HYBRID_MOE_DATAFLOW='", s,
-             "': expected auto, 0 or 1");
-    return s == "1" ? 1 : 0;
-  }();
+  static const int v = auto_off_on_env("HYBRID_MOE_DATAFLOW");
   return v;
 }
 
@@ -514,14 +517,7 @@ JobHandle submit_moe_layer(ThreadPool& pool, const MoeLayerArgs& args) {
 }
 
 RowPacking host_row_packing(WeightFormat f) {
-  static const int setting = [] {  // -1 auto, 0 off, 1 on
-    const char* v = std::getenv("HYBRID_MOE_Q8_ROWS16");
-    const std::string s = v ? v : "";
-    if (s.empty() || s == "auto") return -1;
-    HM_CHECK(s == "0" || s == "1", "environment variable HYBRID_MOE_Q8_ROWS16='", s,
-             "': expected auto, 0 or 1");
-    return s == "1" ? 1 : 0;
-  }();
+  static const int setting = auto_off_on_env("HYBRID_MOE_Q8_ROWS16");  // -1 auto, 0 off, 1 on
   if (f != WeightFormat::kQ8_0 || setting == 0) return RowPacking::kGguf;
   const Isa isa = current_isa().isa;
   const bool simd = isa != Isa::kGeneric;
