@@ -108,35 +108,38 @@ void amx_pack(WeightFormat f, int n_tok, int64_t n, int64_t k0, int64_t k1, cons
   const int64_t nt16 = round_to(n_tok, 16);
   uint8_t* vnni = packed + avx_part(f, n_tok, n);
   if (bf16_tiles(f, n_tok)) {
-    // Pair p = k / 2 of token t at uint16 index (p * nt16 + t) * 2 + k % 2; padded tokens are 0.
-    auto* v = reinterpret_cast<uint16_t*>(vnni);
-    for (int64_t k = k0; k < k1; ++k)
-      for (int64_t t = 0; t < nt16; ++t)
-        v[((k / 2) * nt16 + t) * 2 + (k & 1)] = t < n_tok ? f32_to_bf16(src[t][k - k0]) : 0;
-    if (f == WeightFormat::kQ8_0) {  // and token-major rows for the group code
-      auto* rows = reinterpret_cast<uint16_t*>(vnni + vnni_part(f, n_tok, n));
-      for (int64_t t = 0; t < nt16; ++t)
-        for (int64_t k = k0; k < k1; ++k)
-          rows[t * n + k] = t < n_tok ? f32_to_bf16(src[t][k - k0]) : 0;
+    // Pair p = k / 2 of token t at uint32 index p * nt16 + t (k's bf16 low, k + 1's high);
+    // padded tokens are 0. Token-major loops: each token's values are read in order.
+    auto* v = reinterpret_cast<uint32_t*>(vnni);
+    auto* rows = reinterpret_cast<uint16_t*>(vnni + vnni_part(f, n_tok, n));  // Q8_0 only
+    for (int64_t t = 0; t < nt16; ++t) {
+      const float* x = t < n_tok ? src[t] : nullptr;
+      for (int64_t k = k0; k < k1; k += 2) {  // k1 - k0 is even: n % 32 == 0 with tiles
+        const uint16_t lo = x ? f32_to_bf16(x[k - k0]) : 0, hi = x ? f32_to_bf16(x[k - k0 + 1]) : 0;
+        v[(k / 2) * nt16 + t] = static_cast<uint32_t>(lo) | static_cast<uint32_t>(hi) << 16;
+        if (f == WeightFormat::kQ8_0) {  // and token-major rows for the group code
+          rows[t * n + k] = lo;
+          rows[t * n + k + 1] = hi;
+        }
+      }
     }
     return;
   }
   // Quad j = k / 4 of token t at byte (j * nt16 + t) * 4 + k % 4; scale of block b, token t at
-  // float index b * nt16 + t. Taken from the token-major blocks just written.
-  auto* v = reinterpret_cast<int8_t*>(vnni);
+  // float index b * nt16 + t. Taken from the token-major blocks just written; padded tokens 0.
+  auto* v = reinterpret_cast<uint8_t*>(vnni);
   float* scales = reinterpret_cast<float*>(vnni + vnni_part(f, n_tok, n));
-  auto* rows = reinterpret_cast<int8_t*>(packed + q8_rows_part(n_tok, n));
+  auto* rows = packed + q8_rows_part(n_tok, n);
   const auto* blocks = reinterpret_cast<const QuantBlockQ8*>(packed);
   const int64_t nb = n / 32;
-  for (int64_t b = k0 / 32; b < (k1 + 31) / 32; ++b)
-    for (int64_t t = 0; t < nt16; ++t) {
+  static const int8_t kZeros[32] = {};
+  for (int64_t t = 0; t < nt16; ++t)
+    for (int64_t b = k0 / 32; b < (k1 + 31) / 32; ++b) {
       const QuantBlockQ8* blk = t < n_tok ? &blocks[t * nb + b] : nullptr;
+      const int8_t* q = blk ? blk->q : kZeros;
       scales[b * nt16 + t] = blk ? blk->d : 0.f;
-      for (int i = 0; i < 32; ++i) {
-        const int64_t k = b * 32 + i;
-        v[((k / 4) * nt16 + t) * 4 + (k & 3)] = blk ? blk->q[i] : 0;
-        rows[t * n + k] = blk ? blk->q[i] : 0;
-      }
+      std::memcpy(rows + t * n + b * 32, q, 32);
+      for (int j = 0; j < 8; ++j) std::memcpy(v + ((b * 8 + j) * nt16 + t) * 4, q + 4 * j, 4);
     }
 }
 
