@@ -9,7 +9,7 @@
 //   avx512  bf16: bf16 values, token-major [n_tok][n rounded up to 32], zero padding (vdpbf16ps)
 //   amx     bf16: the avx512 buffer, then (n % 32 == 0 and n_tok >= kAmxMinTokens) a copy in AMX
 //                 VNNI order [n/2][n_tok rounded up to 16][2] for TDPBF16PS; q8_0 with bf16
-//                 tiles (q8_amx_mode) the same, then bf16 rows [n_tok16][n] (tile A of the
+//                 tiles (q8_amx_mode) the same, then bf16 rows [n_tok16][n + 32] (tile A of the
 //                 q8_rows16 group code), in place of the int8 parts below
 //   all     q8_0: per token n/32 blocks of {float d; int8 q[32]} (QuantBlockQ8, 36 bytes),
 //                 the value is d*q, q = round(x/d) in [-127, 127], d = max|x|/127 (llama.cpp's

@@ -57,6 +57,13 @@ bool use_tiles(WeightFormat f, int n_tok, int64_t n) {
 }
 
 // Whether a group of n_tok tokens multiplies bf16 tiles (bf16 weights, or Q8_0 dequantised).
+// Row pitch, in bf16 values, of the bf16 tiles' token rows and dequantised weight rows: a row of
+// n values plus one cache line, so that a tile's 16 rows do not all fall into one L1 set (2048
+// values = 4 KiB apart would: 16 lines in a 12-way set).
+inline int64_t bf16_pitch(int64_t n) {
+  return n + 32;
+}
+
 bool bf16_tiles(WeightFormat f, int n_tok) {
   if (f == WeightFormat::kBF16) return true;
   const Q8AmxMode m = q8_amx_mode();
@@ -72,7 +79,7 @@ uint8_t* thread_scratch(std::size_t bytes) {
 
 // Offsets inside the packed buffer: [avx512 part][VNNI part][q8 scales][q8 rows: int8 [nt16][n],
 // tokens padded with zeros (tile A of the q8_rows16 group code)]; Q8_0 with bf16 tiles: [avx512
-// part][bf16 VNNI part][bf16 rows [nt16][n]].
+// part][bf16 VNNI part][bf16 rows [nt16][n + 32] (bf16_pitch)].
 std::size_t avx_part(WeightFormat f, int n_tok, int64_t n) {
   return align_up(avx512_ops().packed_bytes(f, n_tok, n), 64);
 }
@@ -86,7 +93,7 @@ std::size_t amx_packed_bytes(WeightFormat f, int n_tok, int64_t n) {
   if (!use_tiles(f, n_tok, n)) return bytes;
   bytes += vnni_part(f, n_tok, n);
   if (f == WeightFormat::kQ8_0 && bf16_tiles(f, n_tok)) {
-    bytes += static_cast<std::size_t>(round_to(n_tok, 16)) * n * 2;
+    bytes += static_cast<std::size_t>(round_to(n_tok, 16)) * bf16_pitch(n) * 2;
   } else if (f == WeightFormat::kQ8_0) {
     bytes += static_cast<std::size_t>(n / 32) * round_to(n_tok, 16) * 4;
     bytes += static_cast<std::size_t>(round_to(n_tok, 16)) * n;
@@ -118,8 +125,8 @@ void amx_pack(WeightFormat f, int n_tok, int64_t n, int64_t k0, int64_t k1, cons
         const uint16_t lo = x ? f32_to_bf16(x[k - k0]) : 0, hi = x ? f32_to_bf16(x[k - k0 + 1]) : 0;
         v[(k / 2) * nt16 + t] = static_cast<uint32_t>(lo) | static_cast<uint32_t>(hi) << 16;
         if (f == WeightFormat::kQ8_0) {  // and token-major rows for the group code
-          rows[t * n + k] = lo;
-          rows[t * n + k + 1] = hi;
+          rows[t * bf16_pitch(n) + k] = lo;
+          rows[t * bf16_pitch(n) + k + 1] = hi;
         }
       }
     }
@@ -236,7 +243,7 @@ void amx_q8(const uint8_t* w, std::size_t stride, int64_t rows16, int64_t n_in, 
   _tile_release();
 }
 
-// 16 GGUF Q8_0 rows (stride apart, n_in values) -> bf16 [16][n_in] at dst: d x q exact in fp32,
+// 16 GGUF Q8_0 rows (stride apart, n_in values) -> bf16 [16][pitch] at dst: d x q exact in fp32,
 // rounded to nearest even (vcvtne2ps2bf16).
 void dequant_rows_bf16(const uint8_t* w, std::size_t stride, int64_t n_in, uint8_t* dst) {
   for (int r = 0; r < 16; ++r)
@@ -250,7 +257,8 @@ void dequant_rows_bf16(const uint8_t* w, std::size_t stride, int64_t n_in, uint8
           _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q))), s);
       const __m512 hi = _mm512_mul_ps(
           _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(q, 1))), s);
-      _mm512_store_si512(dst + (r * n_in + b * 32) * 2, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+      _mm512_store_si512(dst + (r * bf16_pitch(n_in) + b * 32) * 2,
+                         (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
     }
 }
 
@@ -295,10 +303,11 @@ void dequant_group_bf16(const uint8_t* grp, int64_t nb, uint8_t* dst) {
 // Q8_0 GGUF rows with bf16 tiles: per 16-row tile, dequantise, then the bf16 tile code.
 void amx_q8_rows_bf16(const uint8_t* w, std::size_t stride, int64_t rows16, int64_t n_in,
                       const uint8_t* vnni, int n_tok, float* y, int64_t ldy) {
-  uint8_t* tile = thread_scratch(static_cast<std::size_t>(16) * n_in * 2);
+  const std::size_t pitch = static_cast<std::size_t>(bf16_pitch(n_in)) * 2;  // bytes
+  uint8_t* tile = thread_scratch(16 * pitch);
   for (int64_t r0 = 0; r0 < rows16; r0 += 16) {
     dequant_rows_bf16(w + r0 * stride, stride, n_in, tile);
-    amx_bf16(tile, static_cast<std::size_t>(n_in) * 2, 16, n_in, vnni, n_tok, y + r0, ldy);
+    amx_bf16(tile, pitch, 16, n_in, vnni, n_tok, y + r0, ldy);
   }
 }
 
@@ -309,7 +318,7 @@ void amx_q8_groups_bf16(const uint8_t* w, int64_t groups, int64_t n_in, const ui
   load_uniform_tiles(5);  // C 0-1, A 2-3, B 4
   const int64_t nt16 = round_to(n_tok, 16), nb = n_in / 32;
   const std::size_t group_bytes = kQ8GroupRows * row_bytes(WeightFormat::kQ8_0, n_in);
-  const std::size_t astride = static_cast<std::size_t>(n_in) * 2;
+  const std::size_t astride = static_cast<std::size_t>(bf16_pitch(n_in)) * 2;
   uint8_t* btiles = thread_scratch(static_cast<std::size_t>(nb) * 1024);
   alignas(64) float tmp[256];
   auto store = [&](int c, int64_t t0, int64_t g) {  // tokens t0..t0+15 of C tile c -> y
