@@ -201,8 +201,6 @@ print("ok")
         {"HYBRID_MOE_ROW_ORDER": "interleaved"},  # AVX2's default is streams
         {"HYBRID_MOE_ITEM_ROWS": "56,148"},  # one item per worker (session 7's A/B)
         {"HYBRID_MOE_ITEM_ROWS": "4,4"},  # Q8_0 phase 1 rounds up to whole 32-value blocks
-        {"HYBRID_MOE_Q8_AMX": "bf16"},  # Q8_0 on bf16 tiles from 8 tokens (AMX only)
-        {"HYBRID_MOE_Q8_AMX": "int8"},  # and on int8 tiles at every group size
         {},  # the defaults, on shapes and group sizes that use the AMX tiles
     ],
 )
@@ -230,7 +228,6 @@ def test_tuning_settings_keep_results_exact(env):
         ("HYBRID_MOE_ITEM_ROWS", "32", "bf16"),
         ("HYBRID_MOE_Q8_KERNEL", "octo", "q8_0"),  # read by the Q8_0 code only
         ("HYBRID_MOE_Q8_GROUP_PASS", "3", "q8_0r16"),  # read by the AVX512 group code
-        ("HYBRID_MOE_Q8_AMX", "fp8", "q8_0"),
         ("HYBRID_MOE_DATAFLOW", "yes", "bf16"),
         ("HYBRID_MOE_CALLER_HELPS", "yes", "bf16"),
     ],

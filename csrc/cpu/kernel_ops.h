@@ -8,9 +8,7 @@
 //                 unpacklo/hi widening of the weights (kernels_avx2.cpp)         (exact)
 //   avx512  bf16: bf16 values, token-major [n_tok][n rounded up to 32], zero padding (vdpbf16ps)
 //   amx     bf16: the avx512 buffer, then (n % 32 == 0 and n_tok >= kAmxMinTokens) a copy in AMX
-//                 VNNI order [n/2][n_tok rounded up to 16][2] for TDPBF16PS; q8_0 with bf16
-//                 tiles (q8_amx_mode) the same, then bf16 rows [n_tok16][n + 32] (tile A of the
-//                 q8_rows16 group code), in place of the int8 parts below
+//                 VNNI order [n/2][n_tok rounded up to 16][2] for TDPBF16PS
 //   all     q8_0: per token n/32 blocks of {float d; int8 q[32]} (QuantBlockQ8, 36 bytes),
 //                 the value is d*q, q = round(x/d) in [-127, 127], d = max|x|/127 (llama.cpp's
 //                 activation quantisation); amx adds [n/4][n_tok16][4] int8 + [n/32][n_tok16] d
@@ -75,22 +73,6 @@ RowOrder row_order(RowOrder when_unset = RowOrder::kInterleaved);
 // Read once; a malformed value raises hm::ValueError on first use.
 enum class AmxKernel { kAuto, kPipelined, kSimple };
 AmxKernel amx_kernel();
-
-// Tile arithmetic of the AMX variant for Q8_0 weights (HYBRID_MOE_Q8_AMX):
-//   int8: per 32-value block one TDPBSSD / TDPBSUD on the int8 activations, whose int32 sums are
-//     stored and scaled by d_w x d_x into fp32 (llama.cpp's Q8_0 x Q8_0 arithmetic, as the AVX512
-//     code). A block fills half a tile's K, and the scaling costs ~4 vector instructions per
-//     output per block: at large groups that, not the multiplies, sets the time;
-//   bf16: each 16-row tile's weights are dequantised once into an L2-resident bf16 tile (d x q is
-//     exact in fp32, then rounded to nearest bf16, 2^-9 relative) and multiplied with the
-//     bf16-rounded activations by TDPBF16PS, fp32 sums over the whole row: the bf16 kernel's
-//     arithmetic, with half its weight bytes read. Its error against the float32 reference is no
-//     larger than int8's (activations rounded to bf16 instead of quantised to 8 bits per block);
-//   auto (default): bf16 for groups of at least kQ8Bf16MinTokens tokens, int8 below.
-// Read once; a malformed value raises hm::ValueError on first use.
-enum class Q8AmxMode { kAuto, kInt8, kBf16 };
-Q8AmxMode q8_amx_mode();
-inline constexpr int kQ8Bf16MinTokens = 64;
 
 // Q8_0 code of the AVX512 variant (HYBRID_MOE_Q8_KERNEL; kernels_avx512.cpp):
 //   quad (opt-in until measured on the Xeon): 4 blocks per step, weights made unsigned (q ^ 0x80)

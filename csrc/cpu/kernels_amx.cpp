@@ -10,13 +10,7 @@
 // Q8_0: A = 16 rows x one block's 32 int8 (the 2-byte scale in front is skipped by the address),
 //   B = 8 quads x 16 tokens x 4 int8; per block TDPBSSD gives exact int32 sums that are stored
 //   and scaled by d_w[row] * d_x[token] into fp32 accumulators (16 zmm registers).
-// Q8_0 with bf16 tiles (HYBRID_MOE_Q8_AMX, default for groups of >= kQ8Bf16MinTokens tokens):
-//   per 16-row tile the weights are dequantised once into a per-thread bf16 scratch tile (rows:
-//   16 rows x n_in, tile A of the bf16 code; q8_rows16 groups: n_in / 32 blocks x the VNNI B tile
-//   16 pairs x 16 rows x 2, turned from the group's quads by two dword permutes), then multiplied
-//   by TDPBF16PS with the activations rounded to bf16: no per-block store and scaling.
-// Extra packed memory per group: n_tok16 x n x (2 bytes bf16 | 1.125 bytes q8 | 4 bytes q8 with
-// bf16 tiles); weights: none; per thread a scratch tile of 16 x n_in x 2 bytes.
+// Extra packed memory per group: n_tok16 x n x (2 bytes bf16 | 1.125 bytes q8); weights: none.
 // Tile code per HYBRID_MOE_AMX_KERNEL (kernel_ops.h; default auto: bf16 simple, Q8_0 pipelined).
 //   Pipelined: tile registers are not renamed, so with one A/B/C set a step's tile loads wait
 //   for the previous step's multiply and (Q8_0) the int32 tile's store and scaling wait for its
@@ -31,7 +25,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <vector>
 
 #include "core/q8_rows16.h"
 #include "cpu/kernel_ops.h"
@@ -56,45 +49,21 @@ bool use_tiles(WeightFormat f, int n_tok, int64_t n) {
   return n_tok >= kAmxMinTokens && n % 32 == 0;
 }
 
-// Whether a group of n_tok tokens multiplies bf16 tiles (bf16 weights, or Q8_0 dequantised).
-// Row pitch, in bf16 values, of the bf16 tiles' token rows and dequantised weight rows: a row of
-// n values plus one cache line, so that a tile's 16 rows do not all fall into one L1 set (2048
-// values = 4 KiB apart would: 16 lines in a 12-way set).
-inline int64_t bf16_pitch(int64_t n) {
-  return n + 32;
-}
-
-bool bf16_tiles(WeightFormat f, int n_tok) {
-  if (f == WeightFormat::kBF16) return true;
-  const Q8AmxMode m = q8_amx_mode();
-  return m == Q8AmxMode::kBf16 || (m == Q8AmxMode::kAuto && n_tok >= kQ8Bf16MinTokens);
-}
-
-// A per-thread scratch buffer of at least `bytes`, 64-byte aligned, kept for the thread's life.
-uint8_t* thread_scratch(std::size_t bytes) {
-  thread_local std::vector<uint8_t> buf;
-  if (buf.size() < bytes + 64) buf.resize(bytes + 64);
-  return reinterpret_cast<uint8_t*>(align_up(reinterpret_cast<std::size_t>(buf.data()), 64));
-}
-
 // Offsets inside the packed buffer: [avx512 part][VNNI part][q8 scales][q8 rows: int8 [nt16][n],
-// tokens padded with zeros (tile A of the q8_rows16 group code)]; Q8_0 with bf16 tiles: [avx512
-// part][bf16 VNNI part][bf16 rows [nt16][n + 32] (bf16_pitch)].
+// tokens padded with zeros (tile A of the q8_rows16 group code)].
 std::size_t avx_part(WeightFormat f, int n_tok, int64_t n) {
   return align_up(avx512_ops().packed_bytes(f, n_tok, n), 64);
 }
 std::size_t vnni_part(WeightFormat f, int n_tok, int64_t n) {
   const int64_t nt16 = round_to(n_tok, 16);
-  return align_up(static_cast<std::size_t>(nt16) * n * (bf16_tiles(f, n_tok) ? 2 : 1), 64);
+  return align_up(static_cast<std::size_t>(nt16) * n * (f == WeightFormat::kBF16 ? 2 : 1), 64);
 }
 
 std::size_t amx_packed_bytes(WeightFormat f, int n_tok, int64_t n) {
   std::size_t bytes = avx_part(f, n_tok, n);
   if (!use_tiles(f, n_tok, n)) return bytes;
   bytes += vnni_part(f, n_tok, n);
-  if (f == WeightFormat::kQ8_0 && bf16_tiles(f, n_tok)) {
-    bytes += static_cast<std::size_t>(round_to(n_tok, 16)) * bf16_pitch(n) * 2;
-  } else if (f == WeightFormat::kQ8_0) {
+  if (f == WeightFormat::kQ8_0) {
     bytes += static_cast<std::size_t>(n / 32) * round_to(n_tok, 16) * 4;
     bytes += static_cast<std::size_t>(round_to(n_tok, 16)) * n;
   }
@@ -114,29 +83,24 @@ void amx_pack(WeightFormat f, int n_tok, int64_t n, int64_t k0, int64_t k1, cons
   if (!use_tiles(f, n_tok, n)) return;
   const int64_t nt16 = round_to(n_tok, 16);
   uint8_t* vnni = packed + avx_part(f, n_tok, n);
-  if (bf16_tiles(f, n_tok)) {
+  if (f == WeightFormat::kBF16) {
     // Pair p = k / 2 of token t at uint32 index p * nt16 + t (k's bf16 low, k + 1's high);
-    // padded tokens are 0. Token-major loops: each token's values are read in order.
+    // padded tokens are 0. Token-major: each token's values are read in order.
     auto* v = reinterpret_cast<uint32_t*>(vnni);
-    auto* rows = reinterpret_cast<uint16_t*>(vnni + vnni_part(f, n_tok, n));  // Q8_0 only
     for (int64_t t = 0; t < nt16; ++t) {
       const float* x = t < n_tok ? src[t] : nullptr;
       for (int64_t k = k0; k < k1; k += 2) {  // k1 - k0 is even: n % 32 == 0 with tiles
         const uint16_t lo = x ? f32_to_bf16(x[k - k0]) : 0, hi = x ? f32_to_bf16(x[k - k0 + 1]) : 0;
         v[(k / 2) * nt16 + t] = static_cast<uint32_t>(lo) | static_cast<uint32_t>(hi) << 16;
-        if (f == WeightFormat::kQ8_0) {  // and token-major rows for the group code
-          rows[t * bf16_pitch(n) + k] = lo;
-          rows[t * bf16_pitch(n) + k + 1] = hi;
-        }
       }
     }
     return;
   }
   // Quad j = k / 4 of token t at byte (j * nt16 + t) * 4 + k % 4; scale of block b, token t at
   // float index b * nt16 + t. Taken from the token-major blocks just written; padded tokens 0.
-  auto* v = reinterpret_cast<uint8_t*>(vnni);
+  auto* v = vnni;
   float* scales = reinterpret_cast<float*>(vnni + vnni_part(f, n_tok, n));
-  auto* rows = packed + q8_rows_part(n_tok, n);
+  uint8_t* rows = packed + q8_rows_part(n_tok, n);
   const auto* blocks = reinterpret_cast<const QuantBlockQ8*>(packed);
   const int64_t nb = n / 32;
   static const int8_t kZeros[32] = {};
@@ -238,120 +202,6 @@ void amx_q8(const uint8_t* w, std::size_t stride, int64_t rows16, int64_t n_in, 
       }
       for (int r = 0; r < 16; ++r) _mm512_store_ps(tmp + r * 16, acc[r]);
       store_tile_result(tmp, r0, t0, n_tok, y, ldy);
-    }
-  }
-  _tile_release();
-}
-
-// 16 GGUF Q8_0 rows (stride apart, n_in values) -> bf16 [16][pitch] at dst: d x q exact in fp32,
-// rounded to nearest even (vcvtne2ps2bf16).
-void dequant_rows_bf16(const uint8_t* w, std::size_t stride, int64_t n_in, uint8_t* dst) {
-  for (int r = 0; r < 16; ++r)
-    for (int64_t b = 0; b < n_in / 32; ++b) {
-      const uint8_t* blk = w + r * stride + b * kQ8BlockBytes;
-      uint16_t d;
-      std::memcpy(&d, blk, 2);
-      const __m512 s = _mm512_set1_ps(_cvtsh_ss(d));
-      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
-      const __m512 lo =
-          _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q))), s);
-      const __m512 hi = _mm512_mul_ps(
-          _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(q, 1))), s);
-      _mm512_store_si512(dst + (r * bf16_pitch(n_in) + b * 32) * 2,
-                         (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-    }
-}
-
-// One q8_rows16 group (core/q8_rows16.h) -> per block b, at dst + b * 1 KiB, the VNNI B tile of
-// its 16 rows: pair p (values 2p, 2p + 1 of the block) of row r at bf16 index (p * 16 + r) * 2.
-// Quad j's 64 bytes (16 rows x values 4j..4j+3) become 64 bf16 (rows 0-7 | rows 8-15, each row's
-// pairs (4j, 4j+1), (4j+2, 4j+3) as two dwords); pair rows 2j and 2j+1 are their even and odd
-// dwords.
-void dequant_group_bf16(const uint8_t* grp, int64_t nb, uint8_t* dst) {
-  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-  const uint8_t* quants = grp + nb * 2 * kQ8GroupRows;
-  for (int64_t b = 0; b < nb; ++b) {
-    const __m512 dw = _mm512_cvtph_ps(
-        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + b * 2 * kQ8GroupRows)));
-    __m512 scale[4];  // chunk c of a quad: rows 4c..4c+3, 4 values each
-    for (int c = 0; c < 4; ++c)
-      scale[c] = _mm512_permutexvar_ps(
-          _mm512_setr_epi32(4 * c, 4 * c, 4 * c, 4 * c, 4 * c + 1, 4 * c + 1, 4 * c + 1, 4 * c + 1,
-                            4 * c + 2, 4 * c + 2, 4 * c + 2, 4 * c + 2, 4 * c + 3, 4 * c + 3,
-                            4 * c + 3, 4 * c + 3),
-          dw);
-    uint8_t* tile = dst + b * 1024;
-    for (int j = 0; j < 8; ++j) {
-      const __m512i q = _mm512_xor_si512(
-          _mm512_loadu_si512(quants + b * kQ8GroupBlockBytes + j * 64), flip);  // signed
-      auto chunk = [&](__m128i bytes, int c) {  // chunk c's 16 values, scaled
-        return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes)), scale[c]);
-      };
-      const __m512 v[4] = {
-          chunk(_mm512_extracti32x4_epi32(q, 0), 0), chunk(_mm512_extracti32x4_epi32(q, 1), 1),
-          chunk(_mm512_extracti32x4_epi32(q, 2), 2), chunk(_mm512_extracti32x4_epi32(q, 3), 3)};
-      const __m512i lo = (__m512i)_mm512_cvtne2ps_pbh(v[1], v[0]);
-      const __m512i hi = (__m512i)_mm512_cvtne2ps_pbh(v[3], v[2]);
-      _mm512_store_si512(tile + (2 * j) * 64, _mm512_permutex2var_epi32(lo, even, hi));
-      _mm512_store_si512(tile + (2 * j + 1) * 64, _mm512_permutex2var_epi32(lo, odd, hi));
-    }
-  }
-}
-
-// Q8_0 GGUF rows with bf16 tiles: per 16-row tile, dequantise, then the bf16 tile code.
-void amx_q8_rows_bf16(const uint8_t* w, std::size_t stride, int64_t rows16, int64_t n_in,
-                      const uint8_t* vnni, int n_tok, float* y, int64_t ldy) {
-  const std::size_t pitch = static_cast<std::size_t>(bf16_pitch(n_in)) * 2;  // bytes
-  uint8_t* tile = thread_scratch(16 * pitch);
-  for (int64_t r0 = 0; r0 < rows16; r0 += 16) {
-    dequant_rows_bf16(w + r0 * stride, stride, n_in, tile);
-    amx_bf16(tile, pitch, 16, n_in, vnni, n_tok, y + r0, ldy);
-  }
-}
-
-// Q8_0 groups with bf16 tiles: C = tokens x rows (as amx_q8_groups), A = 16 tokens x 32 bf16 of
-// the packed token rows, B = the group's dequantised block; two token tiles share each B load.
-void amx_q8_groups_bf16(const uint8_t* w, int64_t groups, int64_t n_in, const uint8_t* a_rows,
-                        int n_tok, float* y, int64_t ldy) {
-  load_uniform_tiles(5);  // C 0-1, A 2-3, B 4
-  const int64_t nt16 = round_to(n_tok, 16), nb = n_in / 32;
-  const std::size_t group_bytes = kQ8GroupRows * row_bytes(WeightFormat::kQ8_0, n_in);
-  const std::size_t astride = static_cast<std::size_t>(bf16_pitch(n_in)) * 2;
-  uint8_t* btiles = thread_scratch(static_cast<std::size_t>(nb) * 1024);
-  alignas(64) float tmp[256];
-  auto store = [&](int c, int64_t t0, int64_t g) {  // tokens t0..t0+15 of C tile c -> y
-    float* dst = y + t0 * ldy + g * kQ8GroupRows;
-    const bool whole = t0 + 16 <= n_tok;  // else only the first n_tok - t0 rows of C are tokens
-    float* to = whole ? dst : tmp;
-    const int64_t bytes = whole ? ldy * 4 : 64;
-    if (c == 0) {
-      _tile_stored(0, to, bytes);
-    } else {
-      _tile_stored(1, to, bytes);
-    }
-    if (whole) return;
-    for (int64_t t = 0; t < n_tok - t0; ++t) std::memcpy(dst + t * ldy, tmp + t * 16, 64);
-  };
-  for (int64_t g = 0; g < groups; ++g) {
-    dequant_group_bf16(w + g * group_bytes, nb, btiles);
-    for (int64_t t0 = 0; t0 < nt16; t0 += 32) {
-      const bool two = t0 + 16 < nt16;
-      const uint8_t* a = a_rows + t0 * astride;
-      _tile_zero(0);
-      _tile_zero(1);
-      for (int64_t b = 0; b < nb; ++b) {
-        _tile_loadd(4, btiles + b * 1024, 64);
-        _tile_loadd(2, a + b * 64, astride);
-        _tile_dpbf16ps(0, 2, 4);
-        if (two) {
-          _tile_loadd(3, a + 16 * astride + b * 64, astride);
-          _tile_dpbf16ps(1, 3, 4);
-        }
-      }
-      store(0, t0, g);
-      if (two) store(1, t0 + 16, g);
     }
   }
   _tile_release();
@@ -493,9 +343,7 @@ void amx_dot_rows(WeightFormat f, const uint8_t* w, std::size_t row_stride, int6
     const uint8_t* vnni = packed + avx_part(f, n_tok, n_in);
     // Per format: bf16 pipelined only when asked, Q8_0 simple only when asked (kernel_ops.h).
     const AmxKernel kernel = amx_kernel();
-    if (f == WeightFormat::kQ8_0 && bf16_tiles(f, n_tok)) {
-      amx_q8_rows_bf16(w, row_stride, rows16, n_in, vnni, n_tok, y, ldy);
-    } else if (f == WeightFormat::kBF16) {
+    if (f == WeightFormat::kBF16) {
       (kernel == AmxKernel::kPipelined ? amx_bf16_pipelined : amx_bf16)(w, row_stride, rows16, n_in,
                                                                         vnni, n_tok, y, ldy);
     } else {
@@ -577,10 +425,6 @@ void amx_dot_groups_q8(const uint8_t* w, int64_t groups, int64_t n_in, const uin
   }
   const WeightFormat f = WeightFormat::kQ8_0;
   const uint8_t* vnni = packed + avx_part(f, n_tok, n_in);
-  if (bf16_tiles(f, n_tok)) {
-    amx_q8_groups_bf16(w, groups, n_in, vnni + vnni_part(f, n_tok, n_in), n_tok, y, ldy);
-    return;
-  }
   const auto* dxs = reinterpret_cast<const float*>(vnni + vnni_part(f, n_tok, n_in));
   const auto* a_rows = reinterpret_cast<const int8_t*>(packed + q8_rows_part(n_tok, n_in));
   amx_q8_groups(w, groups, n_in, a_rows, dxs, q8_corrections(packed, n_tok, n_in), n_tok, y, ldy);

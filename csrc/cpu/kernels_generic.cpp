@@ -176,19 +176,6 @@ AmxKernel amx_kernel() {
   return k;
 }
 
-Q8AmxMode q8_amx_mode() {
-  static const Q8AmxMode m = [] {
-    const char* v = std::getenv("HYBRID_MOE_Q8_AMX");
-    const std::string s = v ? v : "";
-    if (s.empty() || s == "auto") return Q8AmxMode::kAuto;
-    if (s == "int8") return Q8AmxMode::kInt8;
-    HM_CHECK(s == "bf16", "environment variable HYBRID_MOE_Q8_AMX='", s,
-             "': expected auto, int8 or bf16");
-    return Q8AmxMode::kBf16;
-  }();
-  return m;
-}
-
 const KernelOps& generic_ops() {
   static const KernelOps ops{Isa::kGeneric, fp32_q8_packed_bytes, generic_pack, generic_dot_rows,
                              generic_dot_groups_q8};

@@ -493,7 +493,6 @@ JobHandle submit_moe_layer(ThreadPool& pool, const MoeLayerArgs& args, Isa isa) 
   prefetch_every_line();
   row_order();
   amx_kernel();
-  q8_amx_mode();
   item_rows_setting();
   dataflow_setting();
   return pool.submit(std::make_shared<MoeJob>(args, kernel_ops(isa)));
