@@ -21,3 +21,28 @@ def test_reader_returns_a_plausible_bandwidth():
 def test_reader_rejects_bad_arguments(mib, reps, message):
     with pytest.raises(ValueError, match=message):
         native.cpu_dram_read_gbps(mib, 2, reps)
+
+
+def test_burst_read_times_calls_of_cold_bytes():
+    burst = 3 * (1 << 20) + 4096  # not a multiple of the item: the last item is short
+    r = native.cpu_burst_read(burst, 64 << 10, 5, 2, 256)
+    assert r["items"] == 49
+    assert 0 < r["p10_us"] <= r["median_us"] <= r["p90_us"]
+    assert math.isclose(r["gbps"], burst / (r["median_us"] * 1e3), rel_tol=1e-9)
+    assert 0.05 < r["gbps"] < 2000
+
+
+@pytest.mark.parametrize(
+    "burst, item, bursts, buffer_mib, message",
+    [
+        (1 << 10, 4096, 5, 256, "burst_bytes must be >= 64 KiB"),
+        (1 << 20, 1000, 5, 256, "item_bytes must be a multiple of 64"),
+        (1 << 20, 2 << 20, 5, 256, "item_bytes must be a multiple of 64"),
+        (1 << 20, 4096, 0, 256, "bursts must be >= 1"),
+        (1 << 20, 4096, 5, 128, "buffer_bytes must be >="),
+        (64 << 20, 4096, 5, 256, "buffer_bytes must be >="),
+    ],
+)
+def test_burst_read_rejects_bad_arguments(burst, item, bursts, buffer_mib, message):
+    with pytest.raises(ValueError, match=message):
+        native.cpu_burst_read(burst, item, bursts, 2, buffer_mib)

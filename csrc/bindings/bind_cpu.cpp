@@ -11,6 +11,7 @@
 #include "core/check.h"
 #include "core/q8_rows16.h"
 #include "core/weight_format.h"
+#include "cpu/burst_read.h"
 #include "cpu/dram_read.h"
 #include "cpu/moe_cpu.h"
 #include "cpu/pool_trace.h"
@@ -151,4 +152,31 @@ HM_BINDINGS(cpu) {
       py::arg("mib") = 2048, py::arg("threads") = 0, py::arg("reps") = 5,
       "Host DRAM read bandwidth in GB/s: the shared pool's pinned workers stream `mib` MiB "
       "(median of reps; cpu/dram_read.h).");
+  m.def(
+      "cpu_burst_read",
+      [](int64_t burst_bytes, int64_t item_bytes, int bursts, int threads, int64_t buffer_mib) {
+        HM_CHECK(burst_bytes > 0 && item_bytes > 0 && buffer_mib > 0,
+                 "burst_bytes, item_bytes and buffer_mib must be positive");
+        const hm::cpu::CallerPool cp = hm::cpu::caller_pool(threads);
+        hm::cpu::BurstRead r;
+        {
+          py::gil_scoped_release release;
+          r = hm::cpu::measure_burst_read(cp, static_cast<std::size_t>(burst_bytes),
+                                          static_cast<std::size_t>(item_bytes), bursts,
+                                          static_cast<std::size_t>(buffer_mib) << 20);
+        }
+        py::dict d;
+        d["median_us"] = r.median_us;
+        d["p10_us"] = r.p10_us;
+        d["p90_us"] = r.p90_us;
+        d["gbps"] = r.gbps;
+        d["items"] = r.items;
+        d["workers"] = cp.pool->size();
+        d["caller_helps"] = cp.caller_helps;
+        return d;
+      },
+      py::arg("burst_bytes"), py::arg("item_bytes") = 65536, py::arg("bursts") = 200,
+      py::arg("threads") = 0, py::arg("buffer_mib") = 2048,
+      "Cold reads of burst_bytes per blocking call on `threads` computing threads (the expert "
+      "kernel's pool): median / p10 / p90 us per call and GB/s (cpu/burst_read.h).");
 }

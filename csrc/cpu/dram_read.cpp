@@ -154,6 +154,10 @@ DramRead measure_dram_read(ThreadPool& pool, std::size_t bytes, int reps) {
   return res;
 }
 
+dram::ReadFn widest_linear_read() {
+  return methods().back().fn;  // methods() ends with the widest ISA's chunked method
+}
+
 double measure_dram_read_gbps(ThreadPool& pool, std::size_t bytes, int reps) {
   return measure_dram_read(pool, bytes, reps).best_gbps;
 }

@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/dram_read_kernels.h"
 #include "cpu/thread_pool.h"
 
 namespace hm::cpu {
@@ -41,5 +42,7 @@ struct DramRead {
 DramRead measure_dram_read(ThreadPool& pool, std::size_t bytes, int reps);
 // The best method's GB/s (1e9 bytes per second); same arguments.
 double measure_dram_read_gbps(ThreadPool& pool, std::size_t bytes, int reps);
+// The linear read loop of the widest ISA this machine runs (the chunked method's loop).
+dram::ReadFn widest_linear_read();
 
 }  // namespace hm::cpu
