@@ -201,6 +201,7 @@ print("ok")
         {"HYBRID_MOE_ROW_ORDER": "interleaved"},  # AVX2's default is streams
         {"HYBRID_MOE_ITEM_ROWS": "56,148"},  # one item per worker (session 7's A/B)
         {"HYBRID_MOE_ITEM_ROWS": "4,4"},  # Q8_0 phase 1 rounds up to whole 32-value blocks
+        {"HYBRID_MOE_ITEM_ROWS": "32,16"},  # the small-call default before session 10
         {},  # the defaults, on shapes and group sizes that use the AMX tiles
     ],
 )
@@ -293,3 +294,46 @@ def test_q8_group_pass_setting_gives_the_same_bits(tmp_path):
     assert outs["1"].keys() == outs["2"].keys()
     for key, out in outs["1"].items():
         assert torch.equal(outs["2"][key], out), key
+
+
+_ITEM_ROWS_CHILD = """
+import sys, torch
+from hybrid_moe.cpu_experts import CpuExpertStore, available_isas, run_layer
+g = torch.Generator().manual_seed(9)
+mk = lambda *s: torch.randn(*s, generator=g) * 0.05
+H, I, E = 224, 96, 8
+outs = {}
+for fmt in ("bf16", "q8_0"):
+    store = CpuExpertStore.from_tensors(mk(E, I, H), mk(E, I, H), mk(E, H, I), fmt=fmt)
+    for T, k in ((1, 1), (1, 6), (3, 2)):  # one expert (barrier mode), decode (dataflow), T=3
+        x = torch.randn(T, H, generator=g)
+        ids = torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(T)])
+        w = torch.rand(T, k, generator=g) + 0.1
+        for isa in available_isas():
+            outs[(fmt, T, k, isa)] = run_layer(store, x, ids, w, threads=3, isa=isa)
+torch.save(outs, sys.argv[1])
+"""
+
+
+def test_item_rows_give_the_same_bits(tmp_path):
+    """Work items only split rows between threads: each output row's sums run in the same order
+    whatever the items (the default against session 9's 32,16 and 8,128)."""
+    outs = {}
+    for v in ("", "32,16", "8,128"):
+        env = {k: x for k, x in os.environ.items() if k != "HYBRID_MOE_ITEM_ROWS"}
+        if v:
+            env["HYBRID_MOE_ITEM_ROWS"] = v
+        path = tmp_path / f"{v or 'default'}.pt"
+        r = subprocess.run(
+            [sys.executable, "-c", _ITEM_ROWS_CHILD, str(path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == 0, r.stderr[-2000:]
+        outs[v] = torch.load(path)
+    for v in ("32,16", "8,128"):
+        assert outs[v].keys() == outs[""].keys()
+        for key, out in outs[""].items():
+            assert torch.equal(outs[v][key], out), (v, key)

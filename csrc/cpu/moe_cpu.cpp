@@ -21,14 +21,20 @@ namespace {
 constexpr std::size_t kScratchAlign = 64;
 
 // Rows per work item: phase 1 (rows of I, gate + up; packs h in its own range, so a multiple of
-// 32 for Q8_0's blocks) and phase 2 (rows of H, one AMX tile). HYBRID_MOE_ITEM_ROWS=R1,R2 sets
-// them for measurements (rounded up to the granularity: Q8_0 32, AMX-sized groups 16, else one
-// 4-row SIMD pass). Fewer, even items per worker were measured and dropped (bench/RESULTS.md,
-// session 7): with one expert per call, one round of 14 equal items lost 5-8% of decode tok/s to
-// the slowest core; 8-row items were no better than these.
+// 32 for Q8_0's blocks), phase 2 (rows of H: one AMX tile when a group is AMX-sized, else 64) and
+// dataflow phase 2 (rows of H of one expert: 64). HYBRID_MOE_ITEM_ROWS=R1,R2 sets phase 1 and 2
+// for measurements (dataflow: 4 x R2; rounded up to the granularity: Q8_0 32, AMX-sized groups 16,
+// else one 4-row SIMD pass). Why 64 rows for decode-sized calls: a pure read of one expert's bytes
+// through the pool runs at ~0.6 of the steady DRAM rate in 16 KiB items and ~0.9-0.97 in 64 KiB
+// items (bench_burst_read.py); 16 down rows are 24 KiB (bf16) or 13 KiB (Q8_0), 64 rows 96 / 52
+// KiB (bench/RESULTS.md, session 10). Fewer, even items per worker were measured and dropped
+// (session 7): with one expert per call, one round of 14 equal items lost 5-8% of decode tok/s to
+// the slowest core; 8-row phase-1 items were no better than 32.
 struct ItemRows {
-  int64_t phase1 = 32, phase2 = 16;
+  int64_t phase1 = 32, phase2 = 16, dataflow = 64;
+  bool set = false;  // from HYBRID_MOE_ITEM_ROWS
 };
+constexpr int64_t kSmallCallPhase2Rows = 64;  // phase 2 without AMX-sized groups
 
 ItemRows item_rows_setting() {
   static const ItemRows v = [] {
@@ -44,6 +50,8 @@ ItemRows item_rows_setting() {
              "': expected two positive row counts R1,R2 (the default is 32,16)");
     r.phase1 = r1;
     r.phase2 = r2;
+    r.dataflow = 4 * r2;
+    r.set = true;
     return r;
   }();
   return v;
@@ -55,7 +63,9 @@ ItemRows item_rows(const ExpertLayout& L, bool any_tile_group) {
   const int64_t gran1 = L.format == WeightFormat::kQ8_0 ? kQ8BlockSize : groups16 ? 16 : 4;
   const int64_t gran2 = groups16 ? 16 : 4;
   const auto round_up = [](int64_t r, int64_t g) { return (r + g - 1) / g * g; };
-  return {round_up(set.phase1, gran1), round_up(set.phase2, gran2)};
+  const int64_t phase2 = set.set || any_tile_group ? set.phase2 : kSmallCallPhase2Rows;
+  return {round_up(set.phase1, gran1), round_up(phase2, gran2), round_up(set.dataflow, gran2),
+          set.set};
 }
 
 // Reused scratch buffers: fresh multi-MB allocations would page-fault on every layer.
@@ -200,9 +210,9 @@ class MoeJob final : public Job {
     const int df = dataflow_setting();
     dataflow_ = df == 1 ? !groups_.empty() : df == -1 && groups_.size() >= 2 && !any_tile_group;
     if (dataflow_) {
-      // Items = (expert group, rows_df rows of H): 4 x the barrier mode's rows, because each item
-      // now reads one expert's rows instead of every expert's (a contiguous 52 KiB at Q8_0, T=1).
-      rows_df_ = 4 * rows_.phase2;
+      // Items = (expert group, rows_df rows of H): each reads one expert's rows (a contiguous 52
+      // KiB at Q8_0, T=1), where a barrier-mode item reads its rows of every expert.
+      rows_df_ = rows_.dataflow;
       n_blocks2_ = (L.hidden + rows_df_ - 1) / rows_df_;
       n_items2_ = static_cast<int64_t>(groups_.size()) * n_blocks2_;
       part_off_ = off;  // per slot a row of H floats: an item's down output before the reduction

@@ -9,9 +9,10 @@
 //            (bf16 / Q8 blocks / AMX VNNI order, per ISA; see kernel_ops.h);
 //   phase 1: items = (expert, 32 rows of I): gate and up rows for all the group's tokens, then
 //            h = silu(gate) * up, packed for the down projection;  [barrier]
-//   phase 2: items = 16 rows of H: the down rows of every expert for those output rows, scaled by
-//            the router weight and added to out; each item owns its rows of out, so no atomics.
-//   (HYBRID_MOE_ITEM_ROWS=R1,R2 changes the 32 / 16 for measurements.)
+//   phase 2: items = 64 rows of H (16, one AMX tile, when a group is AMX-sized): the down rows of
+//            every expert for those output rows, scaled by the router weight and added to out;
+//            each item owns its rows of out, so no atomics.
+//   (HYBRID_MOE_ITEM_ROWS=R1,R2 changes the 32 / 64-or-16 for measurements.)
 //   Dataflow variant of phase 2 (HYBRID_MOE_DATAFLOW=auto|0|1; auto: two or more expert groups,
 //   none AMX-sized, i.e. decode): items = (expert group, 64 rows of H), each waiting only for its
 //   own expert's phase 1, so no core idles at the phase-1 barrier while others finish; an item
