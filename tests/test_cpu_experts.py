@@ -276,24 +276,40 @@ torch.save(outs, sys.argv[1])
 """
 
 
-def test_q8_group_pass_setting_gives_the_same_bits(tmp_path):
-    """HYBRID_MOE_Q8_GROUP_PASS=2 (AVX512: two groups per pass at one token) against 1."""
-    if "avx512" not in ISAS:
-        pytest.skip("HYBRID_MOE_Q8_GROUP_PASS selects AVX512 code")
+def _outputs_under(child, var, values, tmp_path):
+    """{value: the dict of outputs `child` saves} with environment variable `var` set to each
+    value (unset for "")."""
     outs = {}
-    for v in ("1", "2"):
+    for v in values:
+        env = {k: x for k, x in os.environ.items() if k != var}
+        if v:
+            env[var] = v
+        path = tmp_path / f"{v or 'unset'}.pt"
         r = subprocess.run(
-            [sys.executable, "-c", _GROUP_PASS_CHILD, str(tmp_path / f"{v}.pt")],
-            env={**os.environ, "HYBRID_MOE_Q8_GROUP_PASS": v},
+            [sys.executable, "-c", child, str(path)],
+            env=env,
             capture_output=True,
             text=True,
             timeout=120,
         )
         assert r.returncode == 0, r.stderr[-2000:]
-        outs[v] = torch.load(tmp_path / f"{v}.pt")
-    assert outs["1"].keys() == outs["2"].keys()
-    for key, out in outs["1"].items():
-        assert torch.equal(outs["2"][key], out), key
+        outs[v] = torch.load(path)
+    return outs
+
+
+def _assert_same_bits(outs, base):
+    for v, got in outs.items():
+        assert got.keys() == outs[base].keys()
+        for key, out in outs[base].items():
+            assert torch.equal(got[key], out), (v, key)
+
+
+def test_q8_group_pass_setting_gives_the_same_bits(tmp_path):
+    """HYBRID_MOE_Q8_GROUP_PASS=2 (AVX512: two groups per pass at one token) against 1."""
+    if "avx512" not in ISAS:
+        pytest.skip("HYBRID_MOE_Q8_GROUP_PASS selects AVX512 code")
+    outs = _outputs_under(_GROUP_PASS_CHILD, "HYBRID_MOE_Q8_GROUP_PASS", ("1", "2"), tmp_path)
+    _assert_same_bits(outs, "1")
 
 
 _ITEM_ROWS_CHILD = """
@@ -318,22 +334,6 @@ torch.save(outs, sys.argv[1])
 def test_item_rows_give_the_same_bits(tmp_path):
     """Work items only split rows between threads: each output row's sums run in the same order
     whatever the items (the default against session 9's 32,16 and 8,128)."""
-    outs = {}
-    for v in ("", "32,16", "8,128"):
-        env = {k: x for k, x in os.environ.items() if k != "HYBRID_MOE_ITEM_ROWS"}
-        if v:
-            env["HYBRID_MOE_ITEM_ROWS"] = v
-        path = tmp_path / f"{v or 'default'}.pt"
-        r = subprocess.run(
-            [sys.executable, "-c", _ITEM_ROWS_CHILD, str(path)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert r.returncode == 0, r.stderr[-2000:]
-        outs[v] = torch.load(path)
-    for v in ("32,16", "8,128"):
-        assert outs[v].keys() == outs[""].keys()
-        for key, out in outs[""].items():
-            assert torch.equal(outs[v][key], out), (v, key)
+    settings = ("", "32,16", "8,128")
+    outs = _outputs_under(_ITEM_ROWS_CHILD, "HYBRID_MOE_ITEM_ROWS", settings, tmp_path)
+    _assert_same_bits(outs, "")
