@@ -231,6 +231,7 @@ def test_tuning_settings_keep_results_exact(env):
         ("HYBRID_MOE_Q8_GROUP_PASS", "3", "q8_0r16"),  # read by the AVX512 group code
         ("HYBRID_MOE_DATAFLOW", "yes", "bf16"),
         ("HYBRID_MOE_CALLER_HELPS", "yes", "bf16"),
+        ("HYBRID_MOE_BARRIER_WARM", "off", "bf16"),  # was read as "on" before session 10
     ],
 )
 def test_bad_tuning_setting_is_a_value_error(var, value, fmt):

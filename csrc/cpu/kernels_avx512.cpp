@@ -42,6 +42,7 @@
 #include <type_traits>
 
 #include "core/check.h"
+#include "core/env_choice.h"
 #include "core/q8_rows16.h"
 #include "cpu/kernel_ops.h"
 #include "cpu/numeric.h"
@@ -614,14 +615,7 @@ inline void q8_group_pair_t1(const uint8_t* ga, const uint8_t* gb, int64_t nb, c
 
 // HYBRID_MOE_Q8_GROUP_PASS=1|2: groups per pass of the AVX512 group code at T = 1 (A/B runs).
 int q8_groups_per_pass() {
-  static const int v = [] {
-    const char* e = std::getenv("HYBRID_MOE_Q8_GROUP_PASS");
-    const std::string s = e ? e : "";
-    if (s.empty()) return 1;
-    HM_CHECK(s == "1" || s == "2", "environment variable HYBRID_MOE_Q8_GROUP_PASS='", s,
-             "': expected 1 or 2");
-    return s == "2" ? 2 : 1;
-  }();
+  static const int v = env_choice("HYBRID_MOE_Q8_GROUP_PASS", {"1", "2"}) == 1 ? 2 : 1;
   return v;
 }
 
@@ -713,17 +707,11 @@ const int32_t* q8_corrections(const uint8_t* packed, int n_tok, int64_t n) {
 }
 
 Q8Kernel q8_kernel() {
-  static const Q8Kernel k = [] {
-    const char* v = std::getenv("HYBRID_MOE_Q8_KERNEL");
-    const std::string s = v ? v : "";
-    // pair stays the default until quad is measured on the Xeon: on the dev machine quad's per-
-    // thread gain from L2 (1.19x) did not reach the layer (T=1 1.624 vs 1.607 ms, T=4 4.979 vs
-    // 4.788 ms; bench/RESULTS.md "CPU kernels, session 4").
-    if (s.empty() || s == "pair") return Q8Kernel::kPair;
-    HM_CHECK(s == "quad", "environment variable HYBRID_MOE_Q8_KERNEL='", s,
-             "': expected quad or pair");
-    return Q8Kernel::kQuad;
-  }();
+  // pair stays the default until quad is measured on the Xeon: on the dev machine quad's per-
+  // thread gain from L2 (1.19x) did not reach the layer (T=1 1.624 vs 1.607 ms, T=4 4.979 vs
+  // 4.788 ms; bench/RESULTS.md "CPU kernels, session 4").
+  static const Q8Kernel k =
+      env_choice("HYBRID_MOE_Q8_KERNEL", {"pair", "quad"}) == 1 ? Q8Kernel::kQuad : Q8Kernel::kPair;
   return k;
 }
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/env_choice.h"
 #include "core/q8_rows16.h"
 #include "cpu/kernel_ops.h"
 #include "cpu/numeric.h"
@@ -123,55 +124,28 @@ int prefetch_bytes() {
 }
 
 PrefetchHint prefetch_hint(WeightFormat f) {
-  static const std::pair<bool, PrefetchHint> env = [] {  // {set?, hint}
-    const char* v = std::getenv("HYBRID_MOE_PREFETCH_HINT");
-    const std::string s = v ? v : "";
-    if (s.empty()) return std::make_pair(false, PrefetchHint::kL1);
-    if (s == "l1") return std::make_pair(true, PrefetchHint::kL1);
-    if (s == "l2") return std::make_pair(true, PrefetchHint::kL2);
-    HM_CHECK(s == "nta", "environment variable HYBRID_MOE_PREFETCH_HINT='", s,
-             "': expected l1, l2 or nta");
-    return std::make_pair(true, PrefetchHint::kNonTemporal);
-  }();
-  if (env.first) return env.second;
+  static const int env = env_choice("HYBRID_MOE_PREFETCH_HINT", {"l1", "l2", "nta"});
+  constexpr PrefetchHint kHints[] = {PrefetchHint::kL1, PrefetchHint::kL2,
+                                     PrefetchHint::kNonTemporal};
+  if (env >= 0) return kHints[env];
   return f == WeightFormat::kQ8_0 ? PrefetchHint::kL2 : PrefetchHint::kL1;
 }
 
 bool prefetch_every_line() {
-  static const bool every = [] {
-    const char* v = std::getenv("HYBRID_MOE_PREFETCH_LINES");
-    const std::string s = v ? v : "";
-    if (s.empty() || s == "every") return true;
-    HM_CHECK(s == "step", "environment variable HYBRID_MOE_PREFETCH_LINES='", s,
-             "': expected every or step");
-    return false;
-  }();
+  static const bool every = env_choice("HYBRID_MOE_PREFETCH_LINES", {"every", "step"}) != 1;
   return every;
 }
 
 RowOrder row_order(RowOrder when_unset) {
-  // 0: unset, 1: interleaved, 2: streams (read once).
-  static const int order = [] {
-    const char* v = std::getenv("HYBRID_MOE_ROW_ORDER");
-    const std::string s = v ? v : "";
-    if (s.empty()) return 0;
-    if (s == "interleaved") return 1;
-    HM_CHECK(s == "streams", "environment variable HYBRID_MOE_ROW_ORDER='", s,
-             "': expected interleaved or streams");
-    return 2;
-  }();
-  return order == 0 ? when_unset : order == 1 ? RowOrder::kInterleaved : RowOrder::kStreams;
+  static const int order = env_choice("HYBRID_MOE_ROW_ORDER", {"interleaved", "streams"});
+  return order < 0 ? when_unset : order == 0 ? RowOrder::kInterleaved : RowOrder::kStreams;
 }
 
 AmxKernel amx_kernel() {
   static const AmxKernel k = [] {
-    const char* v = std::getenv("HYBRID_MOE_AMX_KERNEL");
-    const std::string s = v ? v : "";
-    if (s.empty() || s == "auto") return AmxKernel::kAuto;
-    if (s == "pipelined") return AmxKernel::kPipelined;
-    HM_CHECK(s == "simple", "environment variable HYBRID_MOE_AMX_KERNEL='", s,
-             "': expected auto, pipelined or simple");
-    return AmxKernel::kSimple;
+    constexpr AmxKernel kKernels[] = {AmxKernel::kAuto, AmxKernel::kPipelined, AmxKernel::kSimple};
+    const int i = env_choice("HYBRID_MOE_AMX_KERNEL", {"auto", "pipelined", "simple"});
+    return i < 0 ? AmxKernel::kAuto : kKernels[i];
   }();
   return k;
 }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/env_choice.h"
 #include "core/q8_rows16.h"
 #include "cpu/kernel_ops.h"
 #include "cpu/numeric.h"
@@ -128,12 +129,7 @@ inline void prefetch_rows_l2(const uint8_t* w, std::size_t stride, int64_t rows)
 
 // An environment variable set to auto (or unset), 0 or 1 -> -1, 0, 1; else hm::ValueError.
 int auto_off_on_env(const char* name) {
-  const char* e = std::getenv(name);
-  const std::string s = e ? e : "";
-  if (s.empty() || s == "auto") return -1;
-  HM_CHECK(s == "0" || s == "1", "environment variable ", name, "='", s,
-           "': expected auto, 0 or 1");
-  return s == "1" ? 1 : 0;
+  return std::max(-1, env_choice(name, {"auto", "0", "1"}) - 1);
 }
 
 // HYBRID_MOE_DATAFLOW=auto|0|1: phase 2 as per-expert items that wait only for their own
@@ -146,10 +142,7 @@ int dataflow_setting() {  // -1 auto, 0 off, 1 on
 
 // HYBRID_MOE_BARRIER_WARM=0 turns the barrier-time weight prefetch off (for measurements).
 bool barrier_warm_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("HYBRID_MOE_BARRIER_WARM");
-    return !(v && std::string(v) == "0");
-  }();
+  static const bool on = env_choice("HYBRID_MOE_BARRIER_WARM", {"0", "1"}) != 0;
   return on;
 }
 
@@ -503,6 +496,7 @@ JobHandle submit_moe_layer(ThreadPool& pool, const MoeLayerArgs& args, Isa isa) 
   prefetch_every_line();
   row_order();
   amx_kernel();
+  barrier_warm_enabled();
   item_rows_setting();
   dataflow_setting();
   return pool.submit(std::make_shared<MoeJob>(args, kernel_ops(isa)));

@@ -2,20 +2,14 @@
 
 #include <sys/mman.h>
 
-#include <string>
 
 #include "core/check.h"
+#include "core/env_choice.h"
 
 namespace hm::cpu {
 
 bool stream_hugepages() {
-  static const bool on = [] {
-    const char* v = std::getenv("HYBRID_MOE_HUGEPAGES");
-    const std::string s = v ? v : "";
-    if (s.empty() || s == "1") return true;
-    HM_CHECK(s == "0", "environment variable HYBRID_MOE_HUGEPAGES='", s, "': expected 0 or 1");
-    return false;
-  }();
+  static const bool on = env_choice("HYBRID_MOE_HUGEPAGES", {"0", "1"}) != 0;
   return on;
 }
 

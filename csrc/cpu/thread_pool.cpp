@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "core/check.h"
+#include "core/env_choice.h"
 #include "cpu/isa.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -332,13 +333,7 @@ ThreadPool& shared_pool(int threads) {
 }
 
 CallerPool caller_pool(int threads) {
-  static const bool helps = [] {
-    const char* v = std::getenv("HYBRID_MOE_CALLER_HELPS");
-    const std::string s = v ? v : "";
-    HM_CHECK(s.empty() || s == "0" || s == "1", "environment variable HYBRID_MOE_CALLER_HELPS='", s,
-             "': expected 0 or 1");
-    return s != "0";
-  }();
+  static const bool helps = env_choice("HYBRID_MOE_CALLER_HELPS", {"0", "1"}) != 0;
   if (threads <= 0) threads = default_threads();
   HM_CHECK(threads <= 1024, "threads must be in [1, 1024], got ", threads);
   if (helps && threads >= 2) return {&shared_pool(threads - 1), true};

@@ -1,7 +1,9 @@
-// The assertion macro and the ISA choice.
+// The assertion macro, the environment-setting parser and the ISA choice.
+#include <cstdlib>
 #include <string>
 
 #include "core/check.h"
+#include "core/env_choice.h"
 #include "cpu/isa.h"
 #include "hm_test.h"
 
@@ -23,6 +25,28 @@ HM_TEST(check_throws_value_error_with_location) {
 HM_TEST(check_rt_throws_runtime_error) {
   HM_EXPECT_THROWS(HM_CHECK_RT(1 + 1 == 3, "arithmetic"), hm::RuntimeError);
   HM_CHECK(true, "never thrown");  // a passing check is silent
+}
+
+HM_TEST(env_choice_index_unset_and_bad_value) {
+  const char* var = "HM_TEST_ENV_CHOICE";
+  ::unsetenv(var);
+  HM_EXPECT(hm::env_choice(var, {"auto", "0", "1"}) == -1);
+  ::setenv(var, "", 1);
+  HM_EXPECT(hm::env_choice(var, {"auto", "0", "1"}) == -1);
+  ::setenv(var, "1", 1);
+  HM_EXPECT(hm::env_choice(var, {"auto", "0", "1"}) == 2);
+  ::setenv(var, "yes", 1);
+  bool caught = false;
+  try {
+    hm::env_choice(var, {"auto", "0", "1"});
+  } catch (const hm::ValueError& e) {
+    caught = true;
+    const std::string msg = e.what();
+    HM_EXPECT(msg.find("environment variable HM_TEST_ENV_CHOICE='yes': expected auto, 0 or 1") !=
+              std::string::npos);
+  }
+  HM_EXPECT(caught);
+  ::unsetenv(var);
 }
 
 HM_TEST(isa_parse_and_choice) {
