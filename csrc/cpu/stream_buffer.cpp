@@ -2,7 +2,6 @@
 
 #include <sys/mman.h>
 
-
 #include "core/check.h"
 #include "core/env_choice.h"
 
