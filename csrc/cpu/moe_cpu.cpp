@@ -46,9 +46,10 @@ ItemRows item_rows_setting() {
     long long r1 = 0, r2 = 0;
     char tail = 0;
     const int n = std::sscanf(s.c_str(), "%lld,%lld%c", &r1, &r2, &tail);
-    HM_CHECK(n == 2 && r1 > 0 && r2 > 0 && r1 <= 1 << 20 && r2 <= 1 << 20,
-             "environment variable HYBRID_MOE_ITEM_ROWS='", s,
-             "': expected two positive row counts R1,R2 (the default is 32,16)");
+    HM_CHECK(
+        n == 2 && r1 > 0 && r2 > 0 && r1 <= 1 << 20 && r2 <= 1 << 20,
+        "environment variable HYBRID_MOE_ITEM_ROWS='", s,
+        "': expected two positive row counts R1,R2 (defaults: 32,64; 32,16 with AMX-sized groups)");
     r.phase1 = r1;
     r.phase2 = r2;
     r.dataflow = 4 * r2;
