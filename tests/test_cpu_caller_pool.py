@@ -4,12 +4,9 @@ than asked (a waiting caller beside a full pool time-sliced a core on the lent X
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import torch
 
+from child_python import run_python
 from hybrid_moe._native import native
 from hybrid_moe.cpu_experts import CpuExpertStore, reference_layer, run_layer
 
@@ -47,11 +44,5 @@ def test_the_caller_computes_items_and_results_stay_right():
 
 def test_caller_helps_off_gives_a_full_pool_and_a_waiting_caller():
     code = "from hybrid_moe._native import native\nprint(dict(native.cpu_pool_info(4)))\n"
-    r = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, "HYBRID_MOE_CALLER_HELPS": "0"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = run_python(code, env={"HYBRID_MOE_CALLER_HELPS": "0"})
     assert "'workers': 4" in r.stdout and "'caller_helps': False" in r.stdout, r.stderr

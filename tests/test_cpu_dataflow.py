@@ -9,13 +9,12 @@ trace (cpu/pool_trace.h) must show each down item starting after its own expert'
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
+from child_python import run_python
 from hybrid_moe._native import native
 from hybrid_moe.cpu_experts import CpuExpertStore, available_isas, run_layer
 
@@ -49,13 +48,7 @@ torch.save(outs, sys.argv[1])
 
 
 def _outputs(setting: str, path) -> dict:
-    r = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(path)],
-        env={**os.environ, "HYBRID_MOE_DATAFLOW": setting},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = run_python(_CHILD, str(path), env={"HYBRID_MOE_DATAFLOW": setting}, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     return torch.load(path)
 

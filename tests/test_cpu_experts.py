@@ -11,14 +11,11 @@ weights so that only the kernel's arithmetic is measured:
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
 
+from child_python import run_python
 from hybrid_moe.cpu_experts import (
     CpuExpertStore,
     available_isas,
@@ -210,13 +207,7 @@ def test_tuning_settings_keep_results_exact(env):
     child process) against the float32 reference."""
     if ISAS == ["generic"]:
         pytest.skip("no SIMD variant on this machine")
-    r = subprocess.run(
-        [sys.executable, "-c", _TUNING_CHILD],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = run_python(_TUNING_CHILD, env=env)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 
@@ -248,13 +239,7 @@ def test_bad_tuning_setting_is_a_value_error(var, value, fmt):
         "except ValueError as e:\n"
         "    print('ValueError:', e)\n"
     )
-    r = subprocess.run(
-        [sys.executable, "-c", child],
-        env={**os.environ, var: value},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = run_python(child, env={var: value})
     assert r.stdout.startswith("ValueError:") and var in r.stdout, r.stderr
 
 
@@ -282,17 +267,8 @@ def _outputs_under(child, var, values, tmp_path):
     value (unset for "")."""
     outs = {}
     for v in values:
-        env = {k: x for k, x in os.environ.items() if k != var}
-        if v:
-            env[var] = v
         path = tmp_path / f"{v or 'unset'}.pt"
-        r = subprocess.run(
-            [sys.executable, "-c", child, str(path)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        r = run_python(child, str(path), env={var: v or None})
         assert r.returncode == 0, r.stderr[-2000:]
         outs[v] = torch.load(path)
     return outs

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import hybrid_moe
+from child_python import run_python
 from hybrid_moe import HybridMoELayer, Runtime
 from hybrid_moe.loaders.tensors import ExpertWeights
 from hybrid_moe.reference import ReferenceExperts
@@ -367,19 +368,9 @@ print("ok")
 def test_hugepages_setting(value, expect):
     """HYBRID_MOE_HUGEPAGES (read once per process, hence a child): 0 and 1 give the same results,
     anything else is a ValueError naming the variable when the runtime builds its store."""
-    import os
-    import subprocess
-    import sys
     from pathlib import Path
 
-    r = subprocess.run(
-        [sys.executable, "-c", _HUGEPAGES_CHILD],
-        env={**os.environ, "HYBRID_MOE_HUGEPAGES": value},
-        cwd=Path(__file__).parent,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = run_python(_HUGEPAGES_CHILD, env={"HYBRID_MOE_HUGEPAGES": value}, cwd=Path(__file__).parent)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().startswith(expect), r.stdout
     if expect.startswith("ValueError"):

@@ -6,12 +6,11 @@ float rounding. The setting is read once per process, hence child processes."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+
+from child_python import run_python
 
 _CHILD = """
 import json, sys, torch
@@ -49,13 +48,7 @@ print(json.dumps(res))
 
 
 def _run(device: str, setting: str) -> dict:
-    r = subprocess.run(
-        [sys.executable, "-c", _CHILD, device],
-        env={**os.environ, "HYBRID_MOE_Q8_ROWS16": setting},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = run_python(_CHILD, device, env={"HYBRID_MOE_Q8_ROWS16": setting}, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -91,11 +84,5 @@ def test_bad_setting_is_a_value_error():
         "except ValueError as e:\n"
         "    print('ValueError:', e)\n"
     )
-    r = subprocess.run(
-        [sys.executable, "-c", child],
-        env={**os.environ, "HYBRID_MOE_Q8_ROWS16": "yes"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = run_python(child, env={"HYBRID_MOE_Q8_ROWS16": "yes"})
     assert "ValueError:" in r.stdout and "HYBRID_MOE_Q8_ROWS16" in r.stdout, r.stderr[-2000:]
