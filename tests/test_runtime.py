@@ -9,6 +9,8 @@ dequantized weights). Stats conservation, bad inputs, and a long run with flat m
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -348,33 +350,57 @@ def test_gpu_bad_inputs(cuda_device):
 
 
 _HUGEPAGES_CHILD = """
+import sys
 import torch
 from test_runtime import _build, _err, _route
+dev = torch.device(sys.argv[1])
 try:
-    rt, layers, refs = _build("value", "30%", "bf16", torch.device("cpu"))
+    rt, layers, refs = _build("value", "30%", "bf16", dev)
 except ValueError as e:
     print("ValueError:", e)
     raise SystemExit(0)
 g = torch.Generator().manual_seed(5)
 for _ in range(3):
-    x = torch.randn(3, 64, generator=g)
+    x = torch.randn(3, 64, generator=g).to(dev)
     ids, w = _route(3, g)
+    ids, w = ids.to(dev), w.to(dev)
     assert _err(layers[0](x, ids, w), refs[0](x, ids, w)) <= 3e-2
-print("ok")
+rt.synchronize()
+print("ok;", rt.stats()["host_store"])
 """
+
+# What the host store says it is, per (device type, setting): its backing (runtime.h host_store()).
+_HOST_STORE = {
+    ("cpu", "0"): "heap (HYBRID_MOE_HUGEPAGES=0);",
+    ("cpu", "1"): "heap, huge-page advised;",
+    ("cuda", "0"): "cudaHostAlloc (HYBRID_MOE_HUGEPAGES=0);",
+    ("cuda", "1"): "huge-page advised, registered;",
+}
 
 
 @pytest.mark.parametrize("value,expect", [("0", "ok"), ("1", "ok"), ("yes", "ValueError:")])
-def test_hugepages_setting(value, expect):
+def test_hugepages_setting(value, expect, device):
     """HYBRID_MOE_HUGEPAGES (read once per process, hence a child): 0 and 1 give the same results,
-    anything else is a ValueError naming the variable when the runtime builds its store."""
+    anything else is a ValueError naming the variable when the runtime builds its store. The
+    runtime's stats name the store's backing (on the GPU: huge-page advised memory page-locked with
+    cudaHostRegister, or cudaHostAlloc) and its share on huge pages."""
     from pathlib import Path
 
-    r = run_python(_HUGEPAGES_CHILD, env={"HYBRID_MOE_HUGEPAGES": value}, cwd=Path(__file__).parent)
+    r = run_python(
+        _HUGEPAGES_CHILD,
+        str(device),
+        env={"HYBRID_MOE_HUGEPAGES": value},
+        cwd=Path(__file__).parent,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().startswith(expect), r.stdout
     if expect.startswith("ValueError"):
         assert "HYBRID_MOE_HUGEPAGES" in r.stdout
+        return
+    store = r.stdout.strip().split("ok; ", 1)[1]
+    assert store.startswith(_HOST_STORE[(device.type, value)]), store
+    assert re.search(r"; \d+% of \d+\.\d [MG]B on huge pages$", store), store
 
 
 def test_exports():

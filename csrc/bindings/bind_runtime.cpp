@@ -145,6 +145,9 @@ HM_BINDINGS(runtime) {
       .def_property_readonly("started", &Runtime::started)
       .def_property_readonly("has_gpu", &Runtime::has_gpu)
       .def_property_readonly("decode_sync", &Runtime::decode_sync)
+      .def_property_readonly("host_store", &Runtime::host_store,
+                             "The host expert store's backing and its share on huge pages "
+                             "(measured at start; empty before).")
       .def_property_readonly(
           "host_packing",
           [](const Runtime& r) { return std::string(hm::packing_name(r.layout().packing)); },

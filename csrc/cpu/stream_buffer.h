@@ -10,6 +10,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <string>
+#include <utility>
+#include <vector>
 
 namespace hm::cpu {
 
@@ -27,5 +30,17 @@ bool stream_hugepages();
 // bytes (> 0) rounded up to 2 MiB, 2 MiB aligned, advised as above, not touched. Raises
 // hm::RuntimeError when out of memory.
 StreamBuffer alloc_stream_buffer(std::size_t bytes);
+
+// Address ranges: (start, length in bytes), not overlapping.
+using PageRanges = std::vector<std::pair<const void*, std::size_t>>;
+
+// Bytes of the ranges that the kernel backs with transparent huge pages now, from /proc/self/smaps
+// (AnonHugePages of each mapping that overlaps a range, prorated by the overlap). 0 where that
+// file cannot be read (not Linux). The kernel walks the page tables to write that file: call it
+// once, not per step.
+std::size_t huge_page_bytes(const PageRanges& ranges);
+// The same count from the text of an smaps file (mapping header lines "start-end ...", then
+// "AnonHugePages: N kB" among each mapping's fields).
+std::size_t huge_page_bytes_in_smaps(const std::string& smaps, const PageRanges& ranges);
 
 }  // namespace hm::cpu

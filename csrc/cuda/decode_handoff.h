@@ -13,7 +13,9 @@
 //                  round trips: measured 42 us for 5 experts vs 20 us in the kernel benchmark)
 //   finish kernel  rings `kdone` (the slots may be released), waits until the planner rang `done`
 //                  (the CPU's partial sums are final), then out = accumulator + partial in out's
-//                  dtype (fp32 or bf16): `out` is overwritten, never read.
+//                  dtype (fp32 or bf16): `out` is overwritten, never read. The partial sums are
+//                  read over PCIe in 16-byte loads, all of a thread's loads before its stores: at
+//                  decode sizes one round trip per thread (was one per value, four in a row).
 // Memory words are 32-bit, one per cache line, in mapped host memory (device pointers here).
 // The finish kernel polls `done` with a short sleep between PCIe reads (a few hundred ns). Every
 // block polls: `done` is reset by the NEXT step's stage kernel, which stream order places after
@@ -65,6 +67,7 @@ struct DecodeFinishArgs {
   int64_t n = 0;
   uint32_t* kdone = nullptr;       // mapped word: set to 1 at the start
   const uint32_t* done = nullptr;  // mapped word: waited for (!= 0)
+  bool vec4 = false;  // set by launch_decode_finish: 16-byte loads (n % 4 == 0, aligned)
 };
 void launch_decode_finish(const DecodeFinishArgs& a, cudaStream_t stream);
 

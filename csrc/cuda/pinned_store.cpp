@@ -1,21 +1,61 @@
 #include "cuda/pinned_store.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 
+#include "cpu/stream_buffer.h"
 #include "cuda/cuda_check.h"
 
 namespace hm::cuda {
+
+namespace {
+
+// n bytes (a multiple of 2 MiB) of anonymous memory at a 2 MiB boundary, or nullptr. Fresh
+// anonymous pages read as zero, so nothing is touched here (cudaHostRegister faults them in).
+void* map_aligned(std::size_t n) {
+  const std::size_t align = cpu::kHugePageBytes;
+  void* raw = mmap(nullptr, n + align, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) return nullptr;
+  const auto base = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t start = (base + align - 1) / align * align;
+  if (start > base) munmap(raw, start - base);  // trim to [start, start + n)
+  if (base + align > start) munmap(reinterpret_cast<void*>(start + n), base + align - start);
+  return reinterpret_cast<void*>(start);
+}
+
+}  // namespace
 
 PinnedExpertStore::PinnedExpertStore(const ExpertLayout& layout, int64_t n_experts)
     : layout_(layout), n_experts_(n_experts) {
   HM_CHECK(n_experts > 0, "n_experts must be >= 1, got ", n_experts);
   HM_CHECK(layout.stride > 0, "expert layout has zero stride");
   const std::size_t bytes = nbytes();
+  std::string why = "HYBRID_MOE_HUGEPAGES=0";
+  if (cpu::stream_hugepages()) {
+    const std::size_t n =
+        (bytes + cpu::kHugePageBytes - 1) / cpu::kHugePageBytes * cpu::kHugePageBytes;
+    void* p = map_aligned(n);
+    HM_CHECK_RT(p != nullptr, "could not map ", n, " bytes of host memory for ", n_experts,
+                " experts of ", layout.stride, " bytes");
+#ifdef MADV_HUGEPAGE
+    madvise(p, n, MADV_HUGEPAGE);  // a hint: ignored without THP
+#endif
+    const cudaError_t err = cudaHostRegister(p, n, cudaHostRegisterPortable);
+    if (err == cudaSuccess) {
+      data_ = static_cast<uint8_t*>(p);
+      mapped_bytes_ = n;
+      backing_ = "huge-page advised, registered";
+      return;
+    }
+    (void)cudaGetLastError();
+    munmap(p, n);
+    why = std::string("cudaHostRegister: ") + cudaGetErrorName(err);
+  }
   void* p = nullptr;
   const cudaError_t err = cudaHostAlloc(&p, bytes, cudaHostAllocPortable);
   if (err != cudaSuccess) {
@@ -26,10 +66,17 @@ PinnedExpertStore::PinnedExpertStore(const ExpertLayout& layout, int64_t n_exper
   }
   data_ = static_cast<uint8_t*>(p);
   std::memset(data_, 0, bytes);
+  backing_ = "cudaHostAlloc (" + why + ")";
 }
 
 PinnedExpertStore::~PinnedExpertStore() {
-  if (data_) (void)cudaFreeHost(data_);
+  if (!data_) return;
+  if (mapped_bytes_ > 0) {
+    (void)cudaHostUnregister(data_);
+    munmap(data_, mapped_bytes_);
+  } else {
+    (void)cudaFreeHost(data_);
+  }
 }
 
 uint8_t* PinnedExpertStore::expert_ptr(int64_t e) {

@@ -7,6 +7,11 @@
 // at 6-10 GB/s on the GPU machine and are never on the hot path. Filling: from any host pointer
 // (e.g. a torch CPU tensor's data_ptr(), one memcpy into the pinned range) or straight from a file
 // with pread() into the pinned range, so no pageable staging copy is made.
+// Backing: with HYBRID_MOE_HUGEPAGES (default on, cpu/stream_buffer.h) the range is an anonymous
+// mapping advised to transparent huge pages and then page-locked with cudaHostRegister, so the CPU
+// kernels that stream experts from it in decode take one TLB miss per 2 MiB instead of per 4 KiB
+// (cudaHostAlloc's memory is 4 KiB pages). Where registration is refused, and with
+// HYBRID_MOE_HUGEPAGES=0, cudaHostAlloc as before; backing() says which.
 // Plain C++ header: the bindings include it also in builds without CUDA (they then never call it).
 #pragma once
 
@@ -33,6 +38,8 @@ class PinnedExpertStore {
   std::size_t nbytes() const { return static_cast<std::size_t>(n_experts_) * layout_.stride; }
   uint8_t* data() { return data_; }
   const uint8_t* data() const { return data_; }
+  // How the range is backed, e.g. "huge-page advised, registered" or "cudaHostAlloc (...why)".
+  const std::string& backing() const { return backing_; }
   uint8_t* expert_ptr(int64_t e);  // ValueError when e is out of range
   const uint8_t* expert_ptr(int64_t e) const;
 
@@ -47,6 +54,8 @@ class PinnedExpertStore {
   ExpertLayout layout_;
   int64_t n_experts_ = 0;
   uint8_t* data_ = nullptr;
+  std::size_t mapped_bytes_ = 0;  // > 0: data_ is our mapping, registered (else cudaHostAlloc)
+  std::string backing_;
 };
 
 }  // namespace hm::cuda

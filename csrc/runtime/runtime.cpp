@@ -1,6 +1,7 @@
 // Runtime: registration, start-up, the shared planning step and the CPU path (runtime.h).
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -172,7 +173,35 @@ void Runtime::start() {
     start_gpu();
     start_engine_gpu();
   }
+  describe_host_store();
   started_ = true;
+}
+
+void Runtime::describe_host_store() {
+  cpu::PageRanges ranges;
+  std::string kind = "heap, huge-page advised";
+#if HYBRID_MOE_WITH_CUDA
+  if (gpu_ && gpu_->store) {
+    ranges.emplace_back(gpu_->store->data(), gpu_->store->nbytes());
+    kind = gpu_->store->backing();
+  }
+#endif
+  if (ranges.empty()) {
+    if (!cpu::stream_hugepages()) kind = "heap (HYBRID_MOE_HUGEPAGES=0)";
+    for (int l = 0; l < n_layers_; ++l)
+      if (layers_[l]->host)
+        ranges.emplace_back(layers_[l]->host.get(),
+                            static_cast<std::size_t>(n_expert_) * layout_.stride);
+  }
+  std::size_t bytes = 0;
+  for (const auto& r : ranges) bytes += r.second;
+  const std::size_t huge = cpu::huge_page_bytes(ranges);
+  char buf[160];
+  const bool gb = bytes >= 1000000000;
+  std::snprintf(buf, sizeof buf, "%s; %.0f%% of %.1f %s on huge pages", kind.c_str(),
+                bytes ? 100.0 * static_cast<double>(huge) / static_cast<double>(bytes) : 0.0,
+                static_cast<double>(bytes) / (gb ? 1e9 : 1e6), gb ? "GB" : "MB");
+  host_store_ = buf;
 }
 
 void Runtime::make_engine() {

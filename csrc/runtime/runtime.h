@@ -138,6 +138,10 @@ class Runtime {
   // How decode steps hand over to the host: "doorbell" (planner thread + stream memory
   // operations) or "host functions" with the reason doorbells are not used.
   std::string decode_sync() const;
+  // The host expert store after start(): its backing and the share of its bytes on transparent
+  // huge pages (measured once at start from /proc/self/smaps), e.g. "huge-page advised,
+  // registered; 100% of 58.0 GB on huge pages". Empty before start().
+  const std::string& host_store() const { return host_store_; }
   int device() const { return device_; }
   int n_layers() const { return n_layers_; }
   int n_expert() const { return n_expert_; }
@@ -193,6 +197,7 @@ class Runtime {
   void drain_completions();               // under mu_
   void release_plan(LayerCtx& c, bool cpu_waited, double cpu_us);
   void record_error(const std::string& what);
+  void describe_host_store();        // sets host_store_ (start())
   void host_plan(const Launch& la);  // decode host functions (runtime_gpu.cpp)
   void host_join(const Launch& la);
   // Doorbell decode (runtime_planner.cpp): the planner thread replaces both host functions.
@@ -256,6 +261,7 @@ class Runtime {
 
   Timeline timeline_;
   std::unique_ptr<Gpu> gpu_;
+  std::string host_store_;  // host_store()
 };
 
 }  // namespace hm::runtime

@@ -764,6 +764,7 @@ def _one_config(
         "stats": stats,
         "graph": bool(cfg.graph and cfg.device == "cuda"),
         "decode_sync": st.get("decode_sync"),
+        "host_store": st.get("host_store"),
         "timeline": tl.summary() if tl is not None else None,
     }
     row.update(
@@ -808,6 +809,8 @@ def _one_config(
     )
     if tl is not None and tl.visits:
         log(f"    timeline ({st.get('decode_sync')}): {tl.describe()}")
+    if policy == cfg.policies[0]:
+        log(f"    host store: {st.get('host_store')}")
     return row
 
 

@@ -410,6 +410,7 @@ class Runtime:
         out["hit_rate"] = out["hits"] / out["experts"] if layers and out["experts"] else 0.0
         if self._native is not None:
             out["decode_sync"] = self._native.decode_sync
+            out["host_store"] = self._native.host_store
             out["host_packing"] = self._native.host_packing
             out["resident_experts"] = self._native.resident_experts()
             out["hint_accuracy"] = self._native.hint_accuracy()
