@@ -16,7 +16,7 @@ import torch
 
 from child_python import run_python
 from hybrid_moe._native import native
-from hybrid_moe.cpu_experts import CpuExpertStore, available_isas, reference_layer, run_layer
+from hybrid_moe.cpu_experts import CpuExpertStore, available_isas, run_layer
 
 ISAS = available_isas()
 
@@ -100,24 +100,6 @@ def test_trace_shows_down_items_waiting_for_their_own_expert(isa):
     for gi in range(k):
         gate_up_end = p1[p1[:, 2] // blocks1 == gi, 5].max()
         assert (p2[p2[:, 2] // blocks2 == gi, 4] >= gate_up_end).all(), gi
-
-
-@pytest.mark.skipif(os.environ.get("HYBRID_MOE_DATAFLOW", "auto") != "auto", reason="auto only")
-@pytest.mark.skipif(bool(os.environ.get("HYBRID_MOE_ITEM_ROWS")), reason="default item rows only")
-@pytest.mark.parametrize("H,k,rows", [(512, 8, 128), (384, 6, 128), (512, 2, 64), (256, 4, 64)])
-def test_dataflow_item_rows_follow_the_items_per_thread(H, k, rows):
-    """Dataflow down items are 128 rows of H when that leaves >= 4 items per thread (3 here: the
-    caller and 2 workers), else 64 (moe_cpu.cpp dataflow_rows); the trace counts them."""
-    I, E = 64, 8
-    g = torch.Generator().manual_seed(4)
-    mk = lambda *s: torch.randn(*s, generator=g) * 0.05  # noqa: E731
-    store = CpuExpertStore.from_tensors(mk(E, I, H), mk(E, I, H), mk(E, H, I), fmt="bf16")
-    ids = torch.randperm(E, generator=g)[:k].reshape(1, k)
-    x, w = torch.randn(1, H, generator=g), torch.rand(1, k, generator=g) + 0.1
-    out, t = _traced_call(store, x, ids, w, ISAS[-1])
-    assert t["phase_items"][2] == k * -(-H // rows)
-    ref = reference_layer(*store.dequantized(), x, ids, w)
-    assert (out - ref).abs().max() <= 3e-2 * ref.abs().max()
 
 
 def test_trace_is_off_by_default():

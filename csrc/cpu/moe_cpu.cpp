@@ -23,17 +23,17 @@ constexpr std::size_t kScratchAlign = 64;
 
 // Rows per work item: phase 1 (rows of I, gate + up; packs h in its own range, so a multiple of
 // 32 for Q8_0's blocks), phase 2 (rows of H: one AMX tile when a group is AMX-sized, else 64) and
-// dataflow phase 2 (rows of H of one expert: 128 or 64, dataflow_rows()). HYBRID_MOE_ITEM_ROWS=
-// R1,R2 sets phase 1 and 2 for measurements (dataflow: 4 x R2; rounded up to the granularity:
-// Q8_0 32, AMX-sized groups 16, else one 4-row SIMD pass). Why 64 rows for decode-sized calls: a
-// pure read of one expert's bytes through the pool runs at ~0.6 of the steady DRAM rate in 16 KiB
-// items and ~0.9-0.97 in 64 KiB items (bench_burst_read.py); 16 down rows are 24 KiB (bf16) or 13
-// KiB (Q8_0), 64 rows 96 / 52 KiB (bench/RESULTS.md, session 10). Fewer, even items per worker were
-// measured and dropped (session 7): with one expert per call, one round of 14 equal items lost 5-8%
-// of decode tok/s to the slowest core; 8-row phase-1 items were no better than 32.
+// dataflow phase 2 (rows of H of one expert: 64). HYBRID_MOE_ITEM_ROWS=R1,R2 sets phase 1 and 2
+// for measurements (dataflow: 4 x R2; rounded up to the granularity: Q8_0 32, AMX-sized groups 16,
+// else one 4-row SIMD pass). Why 64 rows for decode-sized calls: a pure read of one expert's bytes
+// through the pool runs at ~0.6 of the steady DRAM rate in 16 KiB items and ~0.9-0.97 in 64 KiB
+// items (bench_burst_read.py); 16 down rows are 24 KiB (bf16) or 13 KiB (Q8_0), 64 rows 96 / 52
+// KiB (bench/RESULTS.md, session 10). Fewer, even items per worker were measured and dropped
+// (session 7): with one expert per call, one round of 14 equal items lost 5-8% of decode tok/s to
+// the slowest core; 8-row phase-1 items were no better than 32.
 struct ItemRows {
-  int64_t phase1 = 32, phase2 = 16, dataflow = 64;  // dataflow: used when set (else dataflow_rows)
-  bool set = false;                                 // from HYBRID_MOE_ITEM_ROWS
+  int64_t phase1 = 32, phase2 = 16, dataflow = 64;
+  bool set = false;  // from HYBRID_MOE_ITEM_ROWS
 };
 constexpr int64_t kSmallCallPhase2Rows = 64;  // phase 2 without AMX-sized groups
 
@@ -57,17 +57,6 @@ ItemRows item_rows_setting() {
     return r;
   }();
   return v;
-}
-
-// Dataflow down items: 128 rows of H (one expert's 192 KiB at bf16, 102 KiB at Q8_0, H = 2048
-// -> I = 768 rows) when the call still has >= 4 such items per thread, else 64. Measured on the
-// lent Xeon (bench/RESULTS.md, session 11): 8-expert layers at T = 1 and 4 ran 3-10% faster with
-// 128 rows than with 64 (half the stream starts per byte; 256 rows about the same, 512 slower);
-// static's decode calls of 2-3 experts lost ~4% of tok/s with 256-row items (1.3 per thread).
-int64_t dataflow_rows(int64_t hidden, std::size_t groups, int threads) {
-  constexpr int64_t kBig = 128, kSmall = 64;
-  const int64_t items = static_cast<int64_t>(groups) * ((hidden + kBig - 1) / kBig);
-  return items >= 4 * static_cast<int64_t>(threads) ? kBig : kSmall;
 }
 
 ItemRows item_rows(const ExpertLayout& L, bool any_tile_group) {
@@ -167,8 +156,7 @@ struct Group {
 
 class MoeJob final : public Job {
  public:
-  // threads: how many threads will take items (sizes the dataflow items).
-  MoeJob(const MoeLayerArgs& a, const KernelOps& ops, int threads) : args_(a), ops_(ops) {
+  MoeJob(const MoeLayerArgs& a, const KernelOps& ops) : args_(a), ops_(ops) {
     const auto& L = a.layout;
     experts_.assign(a.experts, a.experts + a.n_experts);
     args_.experts = experts_.data();
@@ -216,9 +204,9 @@ class MoeJob final : public Job {
     const int df = dataflow_setting();
     dataflow_ = df == 1 ? !groups_.empty() : df == -1 && groups_.size() >= 2 && !any_tile_group;
     if (dataflow_) {
-      // Items = (expert group, rows_df rows of H): each reads one expert's rows (a contiguous
-      // 102 KiB at Q8_0 with 128 rows), where a barrier-mode item reads its rows of every expert.
-      rows_df_ = rows_.set ? rows_.dataflow : dataflow_rows(L.hidden, groups_.size(), threads);
+      // Items = (expert group, rows_df rows of H): each reads one expert's rows (a contiguous 52
+      // KiB at Q8_0, T=1), where a barrier-mode item reads its rows of every expert.
+      rows_df_ = rows_.dataflow;
       n_blocks2_ = (L.hidden + rows_df_ - 1) / rows_df_;
       n_items2_ = static_cast<int64_t>(groups_.size()) * n_blocks2_;
       part_off_ = off;  // per slot a row of H floats: an item's down output before the reduction
@@ -512,8 +500,7 @@ JobHandle submit_moe_layer(ThreadPool& pool, const MoeLayerArgs& args, Isa isa) 
   barrier_warm_enabled();
   item_rows_setting();
   dataflow_setting();
-  // The pool's workers and the caller (or the GPU runtime's planner), which helps.
-  return pool.submit(std::make_shared<MoeJob>(args, kernel_ops(isa), pool.size() + 1));
+  return pool.submit(std::make_shared<MoeJob>(args, kernel_ops(isa)));
 }
 
 ExpertWarm submit_expert_warm(ThreadPool& pool, const ExpertLayout& layout,

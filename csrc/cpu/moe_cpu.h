@@ -14,8 +14,7 @@
 //            each item owns its rows of out, so no atomics.
 //   (HYBRID_MOE_ITEM_ROWS=R1,R2 changes the 32 / 64-or-16 for measurements.)
 //   Dataflow variant of phase 2 (HYBRID_MOE_DATAFLOW=auto|0|1; auto: two or more expert groups,
-//   none AMX-sized, i.e. decode): items = (expert group, 128 rows of H while that leaves >= 4
-//   items per thread, else 64), each waiting only for its
+//   none AMX-sized, i.e. decode): items = (expert group, 64 rows of H), each waiting only for its
 //   own expert's phase 1, so no core idles at the phase-1 barrier while others finish; an item
 //   writes its rows to a per-assignment partial buffer, and the item that completes a row block
 //   adds the groups' partials to out in group order (the same sums as above, so the same bits).
