@@ -281,27 +281,6 @@ def _assert_same_bits(outs, base):
             assert torch.equal(got[key], out), (v, key)
 
 
-_SPLIT4_CHILD = _GROUP_PASS_CHILD.replace(
-    "H, I, E = 160, 96, 8  # 10 and 6 groups of 16 rows: pairs, and an odd group left over",
-    "H, I, E = 320, 288, 8  # 10 and 9 blocks per row: 4 ranges of 2 and a tail of 2 and 1",
-)
-
-
-def test_q8_group_split4_matches_one_range_to_fp32_reassociation(tmp_path):
-    """HYBRID_MOE_Q8_GROUP_PASS=split4 (AVX512, one token: a group read as 4 block ranges) sums the
-    same block products in another order: equal to the one-range code within fp32 reassociation
-    (1e-5 of the output's scale), and not bit-identical (so the split code ran)."""
-    if "avx512" not in ISAS:
-        pytest.skip("HYBRID_MOE_Q8_GROUP_PASS selects AVX512 code")
-    outs = _outputs_under(_SPLIT4_CHILD, "HYBRID_MOE_Q8_GROUP_PASS", ("1", "split4"), tmp_path)
-    differs = False
-    for key, base in outs["1"].items():
-        got = outs["split4"][key]
-        assert (got - base).abs().max() <= 1e-5 * base.abs().max(), key
-        differs |= key[1] in ("avx512", "amx") and key[0] == 1 and not torch.equal(got, base)
-    assert differs, "split4 gave the one-range code's bits: the setting did not reach the kernel"
-
-
 def test_q8_group_pass_setting_gives_the_same_bits(tmp_path):
     """HYBRID_MOE_Q8_GROUP_PASS=2 (AVX512: two groups per pass at one token) against 1."""
     if "avx512" not in ISAS:

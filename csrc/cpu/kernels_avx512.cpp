@@ -613,53 +613,9 @@ inline void q8_group_pair_t1(const uint8_t* ga, const uint8_t* gb, int64_t nb, c
   _mm512_storeu_ps(yb, acc_b);
 }
 
-// T = 1, one group read as 4 block ranges at once (blocks [r q, (r + 1) q), q = nb / 4, the rest
-// in range 3): 4 DRAM streams per core, 8.7 KB apart at H = 2048, where q8_group_block<1> reads
-// one. Per block the same operations as q8_group_block<1>; the 4 ranges' fp32 sums are added at
-// the end, (0 + 1) + (2 + 3): the rounding differs from the one-range order by reassociation only.
-inline void q8_group_split4_t1(const uint8_t* grp, int64_t nb, const int8_t* s8,
-                               const int32_t* corr1, const QuantBlockQ8* blocks, float* y, int pf,
-                               PrefetchHint hint) {
-  const uint8_t* quants = grp + nb * 2 * kQ8GroupRows;
-  const auto step = [&](int64_t b, __m512& acc) {
-    const uint8_t* qb = quants + b * kQ8GroupBlockBytes;
-    if (pf > 0)
-      for (int o = 0; o < kQ8GroupBlockBytes; o += 64) prefetch_line(qb + pf + o, hint);
-    const int8_t* x = s8 + b * kQ8BlockSize;
-    __m512i s0 = _mm512_set1_epi32(corr1[b]), s1 = _mm512_setzero_si512();
-    for (int j = 0; j < 8; j += 2) {
-      int32_t x0, x1;
-      std::memcpy(&x0, x + 4 * j, 4);
-      std::memcpy(&x1, x + 4 * j + 4, 4);
-      s0 = _mm512_dpbusd_epi32(s0, _mm512_loadu_si512(qb + 64 * j), _mm512_set1_epi32(x0));
-      s1 = _mm512_dpbusd_epi32(s1, _mm512_loadu_si512(qb + 64 * j + 64), _mm512_set1_epi32(x1));
-    }
-    const __m512 dw =
-        _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + b * 32)));
-    const __m512 dwx = _mm512_mul_ps(dw, _mm512_set1_ps(blocks[b].d));
-    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), dwx, acc);
-  };
-  const int64_t q = nb / 4;
-  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-  for (int64_t i = 0; i < q; ++i) {
-    step(i, a0);
-    step(q + i, a1);
-    step(2 * q + i, a2);
-    step(3 * q + i, a3);
-  }
-  for (int64_t b = 4 * q; b < nb; ++b) step(b, a3);
-  _mm512_storeu_ps(y, _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-}
-
-// HYBRID_MOE_Q8_GROUP_PASS=1|2|split4: how the AVX512 group code reads at T = 1 (A/B runs): one
-// group per pass (one stream), two groups per pass (two streams, the same bits), or one group as
-// four block ranges (four streams, fp32 sums reassociated).
-enum class GroupPass { kOne, kTwo, kSplit4 };
-GroupPass q8_group_pass() {
-  static const GroupPass v = [] {
-    const int i = env_choice("HYBRID_MOE_Q8_GROUP_PASS", {"1", "2", "split4"});
-    return i == 1 ? GroupPass::kTwo : i == 2 ? GroupPass::kSplit4 : GroupPass::kOne;
-  }();
+// HYBRID_MOE_Q8_GROUP_PASS=1|2: groups per pass of the AVX512 group code at T = 1 (A/B runs).
+int q8_groups_per_pass() {
+  static const int v = env_choice("HYBRID_MOE_Q8_GROUP_PASS", {"1", "2"}) == 1 ? 2 : 1;
   return v;
 }
 
@@ -674,16 +630,7 @@ void avx_dot_groups_q8(const uint8_t* w, int64_t groups, int64_t n_in, const uin
   const int pf = prefetch_bytes();
   const PrefetchHint hint = prefetch_hint(WeightFormat::kQ8_0);
   int64_t g = 0;
-  if (n_tok == 1 && q8_group_pass() == GroupPass::kSplit4 && nb >= 8) {
-    for (; g < groups; ++g) {
-      const uint8_t* grp = w + g * group_bytes;
-      if (pf > 0)  // the group's scales
-        for (int64_t o = 0; o < nb * 2 * kQ8GroupRows; o += 64) prefetch_line(grp + o, hint);
-      q8_group_split4_t1(grp, nb, s8, corr1, blocks, y + g * kQ8GroupRows, pf, hint);
-    }
-    return;
-  }
-  if (n_tok == 1 && q8_group_pass() == GroupPass::kTwo)
+  if (n_tok == 1 && q8_groups_per_pass() == 2)
     for (; g + 2 <= groups; g += 2) {
       const uint8_t* ga = w + g * group_bytes;
       if (pf > 0)  // both groups' scales
