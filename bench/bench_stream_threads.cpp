@@ -12,7 +12,8 @@
 // Configs: each runs in its own forked child (kernel settings are read once per process), with
 // the environment it names; rounds rotate the order of the configs (the first slot of a round was
 // slow in earlier A/Bs). Every child measures the reader too, so q8g / reader is a same-process
-// ratio. Output: one line per (round, config) and a median table; --json writes the table.
+// ratio. Output: one line per (round, config, with the buffers' share on huge pages) and a median
+// table; --json writes the table.
 // Usage: bench_stream_threads [--threads 16] [--rounds 4] [--bursts 41] [--buffer-mib 2048]
 //        [--configs "base;pf0:HYBRID_MOE_PREFETCH=0;ymm:HYBRID_MOE_Q8_GROUP_PASS=ymm"]
 //        [--json out.json]
@@ -54,6 +55,7 @@ constexpr int64_t kItemBytes[kKernels] = {139264, 139264, 262144};  // phase-1 i
 
 struct Rates {
   double steady[kKernels] = {0, 0, 0}, burst[kKernels] = {0, 0, 0};  // GB/s, all threads
+  double huge_share = 0;  // of both buffers on transparent huge pages (/proc/self/smaps)
 };
 
 void pin(int cpu) {
@@ -197,6 +199,8 @@ Rates measure(int threads, int bursts, std::size_t buffer_bytes) {
   for (int i = 0; i < threads; ++i) th.emplace_back(body, i);
   for (auto& t : th) t.join();
   Rates r;
+  const hm::cpu::PageRanges ranges{{buf_q8.get(), buffer_bytes}, {buf_bf16.get(), buffer_bytes}};
+  r.huge_share = static_cast<double>(hm::cpu::huge_page_bytes(ranges)) / (2.0 * buffer_bytes);
   for (int k = 0; k < kKernels; ++k) {
     r.steady[k] = median(steady[k]);
     r.burst[k] = median(burst[k]);
@@ -298,9 +302,9 @@ int main(int argc, char** argv) {
       res[v].push_back(g);
       std::printf(
           "round %d slot %zu %-10s steady reader %6.1f q8g %6.1f bf16 %6.1f | burst reader "
-          "%6.1f q8g %6.1f bf16 %6.1f GB/s\n",
+          "%6.1f q8g %6.1f bf16 %6.1f GB/s | huge pages %3.0f%%\n",
           r, j, cs[v].name.c_str(), g.steady[0], g.steady[1], g.steady[2], g.burst[0], g.burst[1],
-          g.burst[2]);
+          g.burst[2], 100 * g.huge_share);
       std::fflush(stdout);
     }
   // Medians over rounds; ratios to the reader per child, then the median.

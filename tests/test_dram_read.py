@@ -46,3 +46,42 @@ def test_burst_read_times_calls_of_cold_bytes():
 def test_burst_read_rejects_bad_arguments(burst, item, bursts, buffer_mib, message):
     with pytest.raises(ValueError, match=message):
         native.cpu_burst_read(burst, item, bursts, 2, buffer_mib)
+
+
+def test_range_reader_reads_caller_memory():
+    import torch
+
+    # Two ranges, one starting off a 64-byte boundary: 40 + 30 MiB, >= the 64 MiB minimum.
+    a = torch.randint(0, 255, (40 << 20,), dtype=torch.uint8)
+    b = torch.randint(0, 255, ((30 << 20) + 100,), dtype=torch.uint8)
+    ptrs, sizes = [a.data_ptr(), b.data_ptr() + 3], [a.numel(), b.numel() - 3]
+    r = native.cpu_dram_read_ranges(ptrs, sizes, 2, 3)
+    methods = dict(r["methods"])
+    assert methods and r["best"] in methods
+    assert r["best_gbps"] == max(methods.values())
+    assert all(math.isfinite(v) and 0.5 < v < 2000 for v in methods.values())
+    assert 0 <= r["huge_page_bytes"] <= sum(sizes)
+
+
+@pytest.mark.parametrize(
+    "ptrs, sizes, message",
+    [
+        ([1 << 20], [64 << 20, 1], "same length"),
+        ([0], [64 << 20], "null pointer or size <= 0"),
+        ([1 << 20], [0], "null pointer or size <= 0"),
+    ],
+)
+def test_range_reader_rejects_bad_ranges(ptrs, sizes, message):
+    with pytest.raises(ValueError, match=message):
+        native.cpu_dram_read_ranges(ptrs, sizes, 2, 3)
+
+
+def test_range_reader_rejects_cache_sized_ranges():
+    import torch
+
+    small = torch.ones(1 << 20, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=">= 64 MiB"):
+        native.cpu_dram_read_ranges([small.data_ptr()], [small.numel()], 2, 3)
+    big = torch.ones(64 << 20, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="reps must be >= 1"):
+        native.cpu_dram_read_ranges([big.data_ptr()], [big.numel()], 2, 0)

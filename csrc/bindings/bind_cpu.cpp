@@ -153,6 +153,39 @@ HM_BINDINGS(cpu) {
       "Host DRAM read bandwidth in GB/s: the shared pool's pinned workers stream `mib` MiB "
       "(median of reps; cpu/dram_read.h).");
   m.def(
+      "cpu_dram_read_ranges",
+      [](const std::vector<uintptr_t>& ptrs, const std::vector<int64_t>& sizes, int threads,
+         int reps) {
+        HM_CHECK(ptrs.size() == sizes.size(), "ptrs and sizes must have the same length, got ",
+                 ptrs.size(), " and ", sizes.size());
+        hm::cpu::PageRanges ranges;
+        for (size_t i = 0; i < ptrs.size(); ++i) {
+          HM_CHECK(ptrs[i] != 0 && sizes[i] > 0, "range ", i, ": null pointer or size <= 0");
+          ranges.emplace_back(reinterpret_cast<const void*>(ptrs[i]),
+                              static_cast<std::size_t>(sizes[i]));
+        }
+        auto& pool = hm::cpu::shared_pool(threads);
+        hm::cpu::DramRead r;
+        std::size_t huge = 0;
+        {
+          py::gil_scoped_release release;
+          r = hm::cpu::measure_dram_read_ranges(pool, ranges, reps);
+          huge = hm::cpu::huge_page_bytes(ranges);
+        }
+        py::dict methods;
+        for (const auto& mt : r.methods) methods[py::str(mt.name)] = mt.gbps;
+        py::dict d;
+        d["best_gbps"] = r.best_gbps;
+        d["best"] = r.best;
+        d["methods"] = methods;
+        d["huge_page_bytes"] = huge;
+        return d;
+      },
+      py::arg("ptrs"), py::arg("sizes"), py::arg("threads") = 0, py::arg("reps") = 5,
+      "The DRAM reader's loops over caller-owned host ranges (addresses and byte sizes, e.g. "
+      "expert stores; >= 64 MiB in all): best GB/s, its method, every method's GB/s and the "
+      "ranges' bytes on transparent huge pages (cpu/dram_read.h).");
+  m.def(
       "cpu_burst_read",
       [](int64_t burst_bytes, int64_t item_bytes, int bursts, int threads, int64_t buffer_mib) {
         HM_CHECK(burst_bytes > 0 && item_bytes > 0 && buffer_mib > 0,

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "cpu/dram_read_kernels.h"
+#include "cpu/stream_buffer.h"
 #include "cpu/thread_pool.h"
 
 namespace hm::cpu {
@@ -40,6 +41,13 @@ struct DramRead {
 
 // Every method; bytes >= 64 MiB and reps >= 1, else hm::ValueError.
 DramRead measure_dram_read(ThreadPool& pool, std::size_t bytes, int reps);
+// The same read loops over memory the caller owns (e.g. the expert stores a benchmark streams), so
+// that a kernel and the reader are judged on the same physical pages: on the lent Xeon a fresh
+// buffer read ~100 GB/s in some processes and ~135 in others while a kernel tracked the reader on
+// its own buffer (bench/bench_stream_threads.cpp, 2026-11-29). Each distinct read loop runs over
+// 4 MiB chunks of the ranges (64-byte aligned inside each range) handed out dynamically; GB/s =
+// bytes read / median rep time. Ranges totalling < 64 MiB (cache-sized) or reps < 1: ValueError.
+DramRead measure_dram_read_ranges(ThreadPool& pool, const PageRanges& ranges, int reps);
 // The best method's GB/s (1e9 bytes per second); same arguments.
 double measure_dram_read_gbps(ThreadPool& pool, std::size_t bytes, int reps);
 // The linear read loop of the widest ISA this machine runs (the chunked method's loop).
