@@ -15,7 +15,7 @@
 // ratio. Output: one line per (round, config, with the buffers' share on huge pages) and a median
 // table; --json writes the table.
 // Usage: bench_stream_threads [--threads 16] [--rounds 4] [--bursts 41] [--buffer-mib 2048]
-//        [--configs "base;pf0:HYBRID_MOE_PREFETCH=0;ymm:HYBRID_MOE_Q8_GROUP_PASS=ymm"]
+//        [--configs "base;pf0:HYBRID_MOE_PREFETCH=0;pf4k:HYBRID_MOE_PREFETCH=4096"]
 //        [--json out.json]
 #include <pthread.h>
 #include <sched.h>

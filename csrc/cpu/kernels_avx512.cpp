@@ -613,52 +613,10 @@ inline void q8_group_pair_t1(const uint8_t* ga, const uint8_t* gb, int64_t nb, c
   _mm512_storeu_ps(yb, acc_b);
 }
 
-// T = 1 in 256-bit registers: the same group walk as q8_group_block<1>, each 64-byte load split in
-// rows 0-7 and 8-15 (two ymm accumulators). Heavy 512-bit integer code may run the core at a lower
-// licence clock than the DRAM reader's light zmm loads; this variant measures whether that costs
-// the stream anything (A/B, HYBRID_MOE_Q8_GROUP_PASS=ymm). Same int32 sums, so the same bits.
-inline void q8_group_ymm_t1(const uint8_t* grp, int64_t nb, const int8_t* s8, const int32_t* corr1,
-                            const QuantBlockQ8* blocks, float* y, int pf, PrefetchHint hint) {
-  const uint8_t* quants = grp + nb * 2 * kQ8GroupRows;
-  __m256 acc_lo = _mm256_setzero_ps(), acc_hi = _mm256_setzero_ps();
-  for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* qb = quants + b * kQ8GroupBlockBytes;
-    if (pf > 0)
-      for (int o = 0; o < kQ8GroupBlockBytes; o += 64) prefetch_line(qb + pf + o, hint);
-    const int8_t* x = s8 + b * kQ8BlockSize;
-    __m256i l0 = _mm256_set1_epi32(corr1[b]), h0 = l0;
-    __m256i l1 = _mm256_setzero_si256(), h1 = l1;
-    for (int j = 0; j < 8; j += 2) {
-      int32_t x0, x1;
-      std::memcpy(&x0, x + 4 * j, 4);
-      std::memcpy(&x1, x + 4 * j + 4, 4);
-      const __m256i b0 = _mm256_set1_epi32(x0), b1 = _mm256_set1_epi32(x1);
-      const auto* w0 = reinterpret_cast<const __m256i*>(qb + 64 * j);
-      const auto* w1 = reinterpret_cast<const __m256i*>(qb + 64 * j + 64);
-      l0 = _mm256_dpbusd_epi32(l0, _mm256_loadu_si256(w0), b0);
-      h0 = _mm256_dpbusd_epi32(h0, _mm256_loadu_si256(w0 + 1), b0);
-      l1 = _mm256_dpbusd_epi32(l1, _mm256_loadu_si256(w1), b1);
-      h1 = _mm256_dpbusd_epi32(h1, _mm256_loadu_si256(w1 + 1), b1);
-    }
-    const __m256 dx = _mm256_set1_ps(blocks[b].d);
-    const __m256 d_lo =
-        _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(grp + b * 32)));
-    const __m256 d_hi =
-        _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(grp + b * 32 + 16)));
-    acc_lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(l0, l1)), _mm256_mul_ps(d_lo, dx),
-                             acc_lo);
-    acc_hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(h0, h1)), _mm256_mul_ps(d_hi, dx),
-                             acc_hi);
-  }
-  _mm256_storeu_ps(y, acc_lo);
-  _mm256_storeu_ps(y + 8, acc_hi);
-}
-
-// HYBRID_MOE_Q8_GROUP_PASS=1|2|ymm: the AVX512 group code at T = 1 (A/B runs): 1 group per pass,
-// 2 groups per pass (q8_group_pair_t1), or 256-bit registers (q8_group_ymm_t1).
+// HYBRID_MOE_Q8_GROUP_PASS=1|2: groups per pass of the AVX512 group code at T = 1 (A/B runs).
 int q8_groups_per_pass() {
-  static const int v = env_choice("HYBRID_MOE_Q8_GROUP_PASS", {"1", "2", "ymm"});
-  return v == 1 ? 2 : v == 2 ? 3 : 1;
+  static const int v = env_choice("HYBRID_MOE_Q8_GROUP_PASS", {"1", "2"}) == 1 ? 2 : 1;
+  return v;
 }
 
 void avx_dot_groups_q8(const uint8_t* w, int64_t groups, int64_t n_in, const uint8_t* packed,
@@ -683,16 +641,11 @@ void avx_dot_groups_q8(const uint8_t* w, int64_t groups, int64_t n_in, const uin
       q8_group_pair_t1(ga, ga + group_bytes, nb, s8, corr1, blocks, y + g * kQ8GroupRows,
                        y + (g + 1) * kQ8GroupRows, pf, hint);
     }
-  const bool ymm = n_tok == 1 && q8_groups_per_pass() == 3;
   for (; g < groups; ++g) {
     const uint8_t* grp = w + g * group_bytes;
     float* yg = y + g * kQ8GroupRows;
     if (pf > 0)  // the group's scales (nb x 32 bytes, read 32 per block) at once
       for (int64_t o = 0; o < nb * 2 * kQ8GroupRows; o += 64) prefetch_line(grp + o, hint);
-    if (ymm) {
-      q8_group_ymm_t1(grp, nb, s8, corr1, blocks, yg, pf, hint);
-      continue;
-    }
     int t = 0;
     for (; t + 4 <= n_tok; t += 4)  // later chunks find the group in L1/L2: no prefetch
       q8_group_block<4>(grp, nb, s8 + t * n_in, n_in, corr1 + t * nb, blocks + t * nb, yg + t * ldy,
