@@ -37,6 +37,11 @@ static_assert(sizeof(QuantBlockQ8) == 36, "activation Q8 block is 36 bytes");
 // once; a malformed value raises hm::ValueError on first use.
 inline constexpr int kDefaultPrefetchBytes = 2048;  // best of 0, 1024, 2048 on the lent Xeon
 int prefetch_bytes();
+// The AVX512 Q8_0 group code's distance: HYBRID_MOE_PREFETCH if set, else 4096 (lent Xeon, 16
+// threads, order-balanced layer runs at T = 1 and 4 against 2048, bench/RESULTS.md session 12:
+// the 16-row groups stream 1 KiB per block step, so 2048 B is only 4 steps ahead).
+inline constexpr int kDefaultQ8GroupPrefetchBytes = 4096;
+int q8_group_prefetch_bytes();
 // Cache level the SIMD variants' software prefetches target for weights of format f:
 // HYBRID_MOE_PREFETCH_HINT = l1 (prefetcht0), l2 (prefetcht1) or nta (prefetchnta) for every
 // format; unset: l1 for bf16, l2 for Q8_0 (lent Xeon, 16 threads, Q8_0 at 2048 B: l2 0.463 /

@@ -627,7 +627,7 @@ void avx_dot_groups_q8(const uint8_t* w, int64_t groups, int64_t n_in, const uin
   const auto* corr1 = reinterpret_cast<const int32_t*>(packed + parts.corr1);
   const auto* blocks = reinterpret_cast<const QuantBlockQ8*>(packed);
   const std::size_t group_bytes = kQ8GroupRows * row_bytes(WeightFormat::kQ8_0, n_in);
-  const int pf = prefetch_bytes();
+  const int pf = q8_group_prefetch_bytes();
   const PrefetchHint hint = prefetch_hint(WeightFormat::kQ8_0);
   int64_t g = 0;
   if (n_tok == 1 && q8_groups_per_pass() == 2)

@@ -109,10 +109,12 @@ void generic_dot_rows(WeightFormat f, const uint8_t* w, std::size_t row_stride, 
 
 }  // namespace
 
-int prefetch_bytes() {
+namespace {
+// HYBRID_MOE_PREFETCH in bytes, -1 when unset or empty (read once).
+int prefetch_setting() {
   static const int bytes = [] {
     const char* v = std::getenv("HYBRID_MOE_PREFETCH");
-    if (!v || !*v) return kDefaultPrefetchBytes;
+    if (!v || !*v) return -1;
     char* end = nullptr;
     const long n = std::strtol(v, &end, 10);
     HM_CHECK(end && *end == '\0' && n >= 0 && n <= (1 << 20),
@@ -121,6 +123,17 @@ int prefetch_bytes() {
     return static_cast<int>(n);
   }();
   return bytes;
+}
+}  // namespace
+
+int prefetch_bytes() {
+  const int v = prefetch_setting();
+  return v >= 0 ? v : kDefaultPrefetchBytes;
+}
+
+int q8_group_prefetch_bytes() {
+  const int v = prefetch_setting();
+  return v >= 0 ? v : kDefaultQ8GroupPrefetchBytes;
 }
 
 PrefetchHint prefetch_hint(WeightFormat f) {
