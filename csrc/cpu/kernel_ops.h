@@ -38,8 +38,9 @@ static_assert(sizeof(QuantBlockQ8) == 36, "activation Q8 block is 36 bytes");
 inline constexpr int kDefaultPrefetchBytes = 2048;  // best of 0, 1024, 2048 on the lent Xeon
 int prefetch_bytes();
 // The AVX512 Q8_0 group code's distance: HYBRID_MOE_PREFETCH if set, else 4096 (lent Xeon, 16
-// threads, order-balanced layer runs at T = 1 and 4 against 2048, bench/RESULTS.md session 12:
-// the 16-row groups stream 1 KiB per block step, so 2048 B is only 4 steps ahead).
+// threads, 16 order-balanced layer runs against 2048: median 0.341 / 0.358 ms at T = 1, 1.129 /
+// 1.217 at T = 4; bench/RESULTS.md session 12). A group's block step reads 512 bytes of one
+// stream, so 2048 B was only 4 steps ahead.
 inline constexpr int kDefaultQ8GroupPrefetchBytes = 4096;
 int q8_group_prefetch_bytes();
 // Cache level the SIMD variants' software prefetches target for weights of format f:

@@ -2,7 +2,8 @@
 // At T = 1 the layer is pure weight streaming, so both formats are written to keep the memory
 // system busy: 4 weight rows per pass (4 independent streams, 4 x NT accumulator chains), few
 // instructions per weight byte (so the out-of-order window spans many cache lines), and software
-// prefetch of each stream prefetch_bytes() ahead (HYBRID_MOE_PREFETCH). Row order
+// prefetch of each stream prefetch_bytes() ahead (HYBRID_MOE_PREFETCH; the Q8_0 row-group code:
+// q8_group_prefetch_bytes(), 4096 by default). Row order
 // (HYBRID_MOE_ROW_ORDER, kernel_ops.h): by default pass p takes rows 4p..4p+3; optionally the
 // call's rows are cut into 4 contiguous runs and pass p takes row p of each run (each stream one
 // sequential range). Either way the prefetcher runs on from a row's end into the row that the
