@@ -263,7 +263,7 @@ def fixed_cost_sweep(ours, isas, ebytes, E, H, I, L, a) -> dict:
     tiny_store = CpuExpertStore.from_tensors(
         *(torch.randn(1, 64, 64) * 0.05 for _ in range(3)), fmt="bf16"
     )
-    tiny_ptrs = tiny_store.expert_ptrs()
+    tiny_ptrs = tiny_store.expert_ptr_array()
     xt, ot = torch.randn(1, 64), torch.zeros(1, 64)
     tok, eid, wt = (np.zeros(1, np.int32), np.zeros(1, np.int32), np.ones(1, np.float32))
 
@@ -429,7 +429,7 @@ def main() -> None:
             for f, v in stores.items()
         }
     res["pinned_memory"] = bool(a.pin_memory)
-    ptrs = {f: [s.expert_ptrs() for s in v] for f, v in stores.items()}
+    ptrs = {f: [s.expert_ptr_array() for s in v] for f, v in stores.items()}
     ebytes = {f: stores[f][0].layout["weight_bytes"] for f in stores}
     print(f"setup {time.time() - t0:.1f}s; expert bytes {ebytes}", flush=True)
     kt = {}

@@ -107,7 +107,7 @@ def main() -> None:
     print(f"{'fmt':8} {'isa':6} {'T':>3} " + " ".join(f"{c:>8}" for c in cols) + "   GB/s")
     for fmt in fmts:
         lst = stores[fmt]
-        ptrs = [s.expert_ptrs() for s in lst]
+        ptrs = [s.expert_ptr_array() for s in lst]
         ebytes = lst[0].layout["weight_bytes"]
         for isa in isas:
             for T in [int(t) for t in a.tokens.split(",")]:

@@ -99,6 +99,47 @@ def test_accumulates_into_out_and_accepts_bf16_x():
     assert (out - ref).abs().max().item() <= 1e-4 * ref.abs().max().item()
 
 
+def test_expert_pointers_as_array_or_list_give_the_same_bits():
+    from hybrid_moe._native import native
+
+    H, I, E = SHAPES["q8_0"][0], SHAPES["q8_0"][1], 6
+    store = CpuExpertStore.from_tensors(*_weights(E, H, I, seed=6), fmt="q8_0")
+    x = torch.randn(2, H)
+    ids, w = _routing(2, E, 3, seed=6)
+    tok = np.repeat(np.arange(2, dtype=np.int32), 3)
+    eid = ids.to(torch.int32).reshape(-1).numpy()
+    wf = w.to(torch.float32).reshape(-1).numpy()
+    outs = []
+    arr = store.expert_ptr_array()
+    assert arr.dtype == np.uint64 and arr.tolist() == store.expert_ptrs()
+    for ptrs in (arr, store.expert_ptrs(), arr.astype(np.int64)):  # in place, list, converted
+        out = torch.zeros(2, H)
+        native.cpu_moe_layer(
+            "q8_0", H, I, ptrs, x.data_ptr(), 2, tok, eid, wf, out.data_ptr(), 2, "", "gguf"
+        )
+        outs.append(out)
+    assert outs[0].abs().max() > 0
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    with pytest.raises(TypeError, match="expert_ptrs must be a 1-D uint64 numpy array"):
+        native.cpu_moe_layer(
+            "q8_0", H, I, "abc", x.data_ptr(), 2, tok, eid, wf, out.data_ptr(), 2, "", "gguf"
+        )
+    with pytest.raises(ValueError, match="expert_ptrs must be 1-D"):
+        native.cpu_moe_layer(
+            "q8_0", H, I, arr.reshape(2, 3), x.data_ptr(), 2, tok, eid, wf, out.data_ptr(), 2,
+            "", "gguf",
+        )  # fmt: skip
+
+
+def test_expert_pointer_array_follows_the_store_data():
+    H, I, E = SHAPES["bf16"][0], SHAPES["bf16"][1], 3
+    store = CpuExpertStore.from_tensors(*_weights(E, H, I, seed=7), fmt="bf16")
+    first = store.expert_ptr_array()
+    assert store.expert_ptr_array() is first  # cached
+    store.data = store.data.clone()  # new memory: the cache must not hand out the old addresses
+    assert store.expert_ptr_array().tolist() == store.expert_ptrs() != first.tolist()
+
+
 def test_q8_0_matches_gguf_quantizer():
     gguf = pytest.importorskip("gguf")
     g = torch.Generator().manual_seed(3)

@@ -19,6 +19,34 @@
 
 namespace py = pybind11;
 
+namespace {
+
+// Expert base addresses from a 1-D uint64 numpy array (read in place: the per-call cost of a
+// decode step's 128-pointer list conversion is gone, CpuExpertStore.expert_ptr_array) or from
+// any sequence of ints.
+std::vector<const uint8_t*> expert_pointers(const py::object& ptrs) {
+  std::vector<const uint8_t*> out;
+  if (py::isinstance<py::array_t<uint64_t, py::array::c_style>>(ptrs)) {
+    const auto a = ptrs.cast<py::array_t<uint64_t, py::array::c_style>>();
+    HM_CHECK(a.ndim() == 1, "expert_ptrs must be 1-D, got ", a.ndim(), " dimensions");
+    out.resize(a.size());
+    for (py::ssize_t e = 0; e < a.size(); ++e)
+      out[e] = reinterpret_cast<const uint8_t*>(static_cast<uintptr_t>(a.data()[e]));
+    return out;
+  }
+  std::vector<uintptr_t> v;
+  try {
+    v = ptrs.cast<std::vector<uintptr_t>>();
+  } catch (const py::cast_error&) {
+    throw py::type_error("expert_ptrs must be a 1-D uint64 numpy array or a sequence of ints");
+  }
+  out.reserve(v.size());
+  for (uintptr_t p : v) out.push_back(reinterpret_cast<const uint8_t*>(p));
+  return out;
+}
+
+}  // namespace
+
 HM_BINDINGS(cpu) {
   m.def(
       "expert_layout",
@@ -32,7 +60,7 @@ HM_BINDINGS(cpu) {
   m.def(
       "cpu_moe_layer",
       [](const std::string& fmt, int64_t hidden, int64_t intermediate,
-         const std::vector<uintptr_t>& expert_ptrs, uintptr_t x_ptr, int64_t tokens,
+         const py::object& expert_ptrs, uintptr_t x_ptr, int64_t tokens,
          py::array_t<int32_t, py::array::c_style | py::array::forcecast> token_idx,
          py::array_t<int32_t, py::array::c_style | py::array::forcecast> expert_idx,
          py::array_t<float, py::array::c_style | py::array::forcecast> weights, uintptr_t out_ptr,
@@ -43,9 +71,7 @@ HM_BINDINGS(cpu) {
         std::vector<hm::cpu::ExpertAssignment> as(token_idx.size());
         for (py::ssize_t i = 0; i < token_idx.size(); ++i)
           as[i] = {token_idx.data()[i], expert_idx.data()[i], weights.data()[i]};
-        std::vector<const uint8_t*> experts(expert_ptrs.size());
-        for (size_t e = 0; e < experts.size(); ++e)
-          experts[e] = reinterpret_cast<const uint8_t*>(expert_ptrs[e]);
+        const std::vector<const uint8_t*> experts = expert_pointers(expert_ptrs);
         hm::cpu::MoeLayerArgs a;
         a.layout = hm::make_expert_layout(hm::parse_format(fmt), hidden, intermediate,
                                           hm::parse_packing(packing));

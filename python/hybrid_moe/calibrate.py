@@ -358,8 +358,11 @@ def measure_cpu(
     groups = max(3, math.ceil(pool_mib * 2**20 / (stride * experts_per_call)))
     pool, packing = runtime_cpu_experts(fmt, groups * experts_per_call, hidden, intermediate, 11)
     base = pool.data_ptr()
-    ptrs = [
-        [base + (g * experts_per_call + e) * stride for e in range(experts_per_call)]
+    ptrs = [  # uint64 arrays: the native call reads them in place
+        np.array(
+            [base + (g * experts_per_call + e) * stride for e in range(experts_per_call)],
+            dtype=np.uint64,
+        )
         for g in range(groups)
     ]
     rows = []
@@ -411,7 +414,7 @@ def measure_cpu_overhead(fmt: str, threads: int, reps: int, experts: int = 8) ->
     H, inter = TINY_HIDDEN, TINY_INTERMEDIATE
     pool, packing = runtime_cpu_experts(fmt, experts, H, inter, seed=5)
     stride = int(dict(native.expert_layout(fmt, H, inter))["stride"])
-    ptrs = [pool.data_ptr() + e * stride for e in range(experts)]
+    ptrs = np.array([pool.data_ptr() + e * stride for e in range(experts)], dtype=np.uint64)
     tok, exp, w = _all_experts_routing(1, experts)
     x, out = torch.randn(1, H), torch.zeros(1, H)
     args = (fmt, H, inter, ptrs, x.data_ptr(), 1, tok, exp, w, out.data_ptr(), threads, "")

@@ -10,7 +10,7 @@ run time by CPUID; HYBRID_MOE_CPU_ISA or hybrid_moe.set_cpu_isa caps it, `isa=` 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -52,6 +52,7 @@ class CpuExpertStore:
     data: torch.Tensor
     layout: dict
     packing: str = "gguf"
+    _ptr_cache: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def n_experts(self) -> int:
@@ -60,6 +61,14 @@ class CpuExpertStore:
     def expert_ptrs(self) -> list[int]:
         base, stride = self.data.data_ptr(), int(self.layout["stride"])
         return [base + e * stride for e in range(self.n_experts)]
+
+    def expert_ptr_array(self) -> np.ndarray:
+        """expert_ptrs() as a uint64 array, cached while data stays the same tensor: the native
+        layer call reads it in place (a list of E ints is converted on every call)."""
+        key = (self.data.data_ptr(), int(self.layout["stride"]), self.n_experts)
+        if self._ptr_cache is None or self._ptr_cache[0] != key:
+            self._ptr_cache = (key, np.array(self.expert_ptrs(), dtype=np.uint64))
+        return self._ptr_cache[1]
 
     @classmethod
     def from_tensors(
@@ -172,7 +181,7 @@ def run_layer(
         store.fmt,
         store.hidden,
         store.intermediate,
-        store.expert_ptrs(),
+        store.expert_ptr_array(),
         xf.data_ptr(),
         T,
         tok,
