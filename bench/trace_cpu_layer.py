@@ -12,7 +12,10 @@ and, summed over the pool's workers between submit and finish (worker-us):
   busy_pN   items of phase N computing;  wait_pN   items of phase N waiting for their
   dependencies (phase barrier, or their expert in dataflow mode; the wait includes warm-up
   prefetches);  idle   no item held (before the first ticket, after the last: the tails).
-Stream rate = bytes of the call's distinct experts / (finish - first).
+Stream rate = bytes of the call's distinct experts / (finish - first). After each row, the DRAM
+reader over the same stores (bench_cpu_experts.same_bytes_read) and the fractions of it that the
+whole call, the first->finish span and the workers' busy time (bytes / (busy worker-us / threads))
+reach.
 Calls run back to back (arguments prepared first; the trace is fetched between calls, a few us).
 Compare modes with HYBRID_MOE_DATAFLOW=0|1 or HYBRID_MOE_CALLER_HELPS=0|1 (read once per
 process: one mode per run). Worker -1 in a trace is the calling thread (caller_pool).
@@ -35,7 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_cpu_experts import bf16_store, make_layers, q8_store, routing
+from bench_cpu_experts import bf16_store, make_layers, q8_store, routing, same_bytes_read
 from hybrid_moe._native import native
 from hybrid_moe.cpu_experts import available_isas
 
@@ -141,6 +144,9 @@ def main() -> None:
                 for tr, t0, t1, distinct in raw[3:]:  # the first calls warm pool and scratch
                     r = summarise(tr, t0, t1, pool["threads"])
                     r["gbs"] = distinct * ebytes / (r["finish"] - r["first"]) / 1e3
+                    r["call_gbs"] = distinct * ebytes / r["return"] / 1e3
+                    busy = sum(v for key, v in r.items() if key.startswith("busy_p"))
+                    r["busy_gbs"] = distinct * ebytes / (busy / pool["threads"]) / 1e3
                     rows.append(r)
                 med = {key: statistics.median(r.get(key, 0.0) for r in rows) for key in rows[0]}
                 med.update(fmt=fmt, isa=isa, T=T)
@@ -149,6 +155,17 @@ def main() -> None:
                     f"{fmt:8} {isa:6} {T:>3} "
                     + " ".join(f"{med.get(c, 0.0):8.1f}" for c in cols)
                     + f"  {med['gbs']:6.1f}",
+                    flush=True,
+                )
+                # The reader over the same stores right after: what the call, its streaming span
+                # and its workers' busy time reach of it, and the share before the first item.
+                rd = same_bytes_read(lst, a.threads)["best_gbps"]
+                med["reader_same_bytes_gbs"] = rd
+                print(
+                    f"    reader over these stores {rd:.1f} GB/s: call {med['call_gbs'] / rd:.2f}, "
+                    f"first->finish {med['gbs'] / rd:.2f}, busy workers {med['busy_gbs'] / rd:.2f} "
+                    f"of it; before the first item {med['first']:.1f} us "
+                    f"({100 * med['first'] / med['return']:.0f}% of the call)",
                     flush=True,
                 )
     if a.json:
