@@ -11,7 +11,8 @@ Python call (t0, perf_counter_ns: the same clock as the trace):
 and, summed over the pool's workers between submit and finish (worker-us):
   busy_pN   items of phase N computing;  wait_pN   items of phase N waiting for their
   dependencies (phase barrier, or their expert in dataflow mode; the wait includes warm-up
-  prefetches);  idle   no item held (before the first ticket, after the last: the tails).
+  prefetches);  idle   no item held, split (JSON, and a line after each row) into before each
+  thread's first ticket, between its items and after its last (the tail).
 Stream rate = bytes of the call's distinct experts / (finish - first). After each row, the DRAM
 reader over the same stores (bench_cpu_experts.same_bytes_read) and the fractions of it that the
 whole call, the first->finish span and the workers' busy time (bytes / (busy worker-us / threads))
@@ -64,6 +65,20 @@ def summarise(tr: dict, t0_ns: int, t1_ns: int, threads: int) -> dict:
         row[f"wait_p{p}"] = us((it[:, 4] - it[:, 3]).sum())
         held += row[f"busy_p{p}"] + row[f"wait_p{p}"]
     row["idle"] = threads * us(fin - sub) - held
+    # The idle time split: before each thread's first ticket, between its items, after its last.
+    # (A thread that took no item is idle from submit to finish: counted as before.)
+    start = gaps = end = 0.0
+    seen = 0
+    for w in np.unique(items[:, 0]):
+        mine = items[items[:, 0] == w]
+        mine = mine[np.argsort(mine[:, 3])]
+        seen += 1
+        start += us(mine[0, 3] - sub)
+        end += us(fin - mine[:, 5].max())
+        gaps += us(np.clip(mine[1:, 3] - mine[:-1, 5], 0, None).sum())
+    row["idle_start"] = start + (threads - seen) * us(fin - sub)
+    row["idle_gaps"] = gaps
+    row["idle_end"] = end
     row["items"] = len(items)
     return row
 
@@ -161,6 +176,11 @@ def main() -> None:
                 # and its workers' busy time reach of it, and the share before the first item.
                 rd = same_bytes_read(lst, a.threads)["best_gbps"]
                 med["reader_same_bytes_gbs"] = rd
+                print(
+                    f"    idle worker-us: before the first ticket {med['idle_start']:.0f}, between "
+                    f"items {med['idle_gaps']:.0f}, after the last {med['idle_end']:.0f}",
+                    flush=True,
+                )
                 print(
                     f"    reader over these stores {rd:.1f} GB/s: call {med['call_gbs'] / rd:.2f}, "
                     f"first->finish {med['gbs'] / rd:.2f}, busy workers {med['busy_gbs'] / rd:.2f} "
