@@ -228,15 +228,10 @@ void ThreadPool::worker_loop(int index) {
       // Spin a little before sleeping: decode layers arrive every few hundred microseconds.
       // The spin yields so that a thread waiting for this core (the unpinned caller, woken by
       // the end of a job) runs at once rather than after the spin or a scheduler tick.
-      // The epoch is read every 8 pauses (a pause is ~40-140 cycles: a new job is seen within
-      // ~0.5 us), the core is yielded every 8 reads. Reading it only around each yield (64 pauses
-      // + a syscall) left a worker ~8 us on average between a submit and its first item on the
-      // lent Xeon (pool trace, bench/RESULTS.md session 12): ~4% of a T=1 layer's worker time.
       const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us_);
       bool changed = false;
-      for (unsigned n = 1; !(changed = epoch_.load(std::memory_order_acquire) != seen); ++n) {
-        for (int i = 0; i < 8; ++i) HM_PAUSE();
-        if (n % 8 != 0) continue;
+      while (!(changed = epoch_.load(std::memory_order_acquire) != seen)) {
+        for (int i = 0; i < 64; ++i) HM_PAUSE();
         std::this_thread::yield();
         if (std::chrono::steady_clock::now() > deadline) break;
       }
