@@ -17,8 +17,6 @@
 // "groups" runs the Q8_0 rows repacked in groups of 16, core/q8_rows16.h, through dot_groups_q8)
 #include <pthread.h>
 #include <sched.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -35,6 +33,7 @@
 #include "core/weight_format.h"
 #include "cpu/isa.h"
 #include "cpu/kernel_ops.h"
+#include "run_in_child.h"
 
 namespace {
 
@@ -233,28 +232,22 @@ int main(int argc, char** argv) {
                                                      std::vector<std::vector<Regimes>>(2));
   for (int r = 0; r < rounds; ++r)
     for (std::size_t v = 0; v < names.size(); ++v) {
-      int fd[2];
-      if (pipe(fd) != 0) return 1;
-      const pid_t pid = fork();
-      if (pid == 0) {
-        close(fd[0]);
-        g_groups = names[v] == "groups";
-        if (!g_groups) setenv("HYBRID_MOE_Q8_KERNEL", names[v].c_str(), 1);
-        Regimes g[2] = {measure(WeightFormat::kBF16, l2_kib << 10, dram_mib << 20),
-                        measure(WeightFormat::kQ8_0, l2_kib << 10, dram_mib << 20)};
-        const bool ok = write(fd[1], g, sizeof(g)) == static_cast<ssize_t>(sizeof(g));
-        _exit(ok ? 0 : 1);
-      }
-      close(fd[1]);
-      Regimes g[2];
-      const bool ok = read(fd[0], g, sizeof(g)) == static_cast<ssize_t>(sizeof(g));
-      close(fd[0]);
-      int st = 0;
-      waitpid(pid, &st, 0);
-      if (!ok || st != 0) {
+      struct Pair {
+        Regimes g[2];
+      } pr;
+      const bool ok = run_in_child(
+          [&] {
+            g_groups = names[v] == "groups";
+            if (!g_groups) setenv("HYBRID_MOE_Q8_KERNEL", names[v].c_str(), 1);
+            return Pair{{measure(WeightFormat::kBF16, l2_kib << 10, dram_mib << 20),
+                         measure(WeightFormat::kQ8_0, l2_kib << 10, dram_mib << 20)}};
+          },
+          &pr);
+      if (!ok) {
         std::fprintf(stderr, "variant %s failed\n", names[v].c_str());
         return 1;
       }
+      const Regimes* g = pr.g;
       for (int f = 0; f < 2; ++f) res[v][f].push_back(g[f]);
       std::fprintf(stderr, "round %d %s: q8 l2 %.1f dram1 %.2f dram2 %.2f\n", r, names[v].c_str(),
                    g[1].l2, g[1].dram1, g[1].dram2);

@@ -19,8 +19,6 @@
 //        [--json out.json]
 #include <pthread.h>
 #include <sched.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -41,6 +39,7 @@
 #include "cpu/isa.h"
 #include "cpu/kernel_ops.h"
 #include "cpu/stream_buffer.h"
+#include "run_in_child.h"
 
 namespace {
 
@@ -279,23 +278,14 @@ int main(int argc, char** argv) {
   for (int r = 0; r < rounds; ++r)
     for (std::size_t j = 0; j < cs.size(); ++j) {
       const std::size_t v = (j + r) % cs.size();  // rotate: every config takes every slot
-      int fd[2];
-      if (pipe(fd) != 0) return 1;
-      const pid_t pid = fork();
-      if (pid == 0) {
-        close(fd[0]);
-        for (const auto& [k, val] : cs[v].env) setenv(k.c_str(), val.c_str(), 1);
-        const Rates g = measure(threads, bursts, static_cast<std::size_t>(buffer_mib) << 20);
-        const bool ok = write(fd[1], &g, sizeof(g)) == static_cast<ssize_t>(sizeof(g));
-        _exit(ok ? 0 : 1);
-      }
-      close(fd[1]);
       Rates g;
-      const bool ok = read(fd[0], &g, sizeof(g)) == static_cast<ssize_t>(sizeof(g));
-      close(fd[0]);
-      int st = 0;
-      waitpid(pid, &st, 0);
-      if (!ok || st != 0) {
+      const bool ok = run_in_child(
+          [&] {
+            for (const auto& [k, val] : cs[v].env) setenv(k.c_str(), val.c_str(), 1);
+            return measure(threads, bursts, static_cast<std::size_t>(buffer_mib) << 20);
+          },
+          &g);
+      if (!ok) {
         std::fprintf(stderr, "config %s failed\n", cs[v].name.c_str());
         return 1;
       }

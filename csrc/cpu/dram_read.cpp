@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -86,6 +87,26 @@ std::vector<Method> methods() {
   return m;
 }
 
+// One warm-up pass, then reps timed passes of read_all over `bytes`: the method's GB/s (median
+// pass) goes into res, and res.best when it is the fastest so far.
+void time_method(const char* name, std::size_t bytes, int reps,
+                 const std::function<void()>& read_all, DramRead& res) {
+  read_all();  // warm: page tables, worker wake-up
+  std::vector<double> secs;
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    read_all();
+    secs.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(secs.begin(), secs.end());
+  const double gbps = static_cast<double>(bytes) / secs[secs.size() / 2] / 1e9;
+  res.methods.push_back({name, gbps});
+  if (gbps > res.best_gbps) {
+    res.best_gbps = gbps;
+    res.best = name;
+  }
+}
+
 bool log_enabled() {
   const char* v = std::getenv("HYBRID_MOE_DRAM_READ_LOG");
   return v && std::strcmp(v, "0") != 0 && v[0] != '\0';
@@ -128,20 +149,7 @@ DramRead measure_dram_read(ThreadPool& pool, std::size_t bytes, int reps) {
         sink.fetch_add(m.fn(data + b, e - b), std::memory_order_relaxed);
       });
     };
-    read_all();  // warm: page tables, worker wake-up
-    std::vector<double> secs;
-    for (int r = 0; r < reps; ++r) {
-      const auto t0 = std::chrono::steady_clock::now();
-      read_all();
-      secs.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    }
-    std::sort(secs.begin(), secs.end());
-    const double gbps = static_cast<double>(bytes) / secs[secs.size() / 2] / 1e9;
-    res.methods.push_back({m.name, gbps});
-    if (gbps > res.best_gbps) {
-      res.best_gbps = gbps;
-      res.best = m.name;
-    }
+    time_method(m.name, bytes, reps, read_all, res);
   }
   // The sums depend on every word, so the reads cannot be optimised away.
   HM_CHECK_RT(sink.load() != 0, "DRAM reader produced no data");
@@ -186,20 +194,7 @@ DramRead measure_dram_read_ranges(ThreadPool& pool, const PageRanges& ranges, in
         sink.fetch_add(m.fn(chunks[c].p, chunks[c].words), std::memory_order_relaxed);
       });
     };
-    read_all();  // warm: page tables, worker wake-up
-    std::vector<double> secs;
-    for (int r = 0; r < reps; ++r) {
-      const auto t0 = std::chrono::steady_clock::now();
-      read_all();
-      secs.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    }
-    std::sort(secs.begin(), secs.end());
-    const double gbps = static_cast<double>(bytes) / secs[secs.size() / 2] / 1e9;
-    res.methods.push_back({m.name, gbps});
-    if (gbps > res.best_gbps) {
-      res.best_gbps = gbps;
-      res.best = m.name;
-    }
+    time_method(m.name, bytes, reps, read_all, res);
   }
   return res;  // (the sink's atomic adds keep the reads; caller memory may hold zeros)
 }
