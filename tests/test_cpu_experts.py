@@ -112,6 +112,7 @@ def test_expert_pointers_as_array_or_list_give_the_same_bits():
     outs = []
     arr = store.expert_ptr_array()
     assert arr.dtype == np.uint64 and arr.tolist() == store.expert_ptrs()
+    assert not arr.flags.writeable
     for ptrs in (arr, store.expert_ptrs(), arr.astype(np.int64)):  # in place, list, converted
         out = torch.zeros(2, H)
         native.cpu_moe_layer(

@@ -67,7 +67,9 @@ class CpuExpertStore:
         layer call reads it in place (a list of E ints is converted on every call)."""
         key = (self.data.data_ptr(), int(self.layout["stride"]), self.n_experts)
         if self._ptr_cache is None or self._ptr_cache[0] != key:
-            self._ptr_cache = (key, np.array(self.expert_ptrs(), dtype=np.uint64))
+            arr = np.array(self.expert_ptrs(), dtype=np.uint64)
+            arr.flags.writeable = False  # shared by every call: nobody may edit an address
+            self._ptr_cache = (key, arr)
         return self._ptr_cache[1]
 
     @classmethod
