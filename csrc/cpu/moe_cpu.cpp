@@ -114,10 +114,12 @@ class ScratchCache {
 
 // Software prefetch of the first `bytes` of `rows` rows: the start of the next kernel call's
 // streams, issued before the current call so that its first loads do not wait for DRAM.
+// Locality 3: into L1 (the call starts now); 2: into L2 (Job::prepare, an item later).
+template <int Locality = 3>
 inline void prefetch_rows(const uint8_t* w, std::size_t stride, int64_t rows, std::size_t bytes) {
   for (int64_t r = 0; r < rows; ++r)
     for (std::size_t off = 0; off < bytes; off += 64)
-      __builtin_prefetch(w + r * stride + off, 0, 3);
+      __builtin_prefetch(w + r * stride + off, 0, Locality);
 }
 
 // L2 prefetch of `rows` whole rows: before a call whose group is large enough for the AMX tiles
@@ -146,6 +148,12 @@ bool barrier_warm_enabled() {
   static const bool on = env_choice("HYBRID_MOE_BARRIER_WARM", {"0", "1"}) != 0;
   return on;
 }
+
+// A counter on a cache line of its own: the items of different expert groups / row blocks add to
+// their own counters at the same time, and waiting items poll them.
+struct alignas(64) PaddedCount {
+  std::atomic<int32_t> n{0};
+};
 
 struct Group {
   int32_t expert;
@@ -212,10 +220,8 @@ class MoeJob final : public Job {
       part_off_ = off;  // per slot a row of H floats: an item's down output before the reduction
       off += align_up(static_cast<std::size_t>(a.n_assignments) * L.hidden * sizeof(float),
                       kScratchAlign);
-      gate_up_done_ = std::vector<std::atomic<int32_t>>(groups_.size());
-      block_done_ = std::vector<std::atomic<int32_t>>(n_blocks2_);
-      for (auto& c : gate_up_done_) c.store(0, std::memory_order_relaxed);
-      for (auto& c : block_done_) c.store(0, std::memory_order_relaxed);
+      gate_up_done_ = std::vector<PaddedCount>(groups_.size());
+      block_done_ = std::vector<PaddedCount>(n_blocks2_);
     }
     if (!groups_.empty()) scratch_ = ScratchCache::instance().acquire(off);
   }
@@ -241,10 +247,35 @@ class MoeJob final : public Job {
   // phase-major, so by then every phase-1 item is taken; the groups that ended first go first.
   bool barrier(int p) const override { return !(dataflow_ && p == 2); }
   bool ready(int p, int64_t item) const override {
-    return p != 2 || gate_up_done_[item / n_blocks2_].load(std::memory_order_acquire) == blocks1_;
+    return p != 2 || gate_up_done_[item / n_blocks2_].n.load(std::memory_order_acquire) == blocks1_;
   }
   void item_done(int p, int64_t item) noexcept override {
-    if (dataflow_ && p == 1) gate_up_done_[item / blocks1_].fetch_add(1, std::memory_order_release);
+    if (dataflow_ && p == 1)
+      gate_up_done_[item / blocks1_].n.fetch_add(1, std::memory_order_release);
+  }
+  // The item runs next on this thread: the start of the weight streams it opens first, into L2
+  // (the item's own start prefetch then finds them there). Weights only: nothing a running item
+  // writes.
+  void prepare(int p, int64_t item) noexcept override {
+    const auto& L = args_.layout;
+    const std::size_t pf = prefetch_bytes();  // validated at submit: does not throw here
+    if (p == 1) {
+      const Group& g = groups_[item / blocks1_];
+      const int64_t r0 = (item % blocks1_) * rows_.phase1;
+      const int64_t rows = std::min<int64_t>(std::min(rows_.phase1, L.intermediate - r0), 4);
+      const std::size_t stride = row_bytes(L.format, L.hidden);
+      const uint8_t* base = args_.experts[g.expert] + r0 * stride;
+      prefetch_rows<2>(base + L.gate_offset, stride, rows, std::min(pf, stride));
+      prefetch_rows<2>(base + L.up_offset, stride, rows, std::min(pf, stride));
+    } else if (p == 2 && !groups_.empty()) {
+      const int64_t r0 = dataflow_ ? (item % n_blocks2_) * rows_df_ : item * rows_.phase2;
+      const int64_t rows_item = dataflow_ ? rows_df_ : rows_.phase2;
+      const int64_t rows = std::min<int64_t>(std::min(rows_item, L.hidden - r0), 4);
+      const Group& g = groups_[dataflow_ ? item / n_blocks2_ : 0];
+      const std::size_t stride = row_bytes(L.format, L.intermediate);
+      prefetch_rows<2>(args_.experts[g.expert] + L.down_offset + r0 * stride, stride, rows,
+                       std::min(pf, stride));
+    }
   }
   // At a phase barrier: one weight row of the item per step into L2 (weights are read-only, so
   // this is safe before the earlier phase ends). Phase 1: the item's gate rows, then its up rows;
@@ -374,7 +405,7 @@ class MoeJob final : public Job {
     for (int t = 0; t < g.n_tok; ++t)
       std::copy_n(y.data() + t * rows, rows, partial(g.slot0 + t) + r0);
     const auto n_groups = static_cast<int32_t>(groups_.size());
-    if (block_done_[block].fetch_add(1, std::memory_order_acq_rel) + 1 != n_groups) return;
+    if (block_done_[block].n.fetch_add(1, std::memory_order_acq_rel) + 1 != n_groups) return;
     for (const Group& gr : groups_)
       for (int t = 0; t < gr.n_tok; ++t) {
         const float wt = slot_weight_[gr.slot0 + t];
@@ -397,10 +428,10 @@ class MoeJob final : public Job {
   ItemRows rows_;
   int64_t blocks1_ = 1, n_items1_ = 0, n_items2_ = 0;
   bool dataflow_ = false;
-  int64_t rows_df_ = 0, n_blocks2_ = 0;  // dataflow phase 2: rows per item, row blocks of H
-  std::size_t part_off_ = 0;             // dataflow: partial down rows [n_assignments][H] fp32
-  std::vector<std::atomic<int32_t>> gate_up_done_;  // per group: phase-1 items ended
-  std::vector<std::atomic<int32_t>> block_done_;    // per row block: groups whose item ended
+  int64_t rows_df_ = 0, n_blocks2_ = 0;    // dataflow phase 2: rows per item, row blocks of H
+  std::size_t part_off_ = 0;               // dataflow: partial down rows [n_assignments][H] fp32
+  std::vector<PaddedCount> gate_up_done_;  // per group: phase-1 items ended
+  std::vector<PaddedCount> block_done_;    // per row block: groups whose item ended
   std::pair<ScratchCache::Buffer, std::size_t> scratch_;
 };
 

@@ -106,6 +106,8 @@ ThreadPool::ThreadPool(int threads, bool pin) {
   if (threads <= 0) threads = default_threads();
   HM_CHECK(threads >= 1 && threads <= 1024, "threads must be in [1, 1024], got ", threads);
   spin_us_ = std::max(0, env_int("HYBRID_MOE_SPIN_US", 100));
+  lookahead_ = env_choice("HYBRID_MOE_LOOKAHEAD", {"0", "1"}) != 0;
+  slots_ = std::make_unique<Slot[]>(threads);
   const std::vector<int> cpus = pin ? one_cpu_per_core() : std::vector<int>{};
   // Pin only when every worker gets its own core; otherwise let the OS balance.
   pinned_ = pin && !cpus.empty() && static_cast<int>(cpus.size()) >= threads;
@@ -124,6 +126,7 @@ ThreadPool::~ThreadPool() {
   }
   sleep_cv_.notify_all();
   for (auto& t : workers_) t.join();
+  slots_.reset();
   // Jobs still queued (their handles may live on) are failed so that wait() returns.
   for (auto& job : queue_) {
     std::lock_guard<std::mutex> lk(job->m_);
@@ -187,6 +190,16 @@ JobHandle ThreadPool::submit(std::shared_ptr<Job> job) {
     job->id_ = next_id_++;
     queue_.push_back(job);
   }
+  // Each worker's copy before the epoch moves: a worker that sees the new epoch finds it there.
+  // An older job a slot still holds (its worker took that one from the queue) is released here,
+  // outside the slot's lock.
+  for (int w = 0; w < size(); ++w) {
+    std::shared_ptr<Job> older = job;
+    {
+      std::lock_guard<QueueLock> lk(slots_[w].lock);
+      std::swap(older, slots_[w].job);
+    }
+  }
   publish();
   return JobHandle(std::move(job));
 }
@@ -216,6 +229,18 @@ std::shared_ptr<Job> ThreadPool::next_job(uint64_t last_id) {
   return nullptr;
 }
 
+std::shared_ptr<Job> ThreadPool::take_job(int worker, uint64_t last_id) {
+  std::shared_ptr<Job> job;
+  {
+    std::lock_guard<QueueLock> lk(slots_[worker].lock);
+    job = std::move(slots_[worker].job);  // the slot empties either way
+  }
+  // Ids are consecutive, so id last_id + 1 is the next job in submission order. Any other job
+  // (older: run already; newer: a job in between may still be queued) is left to the queue.
+  if (job && job->id_ == last_id + 1) return job;
+  return next_job(last_id);
+}
+
 void ThreadPool::worker_loop(int index) {
   tl_worker_index = index;
   uint64_t last_id = 0;
@@ -224,14 +249,20 @@ void ThreadPool::worker_loop(int index) {
     for (;;) {
       const uint64_t seen = epoch_.load(std::memory_order_seq_cst);
       if (stop_.load(std::memory_order_acquire)) return;
-      if ((job = next_job(last_id))) break;
+      if ((job = take_job(index, last_id))) break;
       // Spin a little before sleeping: decode layers arrive every few hundred microseconds.
       // The spin yields so that a thread waiting for this core (the unpinned caller, woken by
       // the end of a job) runs at once rather than after the spin or a scheduler tick.
       const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us_);
       bool changed = false;
-      while (!(changed = epoch_.load(std::memory_order_acquire) != seen)) {
-        for (int i = 0; i < 64; ++i) HM_PAUSE();
+      // The epoch is read every 8 pauses (64 pauses take ~3-4 us on the lent Xeon: a job would
+      // wait that long to be seen), the clock and the yield every 64.
+      while (!changed) {
+        for (int i = 0; i < 8 && !changed; ++i) {
+          for (int j = 0; j < 8; ++j) HM_PAUSE();
+          changed = epoch_.load(std::memory_order_acquire) != seen;
+        }
+        if (changed) break;
         std::this_thread::yield();
         if (std::chrono::steady_clock::now() > deadline) break;
       }
@@ -255,11 +286,21 @@ void ThreadPool::work_on(Job& job) {
     if (!job.error_) job.error_ = std::current_exception();
     job.failed_.store(true, std::memory_order_relaxed);
   };
-  for (;;) {
-    const int64_t ticket = job.next_.fetch_add(1, std::memory_order_relaxed);
-    if (ticket >= job.total_) return;
+  const auto phase_of = [&job](int64_t ticket) {
     int p = 0;
     while (ticket >= job.phase_end_[p]) ++p;
+    return p;
+  };
+  // Lookahead: while more than `margin` tickets are left, a thread takes its next ticket before
+  // it runs the current item and lets that item prepare() (fetch its first weight bytes) in the
+  // meantime. Near the end it takes tickets one at a time so that the last items go to the
+  // threads that are free first. Deadlock-free as before: the lowest unfinished ticket is always
+  // one a thread runs or waits on, never one held ahead, since a held-ahead ticket is higher
+  // than the one its thread runs.
+  const int64_t margin = lookahead_ ? 2 * (static_cast<int64_t>(size()) + 1) : job.total_;
+  int64_t ticket = job.next_.fetch_add(1, std::memory_order_relaxed);
+  while (ticket < job.total_) {
+    const int p = phase_of(ticket);
     const int64_t start = p > 0 ? job.phase_end_[p - 1] : 0;
     const int64_t item = ticket - start;
     PoolTraceItem* trace = job.trace_ ? &job.trace_->items[ticket] : nullptr;
@@ -287,6 +328,14 @@ void ThreadPool::work_on(Job& job) {
       }
     }
     if (trace) trace->ready_ns = monotonic_ns();
+    int64_t next = -1;
+    if (ticket + margin < job.total_) {
+      next = job.next_.fetch_add(1, std::memory_order_relaxed);
+      if (next < job.total_ && !job.failed_.load(std::memory_order_relaxed)) {
+        const int pn = phase_of(next);
+        job.prepare(pn, next - (pn > 0 ? job.phase_end_[pn - 1] : 0));
+      }
+    }
     if (!job.failed_.load(std::memory_order_relaxed)) {
       try {
         job.run(p, item);
@@ -297,6 +346,7 @@ void ThreadPool::work_on(Job& job) {
     if (trace) trace->end_ns = monotonic_ns();  // before item_done: dependants start after it
     job.item_done(p, item);
     if (job.done_.fetch_add(1, std::memory_order_acq_rel) + 1 == job.total_) finish(job);
+    ticket = next >= 0 ? next : job.next_.fetch_add(1, std::memory_order_relaxed);
   }
 }
 

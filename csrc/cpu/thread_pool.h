@@ -57,22 +57,31 @@ class Job {
   virtual bool barrier(int /*phase*/) const { return true; }
   virtual bool ready(int /*phase*/, int64_t /*item*/) const { return true; }
   virtual void item_done(int /*phase*/, int64_t /*item*/) noexcept {}
+  // Optional: `item` of `phase` is the next item this thread runs, after the one it runs now
+  // ends (the pool takes a thread's next ticket one item early while many are left). Lets the
+  // item start fetching inputs no earlier item writes (the CPU MoE layer: the first bytes of its
+  // weight streams into L2) so that it does not start with a round trip to DRAM.
+  virtual void prepare(int /*phase*/, int64_t /*item*/) noexcept {}
 
  private:
   friend class ThreadPool;
   friend class JobHandle;
-  // Pool bookkeeping, set by ThreadPool::submit.
+  // Pool bookkeeping, set by ThreadPool::submit. Every item reads the first group and does an
+  // atomic add on next_ and on done_: each counter has a cache line of its own so that one
+  // thread's add does not take the line that the others read or add to (false sharing cost
+  // ~0.1 us per item with 16 threads).
   std::vector<int64_t> phase_end_;  // cumulative item counts: phase p owns [end[p-1], end[p])
   int64_t total_ = 0;
   uint64_t id_ = 0;
   class ThreadPool* pool_ = nullptr;  // the pool it was submitted to (help() finishes it there)
-  std::atomic<int64_t> next_{0}, done_{0};
-  std::atomic<bool> failed_{false};
+  std::unique_ptr<PoolTrace> trace_;  // set at submit while pool tracing is on
+  std::atomic<bool> failed_{false};   // written only when an item throws
+  alignas(64) std::atomic<int64_t> next_{0};
+  alignas(64) std::atomic<int64_t> done_{0};
+  alignas(64) std::atomic<bool> finished_{false};  // polled by a waiting caller
   std::exception_ptr error_;
   std::mutex m_;
   std::condition_variable cv_;
-  std::atomic<bool> finished_{false};
-  std::unique_ptr<PoolTrace> trace_;  // set at submit while pool tracing is on
 };
 
 // Returned by submit(): wait() blocks until the job has finished and rethrows its first error.
@@ -128,15 +137,27 @@ class ThreadPool {
     std::atomic<bool> busy_{false};
   };
 
+  // One per worker: submit() hands each worker the new job here, so that a spinning worker
+  // picks it up without queue_lock_ (15 workers passing that one lock took their first items
+  // ~0.55 us apart on the lent Xeon, bench/RESULTS.md session 12). A fast path only: queue_
+  // stays the record, and a worker whose slot holds any job but the next one reads the queue.
+  struct alignas(64) Slot {
+    QueueLock lock;
+    std::shared_ptr<Job> job;  // guarded by lock
+  };
+
   friend class JobHandle;  // help() runs work_on on the caller's thread
 
   void worker_loop(int index);
   void work_on(Job& job);
   void finish(Job& job);
   std::shared_ptr<Job> next_job(uint64_t last_id);  // first queued job newer than last_id
+  std::shared_ptr<Job> take_job(int worker, uint64_t last_id);  // slot, else next_job
   void publish();  // bump the epoch; wake sleeping workers (only if there are any)
 
   std::vector<std::thread> workers_;
+  std::unique_ptr<Slot[]> slots_;  // one per worker
+  bool lookahead_ = true;          // HYBRID_MOE_LOOKAHEAD
   QueueLock queue_lock_;
   std::deque<std::shared_ptr<Job>> queue_;  // guarded by queue_lock_
   uint64_t next_id_ = 1;                    // guarded by queue_lock_

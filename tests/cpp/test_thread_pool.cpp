@@ -272,3 +272,90 @@ HM_TEST(thread_pool_trace_records_every_item_in_order) {
   pool.run(std::make_shared<PhasedJob>(std::vector<int64_t>{2, 2}));
   HM_EXPECT(hm::cpu::last_pool_trace().items.size() == 12);
 }
+
+namespace {
+
+// Records which thread prepared each item and checks, as each item runs, that a prepared item
+// runs on the thread that prepared it and only after its preparation.
+struct LookaheadJob final : hm::cpu::Job {
+  static constexpr int64_t kItems = 240;
+  std::vector<std::atomic<int>> prepared = std::vector<std::atomic<int>>(kItems * 2);
+  std::vector<std::atomic<int>> ran = std::vector<std::atomic<int>>(kItems * 2);
+  std::vector<std::thread::id> preparer = std::vector<std::thread::id>(kItems * 2);
+  std::atomic<int> wrong_thread{0}, prepared_after_run{0}, n_prepared{0};
+  int phases() const override { return 2; }
+  int64_t items(int) const override { return kItems; }
+  // Phase 1 item i waits for phase 0 item i only (dataflow), so held-ahead tickets meet
+  // dependencies that other threads hold.
+  bool barrier(int p) const override { return p != 1; }
+  bool ready(int p, int64_t i) const override { return p != 1 || ran[i].load() == 1; }
+  void prepare(int p, int64_t i) noexcept override {
+    const int64_t k = p * kItems + i;
+    if (ran[k].load() != 0) prepared_after_run++;
+    preparer[k] = std::this_thread::get_id();
+    prepared[k]++;
+    n_prepared++;
+  }
+  void run(int p, int64_t i) override {
+    const int64_t k = p * kItems + i;
+    if (prepared[k].load() > 0 && preparer[k] != std::this_thread::get_id()) wrong_thread++;
+    if (i % 7 == 0) std::this_thread::sleep_for(std::chrono::microseconds(30));
+    ran[k]++;
+  }
+};
+
+}  // namespace
+
+HM_TEST(thread_pool_lookahead_prepares_the_next_item_on_its_own_thread) {
+  for (const char* setting : {"1", "0"}) {
+    setenv("HYBRID_MOE_LOOKAHEAD", setting, 1);
+    hm::cpu::ThreadPool pool(4, false);
+    unsetenv("HYBRID_MOE_LOOKAHEAD");
+    for (int rep = 0; rep < 10; ++rep) {
+      auto job = std::make_shared<LookaheadJob>();
+      auto h = pool.submit(job);
+      h.help();
+      h.wait();
+      for (int64_t k = 0; k < 2 * LookaheadJob::kItems; ++k) {
+        HM_EXPECT(job->ran[k].load() == 1);
+        HM_EXPECT(job->prepared[k].load() <= 1);
+      }
+      HM_EXPECT(job->wrong_thread.load() == 0 && job->prepared_after_run.load() == 0);
+      // On: a thread takes its next ticket ahead while more than 2 * (workers + 1) are left
+      // (all but the first ticket of each thread and the tail, here ~470 of 480); off: never.
+      if (setting[0] == '1')
+        HM_EXPECT(job->n_prepared.load() >= LookaheadJob::kItems);
+      else
+        HM_EXPECT(job->n_prepared.load() == 0);
+    }
+  }
+  setenv("HYBRID_MOE_LOOKAHEAD", "2", 1);
+  HM_EXPECT_THROWS(hm::cpu::ThreadPool(2, false), hm::ValueError);
+  unsetenv("HYBRID_MOE_LOOKAHEAD");
+}
+
+HM_TEST(thread_pool_jobs_in_flight_from_many_submitters_all_complete) {
+  // Slots and queue together: bursts of non-blocking submits from 3 threads, joined later.
+  hm::cpu::ThreadPool pool(5, false);
+  std::atomic<int> bad{0};
+  std::vector<std::thread> submitters;
+  for (int s = 0; s < 3; ++s)
+    submitters.emplace_back([&pool, &bad, s] {
+      for (int burst = 0; burst < 40; ++burst) {
+        std::vector<std::shared_ptr<PhasedJob>> jobs;
+        std::vector<hm::cpu::JobHandle> handles;
+        for (int j = 0; j < 1 + (burst + s) % 5; ++j) {
+          jobs.push_back(std::make_shared<PhasedJob>(std::vector<int64_t>{1 + j, 30 + s}));
+          handles.push_back(pool.submit(jobs.back()));
+        }
+        for (auto& h : handles) h.wait();
+        for (auto& job : jobs) {
+          for (auto& h : job->hits)
+            if (h.load() != 1) bad++;
+          if (job->phase1_started_early.load() != 0) bad++;
+        }
+      }
+    });
+  for (auto& t : submitters) t.join();
+  HM_EXPECT(bad.load() == 0);
+}
