@@ -293,10 +293,10 @@ void ThreadPool::work_on(Job& job) {
   };
   // Lookahead: while more than `margin` tickets are left, a thread takes its next ticket before
   // it runs the current item and lets that item prepare() (fetch its first weight bytes) in the
-  // meantime. Near the end it takes tickets one at a time so that the last items go to the
-  // threads that are free first. Deadlock-free as before: the lowest unfinished ticket is always
-  // one a thread runs or waits on, never one held ahead, since a held-ahead ticket is higher
-  // than the one its thread runs.
+  // meantime, except from a phase's last ticket. Near the end it takes tickets one at a time so
+  // that the last items go to the threads that are free first. Deadlock-free as before: the lowest
+  // unfinished ticket is always one a thread runs or waits on, never one held ahead, since a
+  // held-ahead ticket is higher than the one its thread runs.
   const int64_t margin = lookahead_ ? 2 * (static_cast<int64_t>(size()) + 1) : job.total_;
   int64_t ticket = job.next_.fetch_add(1, std::memory_order_relaxed);
   while (ticket < job.total_) {
@@ -329,7 +329,9 @@ void ThreadPool::work_on(Job& job) {
     }
     if (trace) trace->ready_ns = monotonic_ns();
     int64_t next = -1;
-    if (ticket + margin < job.total_) {
+    // Not from a phase's last ticket: an item of the next phase may wait for this one (the MoE
+    // layer's single input-packing item), so nothing delays its start.
+    if (ticket + margin < job.total_ && ticket + 1 < job.phase_end_[p]) {
       next = job.next_.fetch_add(1, std::memory_order_relaxed);
       if (next < job.total_ && !job.failed_.load(std::memory_order_relaxed)) {
         const int pn = phase_of(next);
