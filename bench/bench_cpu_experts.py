@@ -22,6 +22,13 @@ Memory: our stores (and torch's tensors) are torch allocations advised to transp
 (THP_MEM_ALLOC_ENABLE=1, set here before torch allocates) like the runtime's expert store and the
 DRAM reader (csrc/cpu/stream_buffer.h); HYBRID_MOE_HUGEPAGES=0 turns both off (4 KiB pages).
 
+Fractions of DRAM, three ways (our rows): `frac_dram` against the reader over a fresh buffer
+(start of the run), `frac_dram_same_bytes` against the reader over our stores' own bytes right
+before each T, and `frac_dram_paired`: `--paired-rounds` rounds of (the reader over the same
+bytes, one pass per read method, then a batch of the T's calls), the median of the per-round
+ratios. The lent Xeon's DRAM rate flips between ~100 and ~140 GB/s over seconds; a round lasts
+~0.1 s, so reader and calls share the machine's state and the ratio measures the kernel alone.
+
 `--fixed-cost 8,16,32,64` also times ours at T=1 with that many experts per call and fits
 time = fixed + n * per_expert (intercept: per-call fixed cost; slope: streaming GB/s), plus an
 empty call and a pool round trip (see fixed_cost_sweep).
@@ -100,6 +107,24 @@ def same_bytes_read(stores, threads: int, reps: int = 5) -> dict:
     r["methods"] = dict(r["methods"])
     r["huge_page_share"] = r["huge_page_bytes"] / sum(sizes)
     return r
+
+
+def paired_rounds(time_batch, call_bytes: float, stores, threads: int, rounds: int) -> dict:
+    """Rounds of (the reader over the stores' bytes, one pass per method; time_batch(): the median
+    seconds of a batch of calls), the ratio of the calls' GB/s to the reader's in each round, and
+    their median (`frac_dram_paired`). Reader and calls of a round run within ~0.1 s, in the
+    same state of the machine's memory system."""
+    ratios, readers = [], []
+    for _ in range(rounds):
+        rd = same_bytes_read(stores, threads, reps=1)["best_gbps"]
+        gbs = call_bytes / time_batch() / 1e9
+        readers.append(rd)
+        ratios.append(gbs / rd)
+    return {
+        "frac_dram_paired": statistics.median(ratios),
+        "paired_ratios": ratios,
+        "paired_reader_gbs": readers,
+    }
 
 
 def torch_sum_gbs(threads: int, gib: float = 2.0, reps: int = 7) -> float:
@@ -358,6 +383,13 @@ def main() -> None:
     )
     ap.add_argument("--max-reps", type=int, default=15)
     ap.add_argument(
+        "--paired-rounds",
+        type=int,
+        default=7,
+        help="rounds of (reader over our stores, a batch of our calls) per T and format for "
+        "frac_dram_paired (0: skip)",
+    )
+    ap.add_argument(
         "--fixed-cost",
         default="",
         help="comma list of experts per call (e.g. 8,16,32,64): time ours at T=1 with that many "
@@ -519,10 +551,18 @@ def main() -> None:
         res.setdefault("dram_read_same_bytes", []).append({"T": T, **same})
         distinct = float(np.mean([len(c[1].unique()) for c in calls]))
 
-        timed = {}
+        timed, paired = {}, {}
         for name, (prep, fmt) in methods.items():
             prepared = [prep(*c, i % L) for i, c in enumerate(calls)]
             timed[name] = (median_time(lambda i, p=prepared: p[i](), reps), fmt)
+            if name.startswith("ours_") and fmt in same and a.paired_rounds > 0:
+                paired[name] = paired_rounds(
+                    lambda p=prepared, r=reps: median_time(lambda j: p[j](), r),
+                    distinct * ebytes[fmt],
+                    stores[fmt],
+                    a.threads,
+                    a.paired_rounds,
+                )
             del prepared
         for m, lay in kt.items():
             timed[f"kt_{m}_batched"] = (kt_batched_time(lay, calls, L), "bf16")
@@ -547,6 +587,8 @@ def main() -> None:
             if name.startswith("ours_") and fmt in same:
                 row[name]["dram_same_bytes_gbs"] = same[fmt]["best_gbps"]
                 row[name]["frac_dram_same_bytes"] = row[name]["weight_gbs"] / same[fmt]["best_gbps"]
+            if name in paired:
+                row[name].update(paired[name])
         res["rows"].append(row)
         print(
             f"T={T:4d} "
@@ -561,15 +603,16 @@ def main() -> None:
             )
 
     print(
-        "\nper-layer ms | weight GB/s (fraction of DRAM: fresh buffer / same bytes) | x vs torch "
-        "bf16 | x vs kt AMXINT8 (best of per call, batched)"
+        "\nper-layer ms | weight GB/s (fraction of DRAM: fresh buffer / same bytes / paired) | x "
+        "vs torch bf16 | x vs kt AMXINT8 (best of per call, batched)"
     )
     for row in res["rows"]:
         for name in [n for n in row if n not in ("T", "reps")]:
             r = row[name]
             print(
                 f"T={row['T']:4d} {name:20s} {r['ms']:8.3f} ms {r['weight_gbs']:6.1f} GB/s "
-                f"({r['frac_dram']:.2f} / {r.get('frac_dram_same_bytes', float('nan')):.2f}) "
+                f"({r['frac_dram']:.2f} / {r.get('frac_dram_same_bytes', float('nan')):.2f} / "
+                f"{r.get('frac_dram_paired', float('nan')):.2f}) "
                 f"{r['gflops']:7.0f} GFLOP/s x{r['x_vs_torch_bf16']:.2f} "
                 f"kt x{r.get('x_vs_kt_int8', float('nan')):.2f}"
             )
