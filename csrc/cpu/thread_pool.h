@@ -15,6 +15,9 @@
 //   first exception any item threw (later items of a failed job are skipped, not run).
 // - Jobs are owned by shared_ptr: the pool holds one until its last item ends, the handle holds
 //   one until it is dropped, so no per-call state outlives both (no leaks, no dangling callbacks).
+// - A thread takes its next item's ticket one item early while many are left and lets the job
+//   prepare() that item as the current one runs (HYBRID_MOE_LOOKAHEAD=0 turns it off; lent Xeon,
+//   T=1 Q8_0 layer: 0.827 of the DRAM reader with it, 0.802 without; bench/RESULTS.md, session 13).
 // - Jobs run one after another in submission order (FIFO). The caller's thread computes only when
 //   it asks to: JobHandle::help() (the runtime's planner thread, idle until the job ends anyway).
 #pragma once
@@ -68,8 +71,7 @@ class Job {
   friend class JobHandle;
   // Pool bookkeeping, set by ThreadPool::submit. Every item reads the first group and does an
   // atomic add on next_ and on done_: each counter has a cache line of its own so that one
-  // thread's add does not take the line that the others read or add to (false sharing cost
-  // ~0.1 us per item with 16 threads).
+  // thread's add does not take the line that the others read or add to (false sharing).
   std::vector<int64_t> phase_end_;  // cumulative item counts: phase p owns [end[p-1], end[p])
   int64_t total_ = 0;
   uint64_t id_ = 0;
