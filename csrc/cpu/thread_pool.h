@@ -13,8 +13,9 @@
 //   sleep on a condition variable; they are pinned one per physical core when Linux allows it.
 // - submit() returns a JobHandle at once (non-blocking); JobHandle::wait() joins and rethrows the
 //   first exception any item threw (later items of a failed job are skipped, not run).
-// - Jobs are owned by shared_ptr: the pool holds one until its last item ends, the handle holds
-//   one until it is dropped, so no per-call state outlives both (no leaks, no dangling callbacks).
+// - Jobs are owned by shared_ptr: the pool holds one until its last item ends (a worker's hand-off
+//   slot until that worker next looks for work), the handle holds one until it is dropped, so no
+//   per-call state outlives them (no leaks, no dangling callbacks).
 // - A thread takes its next item's ticket one item early while many are left and lets the job
 //   prepare() that item as the current one runs (HYBRID_MOE_LOOKAHEAD=0 turns it off; lent Xeon,
 //   T=1 Q8_0 layer: 0.827 of the DRAM reader with it, 0.802 without; bench/RESULTS.md, session 13).
