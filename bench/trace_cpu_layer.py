@@ -12,7 +12,8 @@ and, summed over the pool's workers between submit and finish (worker-us):
   busy_pN   items of phase N computing;  wait_pN   items of phase N waiting for their
   dependencies (phase barrier, or their expert in dataflow mode; the wait includes warm-up
   prefetches);  idle   no item held, split (JSON, and a line after each row) into before each
-  thread's first ticket, between its items and after its last (the tail).
+  thread's first ticket, between its items and after its last (the tail); last_thread_start:
+  when the last of the threads took its first item, us after the submit (NaN when one took none).
 Stream rate = bytes of the call's distinct experts / (finish - first). After each row, the DRAM
 reader over the same stores (bench_cpu_experts.same_bytes_read) and the fractions of it that the
 whole call, the first->finish span and the workers' busy time (bytes / (busy worker-us / threads))
@@ -69,16 +70,19 @@ def summarise(tr: dict, t0_ns: int, t1_ns: int, threads: int) -> dict:
     # (A thread that took no item is idle from submit to finish: counted as before.)
     start = gaps = end = 0.0
     seen = 0
+    last_start = 0.0  # when the last thread to start took its first item, us after the submit
     for w in np.unique(items[:, 0]):
         mine = items[items[:, 0] == w]
         mine = mine[np.argsort(mine[:, 3])]
         seen += 1
         start += us(mine[0, 3] - sub)
+        last_start = max(last_start, us(mine[0, 3] - sub))
         end += us(fin - mine[:, 5].max())
         gaps += us(np.clip(mine[1:, 3] - mine[:-1, 5], 0, None).sum())
     row["idle_start"] = start + (threads - seen) * us(fin - sub)
     row["idle_gaps"] = gaps
     row["idle_end"] = end
+    row["last_thread_start"] = last_start if seen == threads else float("nan")
     row["items"] = len(items)
     return row
 
@@ -178,7 +182,8 @@ def main() -> None:
                 med["reader_same_bytes_gbs"] = rd
                 print(
                     f"    idle worker-us: before the first ticket {med['idle_start']:.0f}, between "
-                    f"items {med['idle_gaps']:.0f}, after the last {med['idle_end']:.0f}",
+                    f"items {med['idle_gaps']:.0f}, after the last {med['idle_end']:.0f}; the last "
+                    f"thread starts {med['last_thread_start']:.1f} us after the submit",
                     flush=True,
                 )
                 print(
