@@ -29,6 +29,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_cli.h"
 #include "core/q8_rows16.h"
 #include "core/weight_format.h"
 #include "cpu/isa.h"
@@ -206,11 +207,11 @@ int main(int argc, char** argv) {
     else if (a == "--isa" && (v == "avx512" || v == "avx2"))
       g_isa = hm::cpu::parse_isa(v);
     else if (a == "--rounds")
-      rounds = std::atoi(v.c_str());
+      rounds = static_cast<int>(flag_int(a, v, 1, 1000));
     else if (a == "--l2-kib")
-      l2_kib = std::atoll(v.c_str());
+      l2_kib = flag_int(a, v, 1, 1 << 20);
     else if (a == "--dram-mib")
-      dram_mib = std::atoll(v.c_str());
+      dram_mib = flag_int(a, v, 1, 1 << 20);
     else if (a == "--json")
       json = v;
     else {
@@ -285,11 +286,5 @@ int main(int argc, char** argv) {
       js += buf;
     }
   js += "]}\n";
-  if (!json.empty()) {
-    FILE* fp = std::fopen(json.c_str(), "w");
-    if (!fp) return 1;
-    std::fputs(js.c_str(), fp);
-    std::fclose(fp);
-  }
-  return 0;
+  return write_text_file(json, js) ? 0 : 1;
 }

@@ -33,6 +33,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_cli.h"
 #include "core/q8_rows16.h"
 #include "core/weight_format.h"
 #include "cpu/dram_read_kernels.h"
@@ -251,13 +252,13 @@ int main(int argc, char** argv) {
     if (a == "--configs")
       configs = v;
     else if (a == "--threads")
-      threads = std::atoi(v.c_str());
+      threads = static_cast<int>(flag_int(a, v, 1, 1024));
     else if (a == "--rounds")
-      rounds = std::atoi(v.c_str());
+      rounds = static_cast<int>(flag_int(a, v, 1, 1000));
     else if (a == "--bursts")
-      bursts = std::atoi(v.c_str());
+      bursts = static_cast<int>(flag_int(a, v, 1, 100000));
     else if (a == "--buffer-mib")
-      buffer_mib = std::atoll(v.c_str());
+      buffer_mib = flag_int(a, v, 1, 1 << 20);
     else if (a == "--json")
       json = v;
     else {
@@ -329,11 +330,5 @@ int main(int argc, char** argv) {
       js += buf;
     }
   js += "]}\n";
-  if (!json.empty()) {
-    FILE* fp = std::fopen(json.c_str(), "w");
-    if (!fp) return 1;
-    std::fputs(js.c_str(), fp);
-    std::fclose(fp);
-  }
-  return 0;
+  return write_text_file(json, js) ? 0 : 1;
 }
